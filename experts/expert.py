@@ -1,0 +1,198 @@
+"""`Expert`: a loaded model with its tokenizer and spec, prompt formatting, generation, capture."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from experts import hookpoints, registry
+from experts.errors import EmptyPromptsError, SteerlabError
+from experts.spec import ExpertSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Left-padded token ids with their attention mask and the position ids of unpadded text."""
+
+    input_ids: Tensor  # (batch, pos)
+    attention_mask: Tensor  # (batch, pos), 0 on padding
+    position_ids: Tensor  # (batch, pos)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in choices:
+        raise SteerlabError(f"unknown dtype {dtype!r}; choose one of {', '.join(choices)}")
+    return choices[dtype]
+
+
+class Expert:
+    """A white-box expert. The HF `model` is the fast path (generation, TL-named hooks); `bridge`
+    is a lazily booted TransformerBridge over a parameter-sharing twin, for names inside attention."""
+
+    def __init__(
+        self,
+        spec: ExpertSpec,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        folder: Path,
+    ):
+        self.spec = spec
+        self.model = model
+        self.tokenizer = tokenizer
+        self.folder = folder
+        self.architecture = spec.architecture if spec.source != "hf-folder" else model.config.model_type
+        hookpoints.layout_for(self.architecture)  # fail early on an unsupported architecture
+
+    @classmethod
+    def load(cls, name_or_path: str = registry.DEFAULT_EXPERT, *, device: str | None = None, dtype: str | torch.dtype | None = None) -> Expert:
+        """Load a named expert or a local HF folder; see `steer experts list`."""
+        from experts import loading, tiny
+
+        spec = registry.resolve(name_or_path)
+        target = torch.device(device) if device else default_device()
+        torch_dtype = _parse_dtype(dtype, target)
+        if spec.source == "tiny":
+            folder = Path(tempfile.mkdtemp(prefix=f"steerlab-{spec.name}-"))
+            model, tokenizer = tiny.build_tiny(spec, folder)
+            model = model.to(device=target, dtype=torch_dtype)
+        elif spec.source == "hf-folder":
+            model, tokenizer, folder = loading.load_folder(spec, target, torch_dtype)
+        else:
+            model, tokenizer, folder = loading.load_cached(spec, target, torch_dtype)
+        return cls(spec, model, tokenizer, folder)
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def n_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
+    def info(self) -> dict[str, Any]:
+        return {
+            **self.spec.to_dict(),
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "vocab_size": self.model.config.vocab_size,
+            "n_params": sum(p.numel() for p in self.model.parameters()),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "folder": str(self.folder),
+        }
+
+    # -- text ---------------------------------------------------------------------------------
+    def format_prompts(self, prompts: Sequence[str], *, chat: bool | None = None, system: str | None = None) -> list[str]:
+        """Apply the chat template (instruct experts, by default) or leave the text as is (base)."""
+        use_chat = self.spec.chat_template if chat is None else chat
+        if use_chat and self.tokenizer.chat_template is None:
+            raise SteerlabError(f"expert {self.name!r} has no chat template; pass chat=False")
+        if not use_chat:
+            return list(prompts)
+        prefix = [{"role": "system", "content": system}] if system else []
+        return [
+            self.tokenizer.apply_chat_template(
+                [*prefix, {"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            )
+            for p in prompts
+        ]
+
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch:
+        """Left-pad `texts`. Special tokens are added only to text that has none of a template's."""
+        if not texts:
+            raise EmptyPromptsError()
+        encoded = [self._encode(t) for t in texts]
+        if any(len(ids) == 0 for ids in encoded):
+            raise EmptyPromptsError("tokens (a prompt tokenized to nothing)")
+        width = max(len(ids) for ids in encoded)
+        ids = torch.full((len(encoded), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, seq in enumerate(encoded):
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return TokenBatch(ids.to(self.device), mask.to(self.device), positions.to(self.device))
+
+    def _encode(self, text: str) -> list[int]:
+        templated = any(tok in text for tok in self.tokenizer.all_special_tokens if tok)
+        return self.tokenizer(text, add_special_tokens=not templated)["input_ids"]
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def hook_names(self) -> list[str]:
+        """TL names served at HF speed by plain torch hooks (more via `bridge_hook_names`)."""
+        return hookpoints.fast_hook_names(self.n_layers)
+
+    def bridge_hook_names(self) -> list[str]:
+        return list(self.bridge.hook_dict)
+
+    def hook_point(self, name: str) -> hookpoints.HookPoint:
+        """The HF boundary of a fast TL name; unknown names get suggestions."""
+        point = hookpoints.resolve_hook(name, self.architecture, self.n_layers)
+        if point is None:
+            hookpoints.check_known(name, self.hook_names())
+        return point
+
+    @cached_property
+    def bridge(self):
+        """TransformerBridge over a parameter-sharing twin (booted on first use)."""
+        from experts.bridge import boot_bridge
+
+        return boot_bridge(self.model, self.tokenizer, self.folder, self.device)
+
+    # -- running -------------------------------------------------------------------------------
+    def generate(self, prompts: str | Sequence[str], **kwargs: Any):
+        """See `experts.generate.generate`; keyword arguments of `GenerationConfig` are accepted."""
+        from experts.generate import GenerationConfig, generate
+
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        fields = set(GenerationConfig.__dataclass_fields__)
+        config = GenerationConfig(**{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
+        return generate(self, prompts, config, **kwargs)
+
+    def run_with_cache(self, prompts: str | Sequence[str], names: Sequence[str], **kwargs: Any):
+        """Capture activations at TL-named hooks; see `experts.capture.run_with_cache`."""
+        from experts.capture import run_with_cache
+
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return run_with_cache(self, prompts, names, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Expert({self.name!r}, n_layers={self.n_layers}, d_model={self.d_model}, device={self.device}, dtype={self.dtype})"

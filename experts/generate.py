@@ -1,0 +1,245 @@
+"""Batched generation on the plain HF model: left padding, attention masks, KV cache, greedy or
+seeded sampling, stop on EOS.
+
+Each row samples from its own `torch.Generator`, seeded from (seed, prompt, sample index), so a
+row's text does not depend on which other prompts share its batch. While the loop runs,
+`current_decode_state()` tells hooks which step is running and where the padding is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+from experts.errors import EmptyPromptsError, SteerlabError
+
+if TYPE_CHECKING:
+    from experts.expert import Expert
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings. `do_sample=False` is greedy; `top_k=0` and `top_p=1` disable those filters."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    num_samples: int = 1
+    stop_at_eos: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_new_tokens": self.max_new_tokens >= 1,
+            "temperature": self.temperature > 0,
+            "top_k": self.top_k >= 0,
+            "top_p": 0 < self.top_p <= 1,
+            "num_samples": self.num_samples >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise SteerlabError(f"invalid generation setting {name}={getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class DecodeState:
+    """What a hook may need during generation. `step` 0 is the prefill over the padded prompts;
+    step s >= 1 feeds one new position per row. `attention_mask` covers every position so far."""
+
+    step: int
+    prompt_length: int
+    attention_mask: Tensor
+
+
+_DECODE_STATE: ContextVar[DecodeState | None] = ContextVar("steerlab_decode_state", default=None)
+
+
+def current_decode_state() -> DecodeState | None:
+    return _DECODE_STATE.get()
+
+
+@contextmanager
+def _decode_state(state: DecodeState) -> Iterator[None]:
+    token = _DECODE_STATE.set(state)
+    try:
+        yield
+    finally:
+        _DECODE_STATE.reset(token)
+
+
+@dataclass
+class GenerationResult:
+    """One row per (prompt, sample): texts, generated token ids and why each row stopped."""
+
+    prompts: list[str]
+    formatted_prompts: list[str]
+    sample_index: list[int]
+    texts: list[str]
+    token_ids: list[list[int]]
+    finish_reasons: list[str]
+    config: GenerationConfig
+    expert: str
+
+    def records(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "prompt": p,
+                "sample": s,
+                "text": t,
+                "n_tokens": len(ids),
+                "finish_reason": r,
+            }
+            for p, s, t, ids, r in zip(
+                self.prompts, self.sample_index, self.texts, self.token_ids, self.finish_reasons
+            )
+        ]
+
+    def settings(self) -> dict[str, Any]:
+        return {"expert": self.expert, **asdict(self.config)}
+
+
+LogitsHook = Callable[[Tensor, DecodeState], Tensor]
+
+
+def row_seed(seed: int, prompt: str, sample: int) -> int:
+    digest = hashlib.sha256(f"{seed}\x00{sample}\x00{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _filter_logits(logits: Tensor, config: GenerationConfig) -> Tensor:
+    logits = logits / config.temperature
+    if config.top_k:
+        kth = torch.topk(logits, min(config.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= config.top_p  # keep the token that crosses p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _next_tokens(logits: Tensor, config: GenerationConfig, generators: list[torch.Generator]) -> Tensor:
+    if not config.do_sample:
+        return logits.argmax(-1)
+    probs = _filter_logits(logits.float(), config).softmax(-1)
+    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
+
+
+def eos_ids(expert: Expert) -> set[int]:
+    ids = {expert.tokenizer.eos_token_id}
+    configured = getattr(expert.model.generation_config, "eos_token_id", None)
+    ids |= set(configured) if isinstance(configured, list) else {configured}
+    return {i for i in ids if i is not None}
+
+
+@torch.inference_mode()
+def generate_batch(
+    expert: Expert,
+    formatted: Sequence[str],
+    config: GenerationConfig,
+    seeds: Sequence[int],
+    logits_hook: LogitsHook | None = None,
+) -> tuple[list[list[int]], list[str]]:
+    """Generate for already formatted prompts in one batch; returns token ids and finish reasons."""
+    batch = expert.tokenize(formatted)
+    model, device = expert.model, expert.device
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    stop_ids = torch.tensor(sorted(eos_ids(expert)), device=device)
+    pad_id = expert.pad_token_id
+    mask, positions = batch.attention_mask, batch.position_ids
+    rows = mask.shape[0]
+    cache = DynamicCache(config=model.config)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    generated: list[Tensor] = []
+    step_input = batch.input_ids
+    for step in range(config.max_new_tokens):
+        state = DecodeState(step=step, prompt_length=batch.input_ids.shape[1], attention_mask=mask)
+        with _decode_state(state):
+            out = model(
+                input_ids=step_input,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits = out.logits[:, -1, :]
+            if logits_hook is not None:
+                logits = logits_hook(logits, state)
+        tokens = _next_tokens(logits, config, generators)
+        tokens = torch.where(finished, torch.full_like(tokens, pad_id), tokens)
+        generated.append(tokens)
+        if config.stop_at_eos:
+            finished |= torch.isin(tokens, stop_ids)
+            if bool(finished.all()):
+                break
+        step_input = tokens[:, None]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+    return _trim(torch.stack(generated, dim=1).tolist(), set(stop_ids.tolist()), config)
+
+
+def _trim(rows: list[list[int]], stop_ids: set[int], config: GenerationConfig) -> tuple[list[list[int]], list[str]]:
+    """Cut each row after its first EOS (kept out of the ids) and say why it stopped."""
+    token_ids, reasons = [], []
+    for row in rows:
+        cut = next((i for i, t in enumerate(row) if t in stop_ids), None) if config.stop_at_eos else None
+        token_ids.append(row if cut is None else row[:cut])
+        reasons.append("length" if cut is None else "eos")
+    return token_ids, reasons
+
+
+def generate(
+    expert: Expert,
+    prompts: Sequence[str],
+    config: GenerationConfig,
+    *,
+    chat: bool | None = None,
+    system: str | None = None,
+    batch_size: int = 8,
+    logits_hook: LogitsHook | None = None,
+    progress: bool = False,
+) -> GenerationResult:
+    """Generate `config.num_samples` continuations of each prompt, `batch_size` rows at a time."""
+    from tqdm.auto import tqdm
+
+    prompts = list(prompts)
+    if not prompts or any(not p.strip() for p in prompts):
+        raise EmptyPromptsError()
+    formatted = expert.format_prompts(prompts, chat=chat, system=system)
+    rows = [(i, s) for i in range(len(prompts)) for s in range(config.num_samples)]
+    token_ids: list[list[int]] = []
+    reasons: list[str] = []
+    for start in tqdm(range(0, len(rows), batch_size), disable=not progress, desc="generate", unit="batch"):
+        chunk = rows[start : start + batch_size]
+        ids, why = generate_batch(
+            expert,
+            [formatted[i] for i, _ in chunk],
+            config,
+            [row_seed(config.seed, prompts[i], s) for i, s in chunk],
+            logits_hook,
+        )
+        token_ids += ids
+        reasons += why
+    return GenerationResult(
+        prompts=[prompts[i] for i, _ in rows],
+        formatted_prompts=[formatted[i] for i, _ in rows],
+        sample_index=[s for _, s in rows],
+        texts=[expert.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids],
+        token_ids=token_ids,
+        finish_reasons=reasons,
+        config=config,
+        expert=expert.name,
+    )

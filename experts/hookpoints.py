@@ -1,0 +1,120 @@
+"""The one place that knows hook names: TransformerLens names mapped to Hugging Face module boundaries.
+
+Users speak TL names (`blocks.3.hook_resid_post`, `hook_embed`, `ln_final.hook_out`...). Each name with
+an HF boundary becomes a `HookPoint`: a module path and whether the activation is that module's
+input or output. Names without one (inside attention: `hook_pattern`, `hook_z`...) are served by
+the TransformerBridge instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from experts.errors import LayerOutOfRangeError, UnknownHookError, UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where an architecture keeps its blocks. Paths inside a block are relative to the block."""
+
+    embed: str
+    blocks: str
+    final_norm: str
+    attn_out: str  # output of this module is hook_attn_out (what is added to the residual)
+    mlp_out: str  # output of this module is hook_mlp_out
+    resid_mid_input: str  # input of this module is hook_resid_mid
+
+
+_LLAMA = Layout("model.embed_tokens", "model.layers", "model.norm", "self_attn", "mlp", "post_attention_layernorm")
+# Gemma 3 normalises each sublayer's output before adding it to the residual stream.
+_GEMMA3 = Layout(
+    "model.embed_tokens",
+    "model.layers",
+    "model.norm",
+    "post_attention_layernorm",
+    "post_feedforward_layernorm",
+    "pre_feedforward_layernorm",
+)
+
+LAYOUTS: dict[str, Layout] = {
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
+    "gemma3": _GEMMA3,
+    "gemma3_text": _GEMMA3,
+}
+
+BLOCK_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
+GLOBAL_HOOKS = ("hook_embed", "ln_final.hook_out")
+_BLOCK_NAME = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """A TL hook name resolved to an HF module: its activation is the module's input or output."""
+
+    name: str
+    layer: int | None
+    module_path: str
+    side: Literal["input", "output"]
+
+
+def layout_for(architecture: str) -> Layout:
+    try:
+        return LAYOUTS[architecture]
+    except KeyError:
+        raise UnsupportedArchitectureError(architecture, LAYOUTS) from None
+
+
+def act_name(kind: str, layer: int | None = None) -> str:
+    """`act_name("resid_post", 3)` -> `blocks.3.hook_resid_post`; `act_name("embed")` -> `hook_embed`."""
+    if layer is None:
+        return "ln_final.hook_out" if kind in ("ln_final", "ln_final.hook_out") else f"hook_{kind.removeprefix('hook_')}"
+    return f"blocks.{layer}.hook_{kind.removeprefix('hook_')}"
+
+
+def fast_hook_names(n_layers: int) -> list[str]:
+    """Every name served by plain torch hooks on the HF model, in forward order."""
+    names = ["hook_embed"]
+    for layer in range(n_layers):
+        names += [f"blocks.{layer}.{hook}" for hook in BLOCK_HOOKS]
+    return names + ["ln_final.hook_out"]
+
+
+def resolve_hook(name: str, architecture: str, n_layers: int) -> HookPoint | None:
+    """Resolve a TL name to a `HookPoint`, or `None` if it has no HF boundary (bridge-only).
+
+    Raises `LayerOutOfRangeError` for `blocks.N.*` with N out of range.
+    """
+    layout = layout_for(architecture)
+    if name == "hook_embed":
+        return HookPoint(name, None, layout.embed, "output")
+    if name == "ln_final.hook_out":
+        return HookPoint(name, None, layout.final_norm, "output")
+    match = _BLOCK_NAME.match(name)
+    if match is None:
+        return None
+    layer, hook = int(match.group(1)), match.group(2)
+    if layer >= n_layers:
+        raise LayerOutOfRangeError(name, layer, n_layers)
+    block = f"{layout.blocks}.{layer}"
+    if hook == "hook_resid_pre":
+        return HookPoint(name, layer, block, "input")
+    if hook == "hook_resid_post":
+        return HookPoint(name, layer, block, "output")
+    if hook == "hook_resid_mid":
+        return HookPoint(name, layer, f"{block}.{layout.resid_mid_input}", "input")
+    if hook == "hook_attn_out":
+        return HookPoint(name, layer, f"{block}.{layout.attn_out}", "output")
+    if hook == "hook_mlp_out":
+        return HookPoint(name, layer, f"{block}.{layout.mlp_out}", "output")
+    return None
+
+
+def check_known(name: str, valid: list[str]) -> None:
+    """Raise `UnknownHookError` with close suggestions unless `name` is in `valid`."""
+    if name not in valid:
+        raise UnknownHookError(name, valid)
