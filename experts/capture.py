@@ -7,8 +7,6 @@ Names with an HF boundary are read by plain torch hooks on the expert's own mode
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from tqdm.auto import tqdm
 
 from experts import hookpoints
 from experts.errors import EmptyPromptsError, UnknownHookError
+from experts.files import atomic_path
 from experts.hooks import hook_context
 
 if TYPE_CHECKING:
@@ -70,15 +69,8 @@ class ActivationCache:
         tensors["tokens"] = self.tokens.cpu()
         tensors["attention_mask"] = self.attention_mask.cpu()
         meta = {"steerlab": json.dumps({**self.metadata, "prompts": self.prompts})}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
         return path
 
 

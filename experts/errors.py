@@ -46,7 +46,7 @@ class UnsupportedArchitectureError(SteerlabError):
 
 class UnknownHookError(SteerlabError, KeyError):
     def __init__(self, name: str, valid: Iterable[str]):
-        close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, list(dict.fromkeys(valid)), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         super().__init__(f"unknown hook name {name!r}{hint}")
 

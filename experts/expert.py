@@ -69,6 +69,7 @@ class Expert:
         from experts import loading, tiny
 
         spec = registry.resolve(name_or_path)
+        hookpoints.layout_for(spec.architecture)
         target = torch.device(device) if device else default_device()
         torch_dtype = _parse_dtype(dtype, target)
         if spec.source == "tiny":

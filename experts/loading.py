@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from experts.errors import ChecksumMismatchError, ModelPackageMissingError
+from experts.errors import ChecksumMismatchError, ModelPackageMissingError, SteerlabError
 from experts.spec import ExpertSpec, WeightPart
 
 log = logging.getLogger(__name__)
@@ -149,5 +149,8 @@ def load_folder(
     spec: ExpertSpec, device: torch.device, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path]:
     folder = Path(spec.folder)
-    model, tokenizer = _load_folder(folder, device, dtype)
+    try:
+        model, tokenizer = _load_folder(folder, device, dtype)
+    except (OSError, ValueError) as error:
+        raise SteerlabError(f"cannot load the model folder {folder}: {error}") from None
     return model, tokenizer, folder

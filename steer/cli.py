@@ -1,0 +1,218 @@
+"""`steer`: the command line. Bad input exits non-zero with a one-line message, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from experts.errors import EmptyPromptsError, SteerlabError
+
+log = logging.getLogger("steer")
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        try:
+            text = Path(args.prompts_file).read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise SteerlabError(f"{args.prompts_file} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+        except OSError as error:
+            raise SteerlabError(f"cannot read prompts file {args.prompts_file}: {error.strerror}") from None
+        prompts += [line for line in text.splitlines() if line.strip()]
+    if not prompts or any(not p.strip() for p in prompts):
+        raise EmptyPromptsError()
+    return prompts
+
+
+def _load(args: argparse.Namespace):
+    from experts.expert import Expert
+
+    return Expert.load(args.expert, device=args.device, dtype=args.dtype)
+
+
+def cmd_experts_list(args: argparse.Namespace) -> None:
+    from experts.loading import cache_folder
+    from experts.registry import DEFAULT_EXPERT, REAL_EXPERTS, TINY_EXPERTS
+
+    rows = []
+    for spec in [*REAL_EXPERTS.values(), *TINY_EXPERTS.values()]:
+        cached = spec.source in ("gguf", "gguf-parts") and cache_folder(spec).is_dir()
+        rows.append(
+            {
+                "name": spec.name,
+                "default": spec.name == DEFAULT_EXPERT,
+                "architecture": spec.architecture,
+                "chat": spec.chat_template,
+                "capabilities": list(spec.capabilities),
+                "cached": cached,
+                "description": spec.description,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        mark = "*" if row["default"] else " "
+        print(f"{mark} {row['name']:<30} {row['architecture']:<8} {'chat' if row['chat'] else 'base':<5} "
+              f"{'cached' if row['cached'] else '':<7} {', '.join(row['capabilities'])}")
+    print("(* default; a local Hugging Face folder path is accepted wherever an expert name is)")
+
+
+def cmd_experts_info(args: argparse.Namespace) -> None:
+    info = _load(args).info()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    for key in ("name", "description", "architecture", "n_layers", "d_model", "vocab_size", "n_params",
+                "chat_template", "capabilities", "sha256", "packages", "device", "dtype", "folder"):
+        print(f"{key:>14}: {info[key]}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    prompts = _read_prompts(args)
+    expert = _load(args)
+    result = expert.generate(
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        num_samples=args.num_samples,
+        chat=None if args.chat is None else args.chat,
+        batch_size=args.batch_size,
+        progress=len(prompts) > args.batch_size,
+    )
+    if args.json:
+        for record in result.records():
+            print(json.dumps({**record, **result.settings()}))
+        return
+    for record in result.records():
+        if len(result.prompts) > 1:
+            print(f"### {record['prompt']} [sample {record['sample']}, {record['finish_reason']}]")
+        print(record["text"])
+
+
+def cmd_cache(args: argparse.Namespace) -> None:
+    from experts.files import provenance
+
+    prompts = _read_prompts(args)
+    names = [n.strip() for n in args.names.split(",") if n.strip()]
+    expert = _load(args)
+    cache = expert.run_with_cache(prompts, names, chat=args.chat, batch_size=args.batch_size)
+    cache.metadata |= provenance(expert=expert.name, names=names, chat=args.chat)
+    path = cache.save(args.out)
+    shapes = {n: list(t.shape) for n, t in cache.activations.items()}
+    print(f"wrote {path}: " + ", ".join(f"{n} {s}" for n, s in shapes.items()))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from analysis.demo import run_demo
+
+    summary = run_demo(Path(args.out), args.expert, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    print(f"expert {summary['expert']['name']} loaded in {summary['load_seconds']} s; "
+          f"generation at {summary['generation_tokens_per_second']} tokens/s")
+    if summary["massive_activation_ratio_layer_12"]:
+        print(f"layer 12: position 0's residual norm is {summary['massive_activation_ratio_layer_12']}x "
+              "the median position's")
+    print(f"Kelly and Joseph prompts diverge most at layer {summary['layer_of_peak_name_divergence']}")
+    for name, letter in summary["letters"].items():
+        print(f"\n--- letter for {name} ---\n{letter}")
+    print(f"\nresults in {args.out}/: {', '.join(summary['files'])}")
+
+
+def _add_expert_options(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    from experts.registry import DEFAULT_EXPERT
+
+    parser.add_argument("--expert", default=default or DEFAULT_EXPERT, help="expert name or local HF folder")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="default: bfloat16 on GPU, float32 on CPU")
+
+
+def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", nargs="*", help="prompt text (several allowed)")
+    parser.add_argument("--prompts-file", help="UTF-8 file, one prompt per line")
+    parser.add_argument("--batch-size", type=int, default=8)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="steer", description="Steer, read and audit small white-box experts.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    experts = sub.add_parser("experts", help="list and inspect experts")
+    experts_sub = experts.add_subparsers(dest="experts_command", required=True)
+    listing = experts_sub.add_parser("list", help="named experts")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_experts_list)
+    info = experts_sub.add_parser("info", help="load an expert and describe it")
+    info.add_argument("expert")
+    info.add_argument("--device", default=None)
+    info.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_experts_info)
+
+    gen = sub.add_parser("generate", help="generate text (batched, KV-cached)")
+    _add_expert_options(gen)
+    _add_prompt_options(gen)
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
+    gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                     help="apply the chat template (default: when the expert has one)")
+    gen.add_argument("--json", action="store_true", help="one JSON record per line")
+    gen.set_defaults(func=cmd_generate)
+
+    cache = sub.add_parser("cache", help="capture activations at TL-named hooks to safetensors")
+    _add_expert_options(cache)
+    _add_prompt_options(cache)
+    cache.add_argument("--names", required=True, help="comma-separated TL hook names")
+    cache.add_argument("--out", required=True, help="output .safetensors")
+    cache.add_argument("--chat", action="store_true", help="apply the chat template first")
+    cache.set_defaults(func=cmd_cache)
+
+    demo = sub.add_parser("demo", help="the end-to-end demo on the default expert")
+    _add_expert_options(demo)
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--max-new-tokens", type=int, default=120)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except SteerlabError as error:
+        print(f"steer: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+from safetensors import safe_open
+
+from steer.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_experts_list(capsys):
+    code, out, _ = run(capsys, "experts", "list", "--json")
+    names = [row["name"] for row in json.loads(out)]
+    assert code == 0 and names[:3] == ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma3-270m"]
+
+
+def test_experts_info(capsys):
+    code, out, _ = run(capsys, "experts", "info", "tiny-gemma", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["n_layers"] == 2 and info["d_model"] == 64 and info["architecture"] == "gemma3"
+
+
+def test_generate_json_and_prompts_file(capsys, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Kelly is warm\n\nJoseph is a\n", encoding="utf-8")
+    code, out, _ = run(capsys, "generate", "--expert", "tiny-llama", "--prompts-file", str(prompts),
+                       "--max-new-tokens", "5", "--json", "--seed", "3")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["prompt"] for r in rows] == ["Kelly is warm", "Joseph is a"]
+    assert all(r["n_tokens"] <= 5 and r["seed"] == 3 for r in rows)
+
+
+def test_cache_writes_safetensors(capsys, tmp_path):
+    out_file = tmp_path / "acts.safetensors"
+    code, out, _ = run(capsys, "cache", "--expert", "tiny-llama", "--names", "blocks.1.hook_resid_post,hook_embed",
+                       "--out", str(out_file), "Kelly is warm", "Joseph is")
+    assert code == 0 and "blocks.1.hook_resid_post [2," in out
+    with safe_open(str(out_file), "pt") as f:
+        assert f.get_tensor("act.blocks.1.hook_resid_post").shape[0] == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "--expert", "nope", "hi"], "unknown expert 'nope'; known experts:"),
+        (["generate", "--expert", "tiny-llama"], "no prompts given"),
+        (["cache", "--expert", "tiny-llama", "--names", "blocks.9.hook_resid_post", "--out", "x.st", "hi"],
+         "layer 9 in 'blocks.9.hook_resid_post' is out of range; this expert has layers 0..1"),
+        (["cache", "--expert", "tiny-llama", "--names", "blocks.1.hook_resid", "--out", "x.st", "hi"],
+         "unknown hook name 'blocks.1.hook_resid'; did you mean"),
+        (["generate", "--expert", "tiny-llama", "--max-new-tokens", "0", "hi"], "max_new_tokens=0"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_non_utf8_prompts_file(capsys, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"caf\xe9\n")
+    code, _, err = run(capsys, "generate", "--expert", "tiny-llama", "--prompts-file", str(bad))
+    assert code == 2 and "is not UTF-8" in err

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from experts.errors import EmptyPromptsError, SteerlabError
+from experts.generate import GenerationConfig, eos_ids
+
+PROMPTS = ["Kelly is warm", "The capital of France is Paris and the", "def add(a, b):"]
+
+
+def test_batched_equals_one_by_one_greedy(tiny):
+    batched = tiny.generate(PROMPTS, max_new_tokens=12)
+    single = [tiny.generate(p, max_new_tokens=12).token_ids[0] for p in PROMPTS]
+    assert batched.token_ids == single
+
+
+def test_batched_equals_one_by_one_sampled(tiny):
+    settings = dict(max_new_tokens=12, do_sample=True, temperature=0.9, top_k=50, top_p=0.95, seed=7)
+    batched = tiny.generate(PROMPTS, batch_size=2, **settings)
+    single = [tiny.generate(p, **settings).token_ids[0] for p in PROMPTS]
+    assert batched.token_ids == single
+
+
+def test_sampling_is_seeded_and_samples_differ(tiny):
+    a = tiny.generate(PROMPTS[:1], max_new_tokens=16, do_sample=True, seed=1, num_samples=3)
+    b = tiny.generate(PROMPTS[:1], max_new_tokens=16, do_sample=True, seed=1, num_samples=3)
+    c = tiny.generate(PROMPTS[:1], max_new_tokens=16, do_sample=True, seed=2, num_samples=3)
+    assert a.token_ids == b.token_ids
+    assert a.token_ids != c.token_ids
+    assert len({tuple(t) for t in a.token_ids}) > 1
+    assert a.sample_index == [0, 1, 2]
+
+
+def test_greedy_matches_transformers_generate(tiny):
+    text = tiny.format_prompts([PROMPTS[1]])[0]
+    batch = tiny.tokenize([text])
+    reference = tiny.model.generate(
+        batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=12, do_sample=False,
+        eos_token_id=None, pad_token_id=tiny.pad_token_id,
+    )[0, batch.input_ids.shape[1]:].tolist()
+    ours = tiny.generate(PROMPTS[1], max_new_tokens=12, stop_at_eos=False).token_ids[0]
+    assert ours == reference
+
+
+def test_stops_at_eos_per_row(tiny):
+    eos = min(eos_ids(tiny))
+
+    def force_eos_at_step_3_for_row_0(logits, state):
+        if state.step == 3:
+            logits = logits.clone()
+            logits[0, eos] = 1e4
+        return logits
+
+    from experts.generate import generate
+
+    result = generate(tiny, PROMPTS[:2], GenerationConfig(max_new_tokens=8), logits_hook=force_eos_at_step_3_for_row_0)
+    assert result.finish_reasons == ["eos", "length"]
+    assert len(result.token_ids[0]) == 3 and len(result.token_ids[1]) == 8
+
+
+def test_chat_template_is_applied_for_chat_experts(tiny_llama):
+    formatted = tiny_llama.format_prompts(["hi"])[0]
+    assert formatted == "<|user|>hi<|end|><|assistant|>"
+    assert tiny_llama.format_prompts(["hi"], chat=False) == ["hi"]
+
+
+@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=0), dict(top_p=0), dict(top_k=-1)])
+def test_invalid_settings_are_named(bad):
+    with pytest.raises(SteerlabError, match=next(iter(bad))):
+        GenerationConfig(**bad)
+
+
+def test_empty_prompts_are_refused(tiny):
+    for prompts in ([], [""], ["ok", "  "]):
+        with pytest.raises(EmptyPromptsError):
+            tiny.generate(prompts)
+
+
+def test_records_carry_settings(tiny):
+    result = tiny.generate(PROMPTS[:1], max_new_tokens=3, seed=5)
+    assert result.settings()["seed"] == 5 and result.settings()["expert"] == tiny.name
+    assert result.records()[0]["n_tokens"] == 3
+    assert torch.is_tensor(tiny.tokenize(["x"]).input_ids)
