@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from experts import hookpoints
 from experts.errors import EmptyPromptsError, UnknownHookError
 from experts.files import atomic_path
+from experts.generate import DecodeState, publish_state
 from experts.hooks import hook_context
 
 if TYPE_CHECKING:
@@ -105,7 +106,8 @@ def _capture_fast(expert: Expert, batch, points: list[hookpoints.HookPoint]) -> 
 
         return read
 
-    with hook_context(expert.model, [(p, reader(p.name)) for p in points]):
+    state = DecodeState.for_batch(batch.attention_mask)
+    with hook_context(expert.model, [(p, reader(p.name)) for p in points]), publish_state(state):
         try:
             expert.model(
                 input_ids=batch.input_ids,

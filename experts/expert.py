@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -108,6 +109,16 @@ class Expert:
         pad = self.tokenizer.pad_token_id
         return pad if pad is not None else self.tokenizer.eos_token_id
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """Short hash of the weights (a strided sample of every tensor): tells experts apart cheaply."""
+        digest = hashlib.sha256(f"{self.architecture}:{self.n_layers}:{self.d_model}".encode())
+        with torch.no_grad():
+            for name, tensor in self.model.state_dict().items():
+                sample = tensor.flatten()[:: max(1, tensor.numel() // 256)][:256]
+                digest.update(name.encode() + sample.float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     def info(self) -> dict[str, Any]:
         return {
             **self.spec.to_dict(),
@@ -118,6 +129,7 @@ class Expert:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "folder": str(self.folder),
+            "fingerprint": self.fingerprint,
         }
 
     # -- text ---------------------------------------------------------------------------------

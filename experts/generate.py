@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -53,12 +53,28 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class DecodeState:
-    """What a hook may need during generation. `step` 0 is the prefill over the padded prompts;
-    step s >= 1 feeds one new position per row. `attention_mask` covers every position so far."""
+    """Where the tokens of the running forward pass sit, for position-aware hooks.
+
+    `position_ids` and `valid` cover this forward's input: the padded prompts at step 0, one new
+    token per row at step s >= 1, or a whole sequence in a no-cache pass. A position is generated
+    when its position id is at least its row's prompt length.
+    """
 
     step: int
-    prompt_length: int
-    attention_mask: Tensor
+    position_ids: Tensor  # (batch, pos), 0 = first real token of the row
+    valid: Tensor  # (batch, pos) bool, False on padding
+    prompt_lengths: Tensor  # (batch,)
+
+    def generated(self) -> Tensor:
+        return self.valid & (self.position_ids >= self.prompt_lengths[:, None])
+
+    @classmethod
+    def for_batch(cls, attention_mask: Tensor, prompt_lengths: Tensor | None = None) -> DecodeState:
+        """State of a plain forward over left-padded rows (every real token a prompt token by default)."""
+        valid = attention_mask.bool()
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        lengths = attention_mask.sum(-1) if prompt_lengths is None else prompt_lengths
+        return cls(step=0, position_ids=positions, valid=valid, prompt_lengths=lengths)
 
 
 _DECODE_STATE: ContextVar[DecodeState | None] = ContextVar("steerlab_decode_state", default=None)
@@ -69,7 +85,8 @@ def current_decode_state() -> DecodeState | None:
 
 
 @contextmanager
-def _decode_state(state: DecodeState) -> Iterator[None]:
+def publish_state(state: DecodeState) -> Iterator[None]:
+    """Make `state` visible to hooks (via `current_decode_state()`) for the duration of the block."""
     token = _DECODE_STATE.set(state)
     try:
         yield
@@ -164,9 +181,11 @@ def generate_batch(
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     generated: list[Tensor] = []
     step_input = batch.input_ids
+    prompt_lengths = mask.sum(-1)
+    step_valid = mask.bool()
     for step in range(config.max_new_tokens):
-        state = DecodeState(step=step, prompt_length=batch.input_ids.shape[1], attention_mask=mask)
-        with _decode_state(state):
+        state = DecodeState(step, positions, step_valid, prompt_lengths)
+        with publish_state(state):
             out = model(
                 input_ids=step_input,
                 attention_mask=mask,
@@ -188,6 +207,7 @@ def generate_batch(
         step_input = tokens[:, None]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
+        step_valid = torch.ones_like(step_input, dtype=torch.bool)
     return _trim(torch.stack(generated, dim=1).tolist(), set(stop_ids.tolist()), config)
 
 

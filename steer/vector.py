@@ -1,0 +1,181 @@
+"""`SteeringVector`: per-layer directions at a TL hook point, with provenance and arithmetic.
+
+Saved as safetensors (one tensor per layer, `layer.{i}`) with JSON metadata inside the file;
+never pickled. Loading into an expert of another width or weights fingerprint is an error
+unless forced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from experts.files import atomic_path
+from experts.hookpoints import BLOCK_HOOKS
+from steer.errors import BadVectorFileError, VectorMismatchError
+
+if TYPE_CHECKING:
+    from experts.expert import Expert
+
+FORMAT = "steerlab.vector/1"
+
+
+def _library_version() -> str:
+    try:
+        return version("steerlab")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How a vector was made. `coef_range` is the calibrated range of useful coefficients."""
+
+    expert: str = ""
+    fingerprint: str = ""
+    method: str = ""
+    dataset: str = ""
+    dataset_sha256: str = ""
+    token_rule: str = ""
+    seed: int | None = None
+    n_pairs: int = 0
+    typical_norms: dict[int, float] = field(default_factory=dict)
+    coef_range: tuple[float, float] | None = None
+    library_version: str = field(default_factory=_library_version)
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class SteeringVector:
+    """Directions keyed by layer, all at `blocks.{layer}.{hook}`; `d_model` wide."""
+
+    directions: dict[int, Tensor]
+    hook: str = "hook_resid_post"
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def __post_init__(self) -> None:
+        if not self.directions:
+            raise BadVectorFileError("a steering vector needs at least one layer")
+        if self.hook not in BLOCK_HOOKS:
+            raise BadVectorFileError(f"hook {self.hook!r} is not steerable; choose one of {', '.join(BLOCK_HOOKS)}")
+        widths = {t.shape for t in self.directions.values()}
+        if len(widths) != 1 or len(next(iter(widths))) != 1:
+            raise BadVectorFileError(f"directions must be 1-D and of one width, got shapes {sorted(map(tuple, widths))}")
+        for layer, tensor in self.directions.items():
+            if not torch.isfinite(tensor).all():
+                raise BadVectorFileError(f"direction at layer {layer} has NaN or infinite values")
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.directions)
+
+    @property
+    def d_model(self) -> int:
+        return next(iter(self.directions.values())).shape[0]
+
+    @property
+    def norms(self) -> dict[int, float]:
+        return {layer: self.directions[layer].norm().item() for layer in self.layers}
+
+    def hook_name(self, layer: int) -> str:
+        return f"blocks.{layer}.{self.hook}"
+
+    # -- arithmetic --------------------------------------------------------------------------
+    def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        if other.hook != self.hook or other.d_model != self.d_model:
+            raise VectorMismatchError(
+                f"cannot combine vectors at {self.hook} (width {self.d_model}) and {other.hook} (width {other.d_model})"
+            )
+        directions = {layer: t.clone() for layer, t in self.directions.items()}
+        for layer, tensor in other.directions.items():
+            directions[layer] = directions[layer] + sign * tensor if layer in directions else sign * tensor
+        return replace(self, directions=directions, provenance=replace(self.provenance, method="combination"))
+
+    def __add__(self, other: SteeringVector) -> SteeringVector:
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other: SteeringVector) -> SteeringVector:
+        return self._combine(other, -1.0)
+
+    def __mul__(self, scale: float) -> SteeringVector:
+        if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            return NotImplemented
+        return replace(self, directions={layer: t * scale for layer, t in self.directions.items()})
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> SteeringVector:
+        return self * -1.0
+
+    def normalized(self) -> SteeringVector:
+        """Unit norm at every layer."""
+        return replace(self, directions={layer: t / t.norm().clamp_min(1e-12) for layer, t in self.directions.items()})
+
+    def restrict(self, layers: list[int]) -> SteeringVector:
+        missing = sorted(set(layers) - set(self.directions))
+        if missing:
+            raise VectorMismatchError(f"layers {missing} are not in this vector; it has {self.layers}")
+        return replace(self, directions={layer: self.directions[layer] for layer in layers})
+
+    # -- compatibility -----------------------------------------------------------------------
+    def check_compatible(self, expert: Expert, force: bool = False) -> None:
+        """Raise `VectorMismatchError` unless this vector fits `expert` (width, layers, fingerprint)."""
+        if self.d_model != expert.d_model:
+            raise VectorMismatchError(
+                f"vector width {self.d_model} does not match expert {expert.name!r} (d_model {expert.d_model})"
+            )
+        bad = [layer for layer in self.layers if not 0 <= layer < expert.n_layers]
+        if bad:
+            raise VectorMismatchError(f"vector layers {bad} are out of range for {expert.name!r} (0..{expert.n_layers - 1})")
+        made_for = self.provenance.fingerprint
+        if made_for and made_for != expert.fingerprint and not force:
+            raise VectorMismatchError(
+                f"vector was made for {self.provenance.expert!r} (weights {made_for}), not {expert.name!r} "
+                f"(weights {expert.fingerprint}); pass force=True (CLI: --force) to use it anyway"
+            )
+
+    # -- files -------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        tensors = {f"layer.{layer}": t.detach().float().contiguous().cpu() for layer, t in self.directions.items()}
+        meta = {"format": FORMAT, "hook": self.hook, "provenance": asdict(self.provenance)}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"steerlab": json.dumps(meta)})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, expert: Expert | None = None, *, force: bool = False) -> SteeringVector:
+        """Read a vector file; with `expert`, check that it fits (see `check_compatible`)."""
+        path = Path(path)
+        try:
+            with safe_open(str(path), "pt") as f:
+                raw = (f.metadata() or {}).get("steerlab")
+                tensors = {key: f.get_tensor(key) for key in f.keys()}
+        except (SafetensorError, OSError, ValueError) as error:
+            raise BadVectorFileError(f"{path} is not a readable safetensors file ({error})") from None
+        try:
+            meta = json.loads(raw)
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}")
+            prov = meta["provenance"]
+            prov["typical_norms"] = {int(k): v for k, v in prov.get("typical_norms", {}).items()}
+            if prov.get("coef_range") is not None:
+                prov["coef_range"] = tuple(prov["coef_range"])
+            directions = {int(key.removeprefix("layer.")): t for key, t in tensors.items()}
+            vector = cls(directions=directions, hook=meta["hook"], provenance=Provenance(**prov))
+        except (TypeError, ValueError, KeyError) as error:
+            raise BadVectorFileError(f"{path} is not a steerlab vector file ({FORMAT}): {error}") from None
+        if expert is not None:
+            vector.check_compatible(expert, force=force)
+        return vector
