@@ -25,3 +25,28 @@ def residual_profile(frame: pd.DataFrame, title: str) -> Figure:
     )
     fig.suptitle(title)
     return fig
+
+
+def sweep_plot(summary: pd.DataFrame, scorer: str, title: str) -> Figure:
+    """Score change (with 95% CI) and median perplexity against the coefficient, per condition."""
+    fig, (ax_score, ax_ppl) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    base = summary[summary["condition"] == "baseline"]
+    for condition, marker in (("vector", "o-"), ("random", "s--")):
+        part = pd.concat([base.assign(condition=condition), summary[summary["condition"] == condition]]).sort_values("coef")
+        if len(part) <= 1:
+            continue
+        err = [part["diff_vs_unsteered"] - part["ci_low"], part["ci_high"] - part["diff_vs_unsteered"]]
+        ax_score.errorbar(part["coef"], part["diff_vs_unsteered"], yerr=err, fmt=marker, capsize=3, label=condition)
+        ax_ppl.plot(part["coef"], part["perplexity"], marker, label=condition)
+    prompting = summary[summary["condition"] == "prompting"]
+    for _, row in prompting.iterrows():
+        ax_score.axhline(row["diff_vs_unsteered"], color="tab:green", ls=":", lw=1)
+        ax_ppl.axhline(row["perplexity"], color="tab:green", ls=":", lw=1)
+    if len(prompting):
+        ax_score.plot([], [], ":", color="tab:green", label="prompting (±instruction)")
+    ax_score.axhline(0, color="grey", lw=0.5)
+    ax_score.set(xlabel="coefficient", ylabel=f"Δ {scorer} vs unsteered (95% CI)", title="Behaviour")
+    ax_ppl.set(xlabel="coefficient", ylabel="median perplexity (unsteered expert)", title="Fluency cost")
+    ax_score.legend()
+    fig.suptitle(title)
+    return fig

@@ -1,0 +1,177 @@
+"""Steering vectors from contrastive pairs: capture activations, then aggregate.
+
+Aggregators are small named strategies `(positive, negative, seed) -> direction`, each returned
+at the scale of the mean difference projected on it, so coefficients mean the same across
+methods. The token rule picks the activation of each text: its `last` token, or the `mean`
+over the answer tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from experts.errors import SteerlabError
+from experts.hookpoints import BLOCK_HOOKS
+from steer.datasets import ContrastPair
+from steer.vector import Provenance, SteeringVector
+
+if TYPE_CHECKING:
+    from experts.expert import Expert
+
+Aggregator = Callable[[Tensor, Tensor, int], Tensor]
+TOKEN_RULES = ("last", "mean")
+# Calibrated coefficients add 10%..50% of the typical residual norm (MODELS.md: 4-8x a norm-8 vector
+# at SmolLM2's layer 12, whose median norm is ~146, moved sentiment strongly).
+COEF_FRACTIONS = (0.1, 0.5)
+
+
+def _scaled(unit: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
+    unit = unit / unit.norm().clamp_min(1e-12)
+    scale = ((positive - negative).mean(0) @ unit).item()
+    return unit * scale  # sign aligned: the mean difference projects positively
+
+
+def mean_diff(positive: Tensor, negative: Tensor, seed: int = 0) -> Tensor:
+    """CAA: the mean of positive minus negative activations."""
+    return (positive - negative).mean(0)
+
+
+def pca(positive: Tensor, negative: Tensor, seed: int = 0) -> Tensor:
+    """First principal component of the paired differences, sign-aligned to the mean difference."""
+    from sklearn.decomposition import PCA
+
+    diffs = (positive - negative).double().numpy()
+    component = torch.from_numpy(PCA(n_components=1, random_state=seed).fit(diffs).components_[0]).float()
+    return _scaled(component, positive, negative)
+
+
+def probe(positive: Tensor, negative: Tensor, seed: int = 0) -> Tensor:
+    """Weight vector of a logistic probe separating positive from negative activations."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = torch.cat([positive, negative]).double().numpy()
+    y = [1] * len(positive) + [0] * len(negative)
+    scale = x.std() or 1.0
+    model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(x / scale, y)
+    return _scaled(torch.from_numpy(model.coef_[0]).float(), positive, negative)
+
+
+AGGREGATORS: dict[str, Aggregator] = {"mean_diff": mean_diff, "pca": pca, "probe": probe}
+
+
+@dataclass
+class PairActivations:
+    """Per layer: (n_pairs, d_model) activations of the positive and negative sides."""
+
+    positive: dict[int, Tensor]
+    negative: dict[int, Tensor]
+    typical_norms: dict[int, float]  # median residual norm over non-first real positions
+
+
+def pair_texts(expert: Expert, pairs: Sequence[ContrastPair]) -> tuple[list[str], list[int]]:
+    """Full texts (positives, then negatives) and the token index where each answer starts."""
+    texts, starts = [], []
+    for side in ("positive", "negative"):
+        for pair in pairs:
+            prefix = ""
+            if pair.prompt:
+                prefix = expert.format_prompts([pair.prompt])[0] if expert.spec.chat_template else pair.prompt + "\n"
+            texts.append(prefix + getattr(pair, side))
+            starts.append(len(expert.tokenize([prefix]).input_ids[0]) if prefix else 0)
+    return texts, starts
+
+
+def capture_pairs(
+    expert: Expert,
+    pairs: Sequence[ContrastPair],
+    layers: Sequence[int],
+    *,
+    hook: str = "hook_resid_post",
+    token_rule: str = "last",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> PairActivations:
+    if token_rule not in TOKEN_RULES:
+        raise SteerlabError(f"unknown token rule {token_rule!r}; choose one of {', '.join(TOKEN_RULES)}")
+    if hook not in BLOCK_HOOKS:
+        raise SteerlabError(f"hook {hook!r} is not steerable; choose one of {', '.join(BLOCK_HOOKS)}")
+    texts, starts = pair_texts(expert, pairs)
+    names = [f"blocks.{layer}.{hook}" for layer in layers]
+    cache = expert.run_with_cache(texts, names, chat=False, batch_size=batch_size, progress=progress)
+    n = len(pairs)
+    positive, negative, typical = {}, {}, {}
+    for layer, name in zip(layers, names):
+        rows = cache.unpadded(name)
+        if token_rule == "last":
+            acts = torch.stack([r[-1] for r in rows])
+        else:
+            acts = torch.stack([r[min(s, len(r) - 1) :].mean(0) for r, s in zip(rows, starts)])
+        positive[layer], negative[layer] = acts[:n].float().cpu(), acts[n:].float().cpu()
+        typical[layer] = torch.cat([r[1:].norm(dim=-1) for r in rows]).median().item()
+    return PairActivations(positive, negative, typical)
+
+
+def default_layer(expert: Expert) -> int:
+    """About 40% of the depth: where concept directions of small chat models usually steer best."""
+    return round(0.4 * (expert.n_layers - 1))
+
+
+def build_vector(
+    expert: Expert,
+    acts: PairActivations,
+    layers: Sequence[int],
+    *,
+    method: str = "mean_diff",
+    hook: str = "hook_resid_post",
+    token_rule: str = "last",
+    seed: int = 0,
+    dataset: str = "",
+    dataset_sha256: str = "",
+) -> SteeringVector:
+    if method not in AGGREGATORS:
+        raise SteerlabError(f"unknown method {method!r}; choose one of {', '.join(AGGREGATORS)}")
+    directions = {layer: AGGREGATORS[method](acts.positive[layer], acts.negative[layer], seed) for layer in layers}
+    ratios = sorted(acts.typical_norms[layer] / directions[layer].norm().clamp_min(1e-12).item() for layer in layers)
+    ratio = ratios[len(ratios) // 2]
+    provenance = Provenance(
+        expert=expert.name,
+        fingerprint=expert.fingerprint,
+        method=method,
+        dataset=dataset,
+        dataset_sha256=dataset_sha256,
+        token_rule=token_rule,
+        seed=seed,
+        n_pairs=len(next(iter(acts.positive.values()))),
+        typical_norms={layer: round(acts.typical_norms[layer], 3) for layer in layers},
+        coef_range=(round(COEF_FRACTIONS[0] * ratio, 3), round(COEF_FRACTIONS[1] * ratio, 3)),
+    )
+    return SteeringVector(directions=directions, hook=hook, provenance=provenance)
+
+
+def compute_vector(
+    expert: Expert,
+    pairs: Sequence[ContrastPair],
+    layers: Sequence[int] | None = None,
+    *,
+    method: str = "mean_diff",
+    hook: str = "hook_resid_post",
+    token_rule: str = "last",
+    seed: int = 0,
+    dataset: str = "",
+    dataset_sha256: str = "",
+    progress: bool = False,
+) -> SteeringVector:
+    """Extract a steering vector from contrastive pairs (default layer: `default_layer`)."""
+    layers = list(layers) if layers else [default_layer(expert)]
+    for layer in layers:
+        expert.hook_point(f"blocks.{layer}.{hook}")  # typed error for a bad layer
+    acts = capture_pairs(expert, pairs, layers, hook=hook, token_rule=token_rule, progress=progress)
+    return build_vector(
+        expert, acts, layers, method=method, hook=hook, token_rule=token_rule, seed=seed,
+        dataset=dataset, dataset_sha256=dataset_sha256,
+    )

@@ -1,0 +1,98 @@
+"""Behaviour scorers for sweeps: small named strategies `texts -> scores` (higher = more of it).
+
+- `sentiment`: VADER compound score, averaged over sentences (-1..1).
+- `formality`: a transparent register measure: percent of long words (7+ letters) minus percent
+  of informal markers (texting words, contractions, '!!', lower-case sentence starts).
+- `pronouns`: percent of words that are male pronouns minus percent that are female pronouns.
+- `projection`: the expert's own reading: last-token activation at a layer projected on a unit
+  direction (needs an expert and a vector).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from experts.errors import SteerlabError
+
+if TYPE_CHECKING:
+    from experts.expert import Expert
+    from steer.vector import SteeringVector
+
+Scorer = Callable[[Sequence[str]], list[float]]
+
+_WORD = re.compile(r"[A-Za-z']+")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_INFORMAL = {"u", "ur", "lol", "gonna", "wanna", "yeah", "yo", "hey", "dude", "thx", "pls", "tbh", "ok",
+             "haha", "lemme", "gotta", "kinda", "nah", "cool", "omg", "btw", "asap", "buddy", "stuff"}
+_MALE = {"he", "him", "his", "himself"}
+_FEMALE = {"she", "her", "hers", "herself"}
+
+
+@lru_cache(maxsize=1)
+def _vader():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def sentiment(texts: Sequence[str]) -> list[float]:
+    analyzer = _vader()
+    scores = []
+    for text in texts:
+        sentences = [s for s in _SENTENCE.split(text.strip()) if s.strip()] or [""]
+        scores.append(sum(analyzer.polarity_scores(s)["compound"] for s in sentences) / len(sentences))
+    return scores
+
+
+def formality(texts: Sequence[str]) -> list[float]:
+    scores = []
+    for text in texts:
+        words = _WORD.findall(text)
+        if not words:
+            scores.append(0.0)
+            continue
+        long_words = sum(len(w) >= 7 for w in words)
+        informal = sum(w.lower() in _INFORMAL or ("'" in w and not w.endswith("'s")) for w in words)
+        informal += text.count("!!") + len(re.findall(r"(?:^|[.!?]\s+)[a-z]", text))
+        scores.append(100.0 * (long_words - informal) / len(words))
+    return scores
+
+
+def pronouns(texts: Sequence[str]) -> list[float]:
+    scores = []
+    for text in texts:
+        words = [w.lower() for w in _WORD.findall(text)]
+        n = max(len(words), 1)
+        scores.append(100.0 * (sum(w in _MALE for w in words) - sum(w in _FEMALE for w in words)) / n)
+    return scores
+
+
+def projection(expert: Expert, vector: SteeringVector, layer: int | None = None) -> Scorer:
+    """Reading of the unsteered expert: last-token activation · unit direction at `layer`."""
+    layer = vector.layers[len(vector.layers) // 2] if layer is None else layer
+    unit = vector.directions[layer] / vector.directions[layer].norm()
+    name = vector.hook_name(layer)
+
+    def score(texts: Sequence[str]) -> list[float]:
+        safe = [t if t.strip() else "." for t in texts]
+        cache = expert.run_with_cache(safe, [name])
+        return (cache.last_token(name).float().cpu() @ unit.float()).tolist()
+
+    return score
+
+
+SCORERS: dict[str, Scorer] = {"sentiment": sentiment, "formality": formality, "pronouns": pronouns}
+
+
+def get_scorer(name: str, expert: Expert | None = None, vector: SteeringVector | None = None) -> Scorer:
+    if name == "projection":
+        if expert is None or vector is None:
+            raise SteerlabError("the projection scorer needs an expert and a vector")
+        return projection(expert, vector)
+    if name not in SCORERS:
+        raise SteerlabError(f"unknown scorer {name!r}; choose one of {', '.join([*SCORERS, 'projection'])}")
+    return SCORERS[name]
+
