@@ -50,3 +50,19 @@ def sweep_plot(summary: pd.DataFrame, scorer: str, title: str) -> Figure:
     ax_score.legend()
     fig.suptitle(title)
     return fig
+
+
+def layer_search_plot(table: pd.DataFrame, title: str) -> Figure:
+    """Held-out AUROC per layer and, when measured, the steering effect per layer."""
+    fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
+    ax.plot(table["layer"], table["auroc_heldout"], "o-", label="held-out AUROC")
+    ax.set(xlabel="layer", ylabel="held-out AUROC", ylim=(0.4, 1.02), title=title)
+    chosen = table[table["chosen"]]
+    ax.axvline(int(chosen["layer"].iloc[0]), color="tab:red", ls=":", label="chosen layer")
+    if "effect" in table:
+        twin = ax.twinx()
+        twin.plot(table["layer"], table["effect"], "s--", color="tab:orange", label="steering effect (+c vs -c)")
+        twin.set_ylabel("score(+c) - score(-c)")
+        twin.legend(loc="lower right")
+    ax.legend(loc="lower left")
+    return fig

@@ -83,10 +83,38 @@ def cmd_experts_info(args: argparse.Namespace) -> None:
         print(f"{key:>14}: {info[key]}")
 
 
+def _steering(args: argparse.Namespace, expert):
+    from contextlib import nullcontext
+
+    from steer.apply import Steering, apply
+    from steer.vector import SteeringVector
+
+    if not args.vector:
+        return nullcontext()
+    vector = SteeringVector.load(args.vector, expert, force=args.force)
+    coef = args.coef
+    if coef is None:
+        coef = sum(vector.provenance.coef_range) / 2 if vector.provenance.coef_range else 1.0
+    return apply(expert, Steering(vector, coef=coef, operator=args.operator, positions=args.positions), force=args.force)
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     prompts = _read_prompts(args)
     expert = _load(args)
-    result = expert.generate(
+    with _steering(args, expert):
+        result = _generate(args, expert, prompts)
+    if args.json:
+        for record in result.records():
+            print(json.dumps({**record, **result.settings(), "vector": args.vector, "coef": args.coef}))
+        return
+    for record in result.records():
+        if len(result.prompts) > 1:
+            print(f"### {record['prompt']} [sample {record['sample']}, {record['finish_reason']}]")
+        print(record["text"])
+
+
+def _generate(args: argparse.Namespace, expert, prompts: list[str]):
+    return expert.generate(
         prompts,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
@@ -99,14 +127,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         progress=len(prompts) > args.batch_size,
     )
-    if args.json:
-        for record in result.records():
-            print(json.dumps({**record, **result.settings()}))
-        return
-    for record in result.records():
-        if len(result.prompts) > 1:
-            print(f"### {record['prompt']} [sample {record['sample']}, {record['finish_reason']}]")
-        print(record["text"])
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
@@ -182,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                      help="apply the chat template (default: when the expert has one)")
     gen.add_argument("--json", action="store_true", help="one JSON record per line")
+    gen.add_argument("--vector", help="steering vector (.safetensors) to apply")
+    gen.add_argument("--coef", type=float, default=None, help="steering coefficient (default: mid calibrated range)")
+    gen.add_argument("--positions", default="all", help="all, prompt, generated or from:K")
+    gen.add_argument("--operator", default="add", choices=["add", "ablate", "norm_preserving"])
+    gen.add_argument("--force", action="store_true", help="use a vector made for another expert")
     gen.set_defaults(func=cmd_generate)
 
     cache = sub.add_parser("cache", help="capture activations at TL-named hooks to safetensors")
@@ -191,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--out", required=True, help="output .safetensors")
     cache.add_argument("--chat", action="store_true", help="apply the chat template first")
     cache.set_defaults(func=cmd_cache)
+
+    from steer.cli_vector import add_vector_commands
+
+    add_vector_commands(sub, _add_expert_options)
 
     demo = sub.add_parser("demo", help="the end-to-end demo on the default expert")
     _add_expert_options(demo)

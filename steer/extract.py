@@ -42,11 +42,13 @@ def mean_diff(positive: Tensor, negative: Tensor, seed: int = 0) -> Tensor:
 
 
 def pca(positive: Tensor, negative: Tensor, seed: int = 0) -> Tensor:
-    """First principal component of the paired differences, sign-aligned to the mean difference."""
-    from sklearn.decomposition import PCA
+    """First principal direction of the paired differences, sign-aligned to the mean difference.
 
-    diffs = (positive - negative).double().numpy()
-    component = torch.from_numpy(PCA(n_components=1, random_state=seed).fit(diffs).components_[0]).float()
+    Uncentered (SVD of the difference matrix): with consistently ordered pairs the concept is the
+    shared shift, which centering would remove.
+    """
+    diffs = (positive - negative).double()
+    component = torch.linalg.svd(diffs, full_matrices=False).Vh[0].float()
     return _scaled(component, positive, negative)
 
 
