@@ -26,7 +26,9 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
+	$(PY) -m pip install -q --no-deps steering-vectors==0.12.2 repeng==0.4.0   # peers; their pins would downgrade our stack
 	$(PY) benchmarks/generation.py
+	$(PY) benchmarks/steering_overhead.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -41,10 +41,9 @@ def _save_figure(fig, path: Path) -> None:
 
 
 def cmd_compute(args: argparse.Namespace) -> None:
+    from steer.cli import _load
     from steer.datasets import load_pairs
     from steer.extract import compute_vector
-
-    from steer.cli import _load
 
     pairs, sha = load_pairs(args.pairs)
     expert = _load(args)
@@ -59,11 +58,10 @@ def cmd_compute(args: argparse.Namespace) -> None:
 
 def cmd_layers(args: argparse.Namespace) -> None:
     from analysis.plots import layer_search_plot
+    from steer.cli import _load
     from steer.datasets import builtin_datasets, load_pairs, load_prompts
     from steer.layers import search_layers
     from steer.scorers import get_scorer
-
-    from steer.cli import _load
 
     pairs, _ = load_pairs(args.pairs)
     expert = _load(args)
@@ -81,12 +79,11 @@ def cmd_layers(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from analysis.plots import sweep_plot
+    from steer.cli import _load
     from steer.datasets import builtin_datasets, load_prompts
     from steer.scorers import get_scorer
     from steer.sweep import SweepConfig, config_dict, sweep
     from steer.vector import SteeringVector
-
-    from steer.cli import _load
 
     expert = _load(args)
     vector = SteeringVector.load(args.vector, expert, force=args.force)
@@ -120,9 +117,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from steer.io import import_gguf
-
     from steer.cli import _load
+    from steer.io import import_gguf
 
     vector = import_gguf(args.gguf, _load(args), force=args.force)
     vector.save(args.output)
