@@ -64,6 +64,7 @@ class DecodeState:
     position_ids: Tensor  # (batch, pos), 0 = first real token of the row
     valid: Tensor  # (batch, pos) bool, False on padding
     prompt_lengths: Tensor  # (batch,)
+    all_valid: bool = False  # no padding in this forward (lets hooks skip masking)
 
     def generated(self) -> Tensor:
         return self.valid & (self.position_ids >= self.prompt_lengths[:, None])
@@ -74,7 +75,7 @@ class DecodeState:
         valid = attention_mask.bool()
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         lengths = attention_mask.sum(-1) if prompt_lengths is None else prompt_lengths
-        return cls(step=0, position_ids=positions, valid=valid, prompt_lengths=lengths)
+        return cls(0, positions, valid, lengths, all_valid=bool(valid.all()))
 
 
 _DECODE_STATE: ContextVar[DecodeState | None] = ContextVar("steerlab_decode_state", default=None)
@@ -184,7 +185,7 @@ def generate_batch(
     prompt_lengths = mask.sum(-1)
     step_valid = mask.bool()
     for step in range(config.max_new_tokens):
-        state = DecodeState(step, positions, step_valid, prompt_lengths)
+        state = DecodeState(step, positions, step_valid, prompt_lengths, all_valid=step > 0 or bool(step_valid.all()))
         with publish_state(state):
             out = model(
                 input_ids=step_input,

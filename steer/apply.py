@@ -29,22 +29,22 @@ if TYPE_CHECKING:
 Coefficient = float | Sequence[float] | Callable[[int], float]
 
 
-def _add(h: Tensor, v: Tensor, c: Tensor) -> Tensor:
+def _add(h: Tensor, v: Tensor, c: float | Tensor) -> Tensor:
     return h + c * v
 
 
-def _ablate(h: Tensor, v: Tensor, c: Tensor) -> Tensor:
+def _ablate(h: Tensor, v: Tensor, c: float | Tensor) -> Tensor:
     """Remove `c` times the component along v (c = 1 projects it out entirely)."""
     unit = v / v.norm().clamp_min(1e-12)
     return h - c * (h @ unit)[..., None] * unit
 
 
-def _norm_preserving_add(h: Tensor, v: Tensor, c: Tensor) -> Tensor:
+def _norm_preserving_add(h: Tensor, v: Tensor, c: float | Tensor) -> Tensor:
     out = h + c * v
     return out * (h.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
 
-OPERATORS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+OPERATORS: dict[str, Callable[[Tensor, Tensor, float | Tensor], Tensor]] = {
     "add": _add,
     "ablate": _ablate,
     "norm_preserving": _norm_preserving_add,
@@ -73,11 +73,11 @@ def position_mask(rule: str, state: DecodeState | None, shape: tuple[int, int]) 
         start = int(_FROM.match(rule).group(1))
         return (torch.arange(shape[1]) >= start).expand(shape)
     if rule == "all":
-        return state.valid
+        return None if state.all_valid else state.valid
     if rule == "prompt":
         return state.valid & ~state.generated()
     if rule == "generated":
-        return state.generated()
+        return None if state.step > 0 else state.generated()  # a decode step feeds only generated tokens
     return state.valid & (state.position_ids >= int(_FROM.match(rule).group(1)))
 
 
@@ -127,6 +127,7 @@ class Steering:
 def _steering_fn(steering: Steering, layer: int) -> ActivationFn:
     operator = OPERATORS[steering.operator]
     direction = steering.vector.directions[layer]
+    cast: dict[tuple, Tensor] = {}  # the direction on each (device, dtype) it has met
 
     def steer(h: Tensor) -> Tensor | None:
         state = current_decode_state()
@@ -134,7 +135,7 @@ def _steering_fn(steering: Steering, layer: int) -> ActivationFn:
         if isinstance(coef, float):
             if coef == 0.0:
                 return None
-            c = torch.tensor(coef, dtype=h.dtype, device=h.device)
+            c: float | Tensor = coef
         else:
             if not coef.any():
                 return None
@@ -147,7 +148,10 @@ def _steering_fn(steering: Steering, layer: int) -> ActivationFn:
             mask = mask.to(h.device)
             if not mask.any():
                 return None
-        edited = operator(h, direction.to(device=h.device, dtype=h.dtype), c)
+        key = (h.device, h.dtype)
+        if key not in cast:
+            cast[key] = direction.to(device=h.device, dtype=h.dtype)
+        edited = operator(h, cast[key], c)
         return edited if mask is None else torch.where(mask[..., None], edited, h)
 
     return steer
