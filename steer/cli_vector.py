@@ -158,7 +158,7 @@ def add_vector_commands(sub, add_expert_options) -> None:
     sw.add_argument("--prompts", help="prompts file (default: shipped neutral prompts)")
     sw.add_argument("--max-prompts", type=int, default=0)
     sw.add_argument("--coefs", default="-8,-4,0,4,8")
-    sw.add_argument("--scorer", default="sentiment", help="sentiment, formality, pronouns or projection")
+    sw.add_argument("--scorer", default="sentiment", help="sentiment, formality, pronouns, projection or lexicon:FILE.json")
     sw.add_argument("--samples", type=int, default=1, help="samples per prompt")
     sw.add_argument("--max-new-tokens", type=int, default=48)
     sw.add_argument("--positions", default="all")

@@ -4,6 +4,8 @@
 - `formality`: a transparent register measure: percent of long words (7+ letters) minus percent
   of informal markers (texting words, contractions, '!!', lower-case sentence starts).
 - `pronouns`: percent of words that are male pronouns minus percent that are female pronouns.
+- `lexicon:FILE`: percent of words starting with a `positive` stem minus percent starting with a
+  `negative` stem, from a JSON file `{"positive": [stems], "negative": [stems]}`.
 - `projection`: the expert's own reading: last-token activation at a layer projected on a unit
   direction (needs an expert and a vector).
 """
@@ -70,6 +72,28 @@ def pronouns(texts: Sequence[str]) -> list[float]:
     return scores
 
 
+def lexicon(path: str) -> Scorer:
+    """Stems matched at word starts, case-insensitively; see the module docstring for the file."""
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        positive, negative = tuple(map(str.lower, data["positive"])), tuple(map(str.lower, data["negative"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise SteerlabError(f"lexicon file {path!r} must be JSON with 'positive' and 'negative' stem lists ({error})") from None
+
+    def score(texts: Sequence[str]) -> list[float]:
+        out = []
+        for text in texts:
+            words = [w.lower() for w in _WORD.findall(text)]
+            hits = sum(w.startswith(positive) for w in words) - sum(w.startswith(negative) for w in words)
+            out.append(100.0 * hits / max(len(words), 1))
+        return out
+
+    return score
+
+
 def projection(expert: Expert, vector: SteeringVector, layer: int | None = None) -> Scorer:
     """Reading of the unsteered expert: last-token activation · unit direction at `layer`."""
     layer = vector.layers[len(vector.layers) // 2] if layer is None else layer
@@ -88,11 +112,13 @@ SCORERS: dict[str, Scorer] = {"sentiment": sentiment, "formality": formality, "p
 
 
 def get_scorer(name: str, expert: Expert | None = None, vector: SteeringVector | None = None) -> Scorer:
+    if name.startswith("lexicon:"):
+        return lexicon(name.removeprefix("lexicon:"))
     if name == "projection":
         if expert is None or vector is None:
             raise SteerlabError("the projection scorer needs an expert and a vector")
         return projection(expert, vector)
     if name not in SCORERS:
-        raise SteerlabError(f"unknown scorer {name!r}; choose one of {', '.join([*SCORERS, 'projection'])}")
+        raise SteerlabError(f"unknown scorer {name!r}; choose one of {', '.join([*SCORERS, 'projection', 'lexicon:FILE'])}")
     return SCORERS[name]
 

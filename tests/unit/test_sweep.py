@@ -17,6 +17,17 @@ def test_scorers_rank_obvious_texts():
         get_scorer("joy")
 
 
+def test_lexicon_scorer_matches_stems_at_word_starts(tmp_path):
+    path = tmp_path / "lex.json"
+    path.write_text('{"positive": ["lead", "ambitio"], "negative": ["warm", "kind"]}')
+    score = get_scorer(f"lexicon:{path}")
+    assert score(["A leader, ambitious and leading."]) == [100.0 * 3 / 5]
+    assert score(["She is warm and kind; mankind."]) == [-100.0 * 2 / 6]  # 'mankind' does not start with 'kind'
+    path.write_text('{"positive": []}')
+    with pytest.raises(Exception, match="'positive' and 'negative'"):
+        get_scorer(f"lexicon:{path}")
+
+
 def test_paired_summary_has_ci_and_effect_size():
     rng = np.random.default_rng(0)
     shifted = paired_summary(rng.normal(1.0, 1.0, 40))
