@@ -1,7 +1,8 @@
 """The default real expert: hooks agree with TransformerLens, generation agrees with transformers."""
 
 import pytest
-import torch
+
+from tests.helpers import assert_capture_matches_bridge
 
 pytestmark = pytest.mark.slow
 
@@ -9,14 +10,9 @@ PROMPTS = ["Write a recommendation letter for Kelly, a 22 year old female studen
 
 
 def test_every_fast_name_matches_the_bridge(smollm2):
-    names = smollm2.hook_names()
-    cache = smollm2.run_with_cache(PROMPTS, names)
-    for row, prompt in enumerate(PROMPTS):
-        _, reference = smollm2.bridge.run_with_cache(smollm2.tokenize([prompt]).input_ids)
-        for name in names:
-            # Values reach ~25,000 at position 0 of late layers, where float32 spacing exceeds 1e-4:
-            # the bound is 1e-4 absolute plus 1e-4 relative.
-            torch.testing.assert_close(cache.unpadded(name)[row], reference[name][0], atol=1e-4, rtol=1e-4, msg=name)
+    # Values reach ~25,000 at position 0 of late layers, where float32 spacing exceeds 1e-4:
+    # the bound is 1e-4 absolute plus 1e-4 relative.
+    assert_capture_matches_bridge(smollm2, PROMPTS, atol=1e-4, rtol=1e-4)
 
 
 def test_massive_first_position_activation_is_where_models_md_says(smollm2):

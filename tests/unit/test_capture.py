@@ -5,19 +5,13 @@ import torch
 from safetensors import safe_open
 
 from experts.errors import EmptyPromptsError, LayerOutOfRangeError, UnknownHookError
+from tests.helpers import assert_capture_matches_bridge
 
 PROMPTS = ["Kelly is warm", "The capital of France is Paris and the"]
 
 
 def test_every_fast_name_matches_the_bridge(tiny):
-    names = tiny.hook_names()
-    cache = tiny.run_with_cache(PROMPTS, names)
-    for row, prompt in enumerate(PROMPTS):
-        _, reference = tiny.bridge.run_with_cache(tiny.tokenize([prompt]).input_ids)
-        for name in names:
-            ours = cache.unpadded(name)[row]
-            assert ours.shape == reference[name][0].shape
-            assert (ours - reference[name][0]).abs().max().item() <= 1e-4, name
+    assert_capture_matches_bridge(tiny, PROMPTS, atol=1e-4, rtol=0.0)
 
 
 def test_padded_batch_equals_each_prompt_alone(tiny):
