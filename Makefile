@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -q --no-deps steering-vectors==0.12.2 repeng==0.4.0   # peers; their pins would downgrade our stack
 	$(PY) benchmarks/generation.py
 	$(PY) benchmarks/steering_overhead.py
+	$(PY) benchmarks/audit_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -9,22 +9,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from experts.files import atomic_path  # noqa: E402
 
-def residual_profile(frame: pd.DataFrame, title: str) -> Figure:
-    """Per-layer residual norms (first vs typical position) and the Kelly/Joseph divergence."""
-    fig, (ax_norm, ax_div) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    ax_norm.semilogy(frame["layer"], frame["norm_first_position"], "o-", label="position 0")
-    ax_norm.semilogy(frame["layer"], frame["norm_median_other"], "s-", label="median of other positions")
-    ax_norm.set(xlabel="layer (hook_resid_post)", ylabel="residual L2 norm", title="Residual stream norm")
-    ax_norm.legend()
-    ax_div.plot(frame["layer"], frame["name_cosine_distance"], "o-", color="tab:red")
-    ax_div.set(
-        xlabel="layer (hook_resid_post)",
-        ylabel="1 - cosine(Kelly, Joseph)",
-        title="Where the two prompts' last tokens diverge",
-    )
-    fig.suptitle(title)
-    return fig
+
+def save_figure(fig: Figure, path) -> None:
+    """Write a figure as PNG atomically and free it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
 
 
 def sweep_plot(summary: pd.DataFrame, scorer: str, title: str) -> Figure:
@@ -65,4 +57,58 @@ def layer_search_plot(table: pd.DataFrame, title: str) -> Figure:
         twin.set_ylabel("score(+c) - score(-c)")
         twin.legend(loc="lower right")
     ax.legend(loc="lower left")
+    return fig
+
+
+def audit_forest(lexicons: pd.DataFrame, paired: pd.DataFrame, title: str) -> Figure:
+    """Left: log OR (male vs female) per lexicon with 95% CI. Right: standardized paired differences."""
+    fig, (ax_or, ax_d) = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
+    for y, row in enumerate(lexicons.itertuples()):
+        color = "tab:blue" if row.occurs else "lightgrey"
+        err = [[row.log_or_ha - row.log_or_ci_low], [row.log_or_ci_high - row.log_or_ha]]
+        ax_or.errorbar([row.log_or_ha], [y], xerr=err, fmt="o", color=color, capsize=3)
+    ax_or.set_yticks(list(range(len(lexicons))), lexicons.lexicon)
+    ax_or.axvline(0, color="grey", lw=0.8)
+    ax_or.set(xlabel="log odds ratio, Haldane-Anscombe (> 0 leans male)", title="Wan et al. lexicons (grey: no hits)")
+    cont = paired[~paired.metric.str.endswith("_rate")].reset_index(drop=True)
+    sd = (cont.diff_male_minus_female / cont.d_z).where(cont.d_z.notna() & (cont.d_z != 0))
+    centre = cont.d_z.fillna(0)
+    low, high = (cont.ci_low / sd).fillna(0), (cont.ci_high / sd).fillna(0)
+    yc = range(len(cont))
+    ax_d.errorbar(centre, yc, xerr=[centre - low, high - centre], fmt="o", capsize=3)
+    ax_d.set_yticks(list(yc), cont.metric)
+    ax_d.axvline(0, color="grey", lw=0.8)
+    ax_d.set(xlabel="paired difference / SD (d_z, > 0 leans male)", title="Other metrics (95% CI)")
+    fig.suptitle(title)
+    return fig
+
+
+def occupation_heatmap(table: pd.DataFrame, title: str) -> Figure:
+    """log OR (male vs female) per occupation (rows) and lexicon (columns)."""
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(table) + 1.8), constrained_layout=True)
+    limit = max(float(table.abs().max().max()), 0.1)
+    image = ax.imshow(table.to_numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(range(len(table.columns)), table.columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(table.index)), table.index)
+    fig.colorbar(image, ax=ax, label="log OR (red: leans male)")
+    ax.set_title(title)
+    return fig
+
+
+def steering_audit_plot(table: pd.DataFrame, title: str) -> Figure:
+    """Bias index change (95% CI) and fluency measures against the steering coefficient."""
+    fig, (ax_bias, ax_flu) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    err = [table.delta_bias - table.delta_ci_low, table.delta_ci_high - table.delta_bias]
+    ax_bias.errorbar(table.coef, table.delta_bias, yerr=err, fmt="o-", capsize=3)
+    ax_bias.axhline(0, color="grey", lw=0.8)
+    ax_bias.set(xlabel="coefficient", ylabel="Δ bias index vs unsteered (mean |log OR|)", title="Bias")
+    ax_flu.plot(table.coef, table.usable_rate, "o-", label="usable-letter rate")
+    ax_flu.plot(table.coef, table.fidelity_rate, "s-", label="name & pronoun fidelity")
+    ax_flu.set(xlabel="coefficient", ylabel="rate", ylim=(0, 1.05), title="Fluency")
+    twin = ax_flu.twinx()
+    twin.plot(table.coef, table.median_perplexity, "^--", color="tab:red", label="median perplexity")
+    twin.set_ylabel("median perplexity (unsteered expert)")
+    ax_flu.legend(loc="lower left")
+    twin.legend(loc="lower right")
+    fig.suptitle(title)
     return fig

@@ -145,16 +145,19 @@ def cmd_cache(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from analysis.demo import run_demo
 
-    summary = run_demo(Path(args.out), args.expert, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    print(f"expert {summary['expert']['name']} loaded in {summary['load_seconds']} s; "
-          f"generation at {summary['generation_tokens_per_second']} tokens/s")
-    if summary["massive_activation_ratio_layer_12"]:
-        print(f"layer 12: position 0's residual norm is {summary['massive_activation_ratio_layer_12']}x "
-              "the median position's")
-    print(f"Kelly and Joseph prompts diverge most at layer {summary['layer_of_peak_name_divergence']}")
-    for name, letter in summary["letters"].items():
-        print(f"\n--- letter for {name} ---\n{letter}")
-    print(f"\nresults in {args.out}/: {', '.join(summary['files'])}")
+    summary = run_demo(Path(args.out), args.expert, size=args.size, seed=args.seed, max_new_tokens=args.max_new_tokens)
+    lexicons = {row["lexicon"]: row for row in summary["lexicons"]}
+    print(f"\naudited {summary['manifest']['config']['expert']} in {summary['seconds']} s")
+    print(f"bias index (mean |log OR| male vs female over lexicons that occur): {summary['bias_index']:.3f}")
+    leaning = sorted((r for r in lexicons.values() if r["occurs"]), key=lambda r: -abs(r["log_or_ha"]))[:3]
+    for row in leaning:
+        side = "male" if row["log_or_ha"] > 0 else "female"
+        print(f"  {row['lexicon']:<11} OR {row['odds_ratio']:.2f} (leans {side}; log OR 95% CI "
+              f"{row['log_or_ci_low']:+.2f}..{row['log_or_ci_high']:+.2f})")
+    for row in summary["steering"]:
+        print(f"  {row['condition']:<10} Δ bias {row['delta_bias']:+.3f} [{row['delta_ci_low']:+.3f}, {row['delta_ci_high']:+.3f}]"
+              f"  usable {row['usable_rate']:.0%}  fidelity {row['fidelity_rate']:.0%}  perplexity {row['median_perplexity']:.1f}")
+    print(f"\nreport: {summary['report']} (with results.json, letters.csv, forest.png, occupations.png, steering.png)")
 
 
 def _add_expert_options(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -220,11 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     from steer.cli_vector import add_vector_commands
 
     add_vector_commands(sub, _add_expert_options)
+    from steer.cli_audit import add_audit_commands
+
+    add_audit_commands(sub, _add_expert_options)
 
     demo = sub.add_parser("demo", help="the end-to-end demo on the default expert")
     _add_expert_options(demo)
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--max-new-tokens", type=int, default=120)
+    demo.add_argument("--size", default="small", choices=["small", "full"])
+    demo.add_argument("--max-new-tokens", type=int, default=160)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -35,11 +35,6 @@ def _save_frame(frame, path: Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def _save_figure(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-
-
 def cmd_compute(args: argparse.Namespace) -> None:
     from steer.cli import _load
     from steer.datasets import load_pairs
@@ -57,7 +52,7 @@ def cmd_compute(args: argparse.Namespace) -> None:
 
 
 def cmd_layers(args: argparse.Namespace) -> None:
-    from analysis.plots import layer_search_plot
+    from analysis.plots import layer_search_plot, save_figure
     from steer.cli import _load
     from steer.datasets import builtin_datasets, load_pairs, load_prompts
     from steer.layers import search_layers
@@ -72,13 +67,13 @@ def cmd_layers(args: argparse.Namespace) -> None:
                            scorer=scorer, effect_prompts=prompts, progress=True)
     out = Path(args.out)
     _save_frame(result.table, out / "layers.csv")
-    _save_figure(layer_search_plot(result.table, f"{expert.name}: layer search on {args.pairs}"), out / "layers.png")
+    save_figure(layer_search_plot(result.table, f"{expert.name}: layer search on {args.pairs}"), out / "layers.png")
     print(result.table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"chosen layer: {result.best_layer}; table and plot in {out}/")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from analysis.plots import sweep_plot
+    from analysis.plots import save_figure, sweep_plot
     from steer.cli import _load
     from steer.datasets import builtin_datasets, load_prompts
     from steer.scorers import get_scorer
@@ -98,7 +93,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     out = Path(args.out)
     _save_frame(rows, out / "sweep.csv")
     _save_frame(summary, out / "summary.csv")
-    _save_figure(sweep_plot(summary, args.scorer, f"{expert.name}: {Path(args.vector).name}"), out / "sweep.png")
+    save_figure(sweep_plot(summary, args.scorer, f"{expert.name}: {Path(args.vector).name}"), out / "sweep.png")
     write_json(out / "sweep.json", {"summary": json.loads(summary.to_json(orient="records")),
                                     **provenance(expert=expert.name, vector=str(args.vector), scorer=args.scorer,
                                                  prompts=prompts, vector_provenance=vector.provenance.__dict__,

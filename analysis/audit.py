@@ -1,0 +1,197 @@
+"""The letters audit run: counterfactual prompts -> letters (resumable JSONL) -> scored frame.
+
+Letters are appended to `letters.jsonl` batch by batch (flushed and fsynced), keyed by
+(condition, prompt_id, sample); a killed run resumes without duplicates or lost rows. `run.json`
+records the run's identity; an output folder that holds another run's results is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from analysis.letters import LetterPrompt, build_prompts
+from analysis.metrics import letter_metrics
+from experts.errors import SteerlabError
+from experts.expert import Expert
+from experts.files import provenance, write_json
+from experts.generate import GenerationConfig, generate_batch, row_seed
+from experts.likelihood import continuation_nll
+from steer.apply import Steering, apply
+from steer.vector import SteeringVector
+
+log = logging.getLogger(__name__)
+LETTERS = "letters.jsonl"
+MANIFEST = "run.json"
+GREEDY = -1  # sample index of the greedy letter
+OPERATORS = ("ablate", "counter")  # project the direction out, or push each gender towards the other
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """What identifies a letters run (two runs with different values must not share a folder)."""
+
+    expert: str
+    size: str = "small"
+    samples: int = 1
+    greedy: bool = True
+    seed: int = 0
+    max_new_tokens: int = 160
+    temperature: float = 0.8
+    top_p: float = 0.95
+    template: str | None = None
+    names_per_gender: int | None = None
+    vector: str | None = None
+    coefs: tuple[float, ...] = (0.0,)
+    operator: str = "ablate"
+    # Not position 0: SmolLM2's attention sink there has a residual ~100x the others, and removing a
+    # direction from it (projections in the thousands) wrecks generation.
+    positions: str = "from:1"
+
+    def __post_init__(self) -> None:
+        if self.operator not in OPERATORS:
+            raise SteerlabError(f"unknown audit operator {self.operator!r}; choose one of {', '.join(OPERATORS)}")
+        if any(c != 0 for c in self.coefs) and not self.vector:
+            raise SteerlabError("steering coefficients other than 0 need a --vector")
+        if self.samples < 0 or (self.samples == 0 and not self.greedy):
+            raise SteerlabError(f"samples must be >= 0 with greedy letters, or >= 1 without; got {self.samples}")
+
+    def conditions(self) -> list[tuple[str, float]]:
+        return [("unsteered", 0.0)] + [(f"{self.operator}@{c:g}", c) for c in self.coefs if c != 0]
+
+
+@dataclass
+class AuditRun:
+    config: AuditConfig
+    out: Path
+    prompts: list[LetterPrompt] = field(default_factory=list)
+
+    @property
+    def letters_path(self) -> Path:
+        return self.out / LETTERS
+
+
+def _identity(config: AuditConfig) -> dict[str, Any]:
+    return {**asdict(config), "coefs": list(config.coefs)}
+
+
+def open_run(config: AuditConfig, out: Path, expert: Expert) -> AuditRun:
+    """Create or resume the run in `out`; refuse a folder holding another run's results."""
+    prompts = build_prompts(config.size, config.template, config.names_per_gender)  # bad settings fail before any write
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / MANIFEST
+    identity = _identity(config)
+    if manifest.exists():
+        previous = json.loads(manifest.read_text(encoding="utf-8"))
+        if previous.get("config") != identity or previous.get("fingerprint") != expert.fingerprint:
+            differing = sorted(k for k in identity if previous.get("config", {}).get(k) != identity[k])
+            raise SteerlabError(
+                f"{out} holds another run's results (differs in {', '.join(differing) or 'expert weights'}); "
+                "choose another --out, or repeat that run's settings to resume it"
+            )
+    elif (out / LETTERS).exists():
+        raise SteerlabError(f"{out} holds letters without a {MANIFEST}; choose another --out")
+    else:
+        write_json(manifest, {"config": identity, "fingerprint": expert.fingerprint,
+                              **provenance(**identity, fingerprint=expert.fingerprint)})
+    return AuditRun(config, out, prompts)
+
+
+def read_letters(path: Path) -> list[dict[str, Any]]:
+    """Rows written so far; a torn last line (a run killed mid-write) is cut off the file."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        keep = raw.rfind(b"\n") + 1
+        with path.open("r+b") as f:
+            f.truncate(keep)
+        log.warning("cut a torn last line off %s", path)
+        raw = raw[:keep]
+    return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+
+
+def _append(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _coefs_for(rows: Sequence[tuple[LetterPrompt, int]], coef: float, operator: str) -> list[float]:
+    """Ablation removes the direction alike for everyone; counter-steering pushes each gender
+    towards the other (+c for female rows along the male-minus-female direction, -c for male)."""
+    if operator == "counter":
+        return [coef if p.gender == "female" else -coef for p, _ in rows]
+    return [coef] * len(rows)
+
+
+def generate_letters(expert: Expert, run: AuditRun, vector: SteeringVector | None, batch_size: int = 16,
+                     progress: bool = True) -> None:
+    """Generate every missing (condition, prompt, sample) letter, appending as batches finish."""
+    config = run.config
+    done = {(r["condition"], r["prompt_id"], r["sample"]) for r in read_letters(run.letters_path)}
+    sample_ids = ([GREEDY] if config.greedy else []) + list(range(config.samples))
+    todo = [(label, coef, p, s) for label, coef in config.conditions() for s in sample_ids for p in run.prompts
+            if (label, p.prompt_id, s) not in done]
+    if done:
+        log.info("resuming: %d letters written, %d to go", len(done), len(todo))
+    formatted = dict(zip([p.prompt_id for p in run.prompts], expert.format_prompts([p.text for p in run.prompts])))
+    groups: dict[tuple[str, float, bool], list] = {}
+    for item in todo:  # one condition and one decoding mode per batch
+        groups.setdefault((item[0], item[1], item[3] == GREEDY), []).append(item)
+    bar = tqdm(total=len(todo), disable=not progress, desc="letters", unit="letter")
+    for (label, coef, greedy), items in groups.items():
+        settings = GenerationConfig(max_new_tokens=config.max_new_tokens, do_sample=not greedy,
+                                    temperature=config.temperature, top_p=config.top_p, seed=config.seed)
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            seeds = [row_seed(config.seed, p.text, s) for _, _, p, s in chunk]
+            texts_in = [formatted[p.prompt_id] for _, _, p, _ in chunk]
+            if coef and vector is not None:
+                operator = "add" if config.operator == "counter" else config.operator
+                coefs = _coefs_for([(p, s) for _, _, p, s in chunk], coef, config.operator)
+                with apply(expert, Steering(vector, coef=coefs, operator=operator, positions=config.positions), force=True):
+                    ids, reasons = generate_batch(expert, texts_in, settings, seeds)
+            else:
+                ids, reasons = generate_batch(expert, texts_in, settings, seeds)
+            rows = [{"condition": lab, "coef": c, **p.to_dict(), "sample": s, "seed": seed,
+                     "letter": expert.tokenizer.decode(t, skip_special_tokens=True), "token_ids": t,
+                     "finish_reason": why}
+                    for (lab, c, p, s), seed, t, why in zip(chunk, seeds, ids, reasons)]
+            _append(run.letters_path, rows)
+            bar.update(len(rows))
+    bar.close()
+
+
+def score_letters(expert: Expert | None, rows: list[dict[str, Any]], mode: str = "words") -> pd.DataFrame:
+    """One row per letter with its metrics and (given an expert) perplexity under the unsteered expert."""
+    frame = pd.DataFrame([{**{k: v for k, v in r.items() if k != "token_ids"},
+                           **letter_metrics(r["letter"], r["name"], r["gender"], mode)} for r in rows])
+    if expert is not None and len(frame):
+        nll = continuation_nll(expert, expert.format_prompts([r["text"] for r in rows]), [r["token_ids"] for r in rows])
+        frame["perplexity"] = [math.exp(x) for x in nll]  # nan stays nan
+    return frame
+
+
+def run_audit(config: AuditConfig, out: Path, *, batch_size: int = 16, progress: bool = True,
+              expert: Expert | None = None) -> Path:
+    """Generate (or resume), score and report; returns the path of report.md."""
+    from analysis.report import build_report
+
+    expert = expert or Expert.load(config.expert)
+    vector = SteeringVector.load(config.vector, expert) if config.vector else None
+    run = open_run(config, out, expert)
+    generate_letters(expert, run, vector, batch_size=batch_size, progress=progress)
+    frame = score_letters(expert, read_letters(run.letters_path))
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    return build_report(out, frame, manifest, seed=config.seed)

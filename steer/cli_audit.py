@@ -1,0 +1,102 @@
+"""`steer audit ...`: the letters bias audit, lexicon scoring of any letters, report rebuilds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from experts.errors import SteerlabError
+
+
+def cmd_letters(args: argparse.Namespace) -> None:
+    from analysis.audit import AuditConfig, run_audit
+    from steer.cli_vector import _coefs
+
+    config = AuditConfig(expert=args.expert, size=args.size, samples=args.samples, greedy=not args.no_greedy,
+                         seed=args.seed, max_new_tokens=args.max_new_tokens, template=args.template,
+                         names_per_gender=args.names_per_gender, vector=args.vector, coefs=_coefs(args.coefs),
+                         operator=args.operator, positions=args.positions)
+    report = run_audit(config, Path(args.out), batch_size=args.batch_size)
+    print(f"report: {report}")
+
+
+def _read_letters_csv(path: str, text_column: str, group_column: str):
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise SteerlabError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise SteerlabError(f"cannot read {path} as CSV: {error}") from None
+    for column in (text_column, group_column):
+        if column not in frame.columns:
+            raise SteerlabError(f"{path} has no column {column!r}; its columns are {', '.join(map(str, frame.columns))}")
+    return frame
+
+
+def cmd_lexicon(args: argparse.Namespace) -> None:
+    from analysis.lexicons import check_mode, group_odds_ratios
+
+    check_mode(args.mode)
+    frame = _read_letters_csv(args.letters, args.text_column, args.group_column)
+    groups = [g.strip() for g in args.groups.split(",")]
+    if len(groups) != 2:
+        raise SteerlabError(f"--groups needs exactly two names, got {args.groups!r}")
+    texts = []
+    for group in groups:
+        part = frame.loc[frame[args.group_column].astype(str) == group, args.text_column].fillna("").astype(str).tolist()
+        if not part:
+            present = sorted(map(str, frame[args.group_column].unique()))
+            raise SteerlabError(f"group {group!r} has no rows in column {args.group_column!r}; values present: {', '.join(present)}")
+        texts.append(part)
+    rows = group_odds_ratios(texts[0], texts[1], args.mode)
+    if args.json:
+        print(json.dumps({r["lexicon"]: r["odds_ratio"] for r in rows}))
+        return
+    print(f"odds ratio > 1: the lexicon leans towards {groups[0]!r} ({args.mode} mode)")
+    print(f"{'lexicon':<12} {'hits ' + groups[0]:>14} {'hits ' + groups[1]:>14} {'odds ratio':>11}")
+    for r in rows:
+        print(f"{r['lexicon']:<12} {r['hits_a']:>14} {r['hits_b']:>14} {r['odds_ratio']:>11.3f}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from analysis.report import rebuild_report
+
+    print(f"report: {rebuild_report(Path(args.dir))}")
+
+
+def add_audit_commands(sub, add_expert_options) -> None:
+    audit = sub.add_parser("audit", help="bias audit of generated letters")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+
+    letters = asub.add_parser("letters", help="generate counterfactual letters, score them, write the report")
+    add_expert_options(letters)
+    letters.add_argument("--out", required=True)
+    letters.add_argument("--size", default="small", choices=["small", "full"])
+    letters.add_argument("--names-per-gender", type=int)
+    letters.add_argument("--samples", type=int, default=1, help="sampled letters per prompt, beside the greedy one")
+    letters.add_argument("--no-greedy", action="store_true", help="no greedy letter per prompt")
+    letters.add_argument("--template", help="custom template with {name} and {gender} (and {age}, {occupation})")
+    letters.add_argument("--vector", help="steering vector for the re-audit")
+    letters.add_argument("--coefs", default="0", help="steering coefficients, e.g. 0,0.5,1")
+    letters.add_argument("--operator", default="ablate", choices=["ablate", "counter"])
+    letters.add_argument("--positions", default="from:1", help="where to steer (default from:1: not the attention sink)")
+    letters.add_argument("--max-new-tokens", type=int, default=160)
+    letters.add_argument("--batch-size", type=int, default=16)
+    letters.add_argument("--seed", type=int, default=0)
+    letters.set_defaults(func=cmd_letters)
+
+    lexicon = asub.add_parser("lexicon", help="Wan et al. lexicon odds ratios of any letters in a CSV")
+    lexicon.add_argument("--letters", required=True)
+    lexicon.add_argument("--text-column", required=True)
+    lexicon.add_argument("--group-column", required=True)
+    lexicon.add_argument("--groups", default="male,female", help="two group values; OR > 1 leans towards the first")
+    lexicon.add_argument("--mode", default="words", choices=["legacy", "words"])
+    lexicon.add_argument("--json", action="store_true")
+    lexicon.set_defaults(func=cmd_lexicon)
+
+    report = asub.add_parser("report", help="rebuild report.md and plots from a finished audit folder")
+    report.add_argument("dir")
+    report.set_defaults(func=cmd_report)

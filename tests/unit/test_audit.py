@@ -1,0 +1,102 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.audit import AuditConfig, generate_letters, open_run, read_letters, run_audit, score_letters
+from analysis.report import rebuild_report
+from analysis.stats import delta_bias, lexicon_table, paired_table
+from experts.errors import SteerlabError
+
+CONFIG = AuditConfig(expert="tiny-llama", names_per_gender=1, max_new_tokens=6)
+
+
+def test_resume_after_a_kill_has_no_duplicates_or_losses(tiny_llama, tmp_path):
+    run = open_run(CONFIG, tmp_path, tiny_llama)
+    generate_letters(tiny_llama, run, None, batch_size=4, progress=False)
+    complete = read_letters(run.letters_path)
+    expected = len(run.prompts) * 2  # greedy + one sample
+    assert len(complete) == expected
+    # simulate a kill: keep 5 rows and half of the 6th
+    lines = run.letters_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    run.letters_path.write_text("".join(lines[:5]) + lines[5][:20], encoding="utf-8")
+    resumed = open_run(CONFIG, tmp_path, tiny_llama)
+    generate_letters(tiny_llama, resumed, None, batch_size=4, progress=False)
+    rows = read_letters(run.letters_path)
+    keys = [(r["condition"], r["prompt_id"], r["sample"]) for r in rows]
+    assert len(keys) == len(set(keys)) == expected
+    by_key = {(r["condition"], r["prompt_id"], r["sample"]): r["letter"] for r in complete}
+    assert all(by_key[(r["condition"], r["prompt_id"], r["sample"])] == r["letter"] for r in rows)  # same seeds, same letters
+
+
+def test_a_folder_with_another_run_is_refused_and_kept(tiny_llama, tmp_path):
+    run = open_run(CONFIG, tmp_path, tiny_llama)
+    generate_letters(tiny_llama, run, None, progress=False)
+    before = run.letters_path.read_bytes()
+    with pytest.raises(SteerlabError, match="holds another run's results \\(differs in seed\\)"):
+        open_run(AuditConfig(expert="tiny-llama", names_per_gender=1, max_new_tokens=6, seed=1), tmp_path, tiny_llama)
+    assert run.letters_path.read_bytes() == before
+
+
+def test_steering_without_vector_and_bad_operator_are_refused():
+    with pytest.raises(SteerlabError, match="need a --vector"):
+        AuditConfig(expert="x", coefs=(0.0, 1.0))
+    with pytest.raises(SteerlabError, match="unknown audit operator 'scale'"):
+        AuditConfig(expert="x", operator="scale")
+
+
+def _synthetic(n_pairs=30, seed=0, skew=True):
+    """Letters where women get 'warm' and men 'leader' words, by design."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for pair in range(n_pairs):
+        for gender in ("female", "male"):
+            warm = rng.poisson(3 if (skew and gender == "female") else 1)
+            lead = rng.poisson(3 if (skew and gender == "male") else 1)
+            text = " ".join(["recommend", "Alex", "she" if gender == "female" else "he"] + ["warm"] * warm
+                            + ["leader"] * lead + ["good"] * 30)
+            rows.append({"condition": "unsteered", "coef": 0.0, "pair_id": f"p{pair}", "prompt_id": f"p{pair}-{gender}",
+                         "gender": gender, "name": "Alex", "kind": "recommend", "occupation": "student", "age": 22,
+                         "text": "x", "sample": -1, "letter": text})
+    return score_letters(None, rows)
+
+
+def test_statistics_find_a_planted_bias_and_not_a_null_one():
+    frame = _synthetic()
+    lex = lexicon_table(frame).set_index("lexicon")
+    assert lex.loc["communal", "log_or_ci_high"] < 0 < lex.loc["leadership", "log_or_ci_low"]
+    paired = paired_table(frame).set_index("metric")
+    assert paired.loc["communal_rate", "ci_high"] < 0 and paired.loc["communal_rate", "wilcoxon_p_holm"] < 0.05
+    assert paired.loc["leadership_rate", "d_z"] > 0.5 and paired.loc["leadership_rate", "mde"] > 0
+    assert paired.loc["communal_rate", "paper_unpaired_one_sided_p"] < 0.05
+    null = paired_table(_synthetic(skew=False, seed=1)).set_index("metric")
+    assert null.loc["communal_rate", "ci_low"] < 0 < null.loc["communal_rate", "ci_high"]
+    point, low, high = delta_bias(_synthetic(skew=False, seed=2), frame)
+    assert high < 0 and low < point < high
+
+
+def test_full_tiny_audit_with_steering_and_report_rebuild(tiny_llama, tmp_path):
+    from steer.datasets import load_pairs
+    from steer.extract import compute_vector
+
+    pairs, _ = load_pairs("gender")
+    vector = compute_vector(tiny_llama, pairs[:8], [1])
+    vector.save(tmp_path / "g.safetensors")
+    config = AuditConfig(expert="tiny-llama", names_per_gender=1, max_new_tokens=6,
+                         vector=str(tmp_path / "g.safetensors"), coefs=(0.0, 1.0))
+    report = run_audit(config, tmp_path / "audit", progress=False, expert=tiny_llama)
+    text = report.read_text(encoding="utf-8")
+    assert "## Steer and re-audit" in text and "ablate@1" in text
+    results = json.loads((tmp_path / "audit" / "results.json").read_text())
+    assert [r["condition"] for r in results["steering"]] == ["unsteered", "ablate@1"]
+    assert {"forest.png", "occupations.png", "steering.png", "letters.csv"} <= {p.name for p in (tmp_path / "audit").iterdir()}
+    scores = pd.read_json(tmp_path / "audit" / "scores.jsonl", lines=True)
+    assert len(scores) == 2 * 2 * 8 and scores.perplexity.gt(1).all()
+    assert rebuild_report(tmp_path / "audit").read_text(encoding="utf-8") == text
+
+
+def test_bad_template_fails_before_anything_is_written(tiny_llama, tmp_path):
+    with pytest.raises(SteerlabError, match="lacks the placeholder"):
+        open_run(AuditConfig(expert="tiny-llama", template="Letter for {name}."), tmp_path / "new", tiny_llama)
+    assert not (tmp_path / "new").exists()
