@@ -226,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     from steer.cli_audit import add_audit_commands
 
     add_audit_commands(sub, _add_expert_options)
+    from steer.cli_rad import add_rad_commands
+
+    add_rad_commands(sub, _add_expert_options, _add_prompt_options)
 
     demo = sub.add_parser("demo", help="the end-to-end demo on the default expert")
     _add_expert_options(demo)

@@ -1,0 +1,201 @@
+"""Activation reward for reward-augmented decoding: read from the expert's own residual stream.
+
+r(v) = σ(wᵀh + (Vᵀh)ᵀ(UᵀE[v]) + b): a token-aware probe on the final hidden state h (the
+`ln_final.hook_out` the decoding step already computed) and the candidate token's input embedding
+E[v], with a rank-r bilinear term. It scores all k candidates of a step with no extra forward pass.
+Trained by weighted regression on every prefix of labeled texts (later prefixes weigh more), as
+RAD trains its reward model. Saved as safetensors + JSON metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from experts.errors import SteerlabError
+from experts.files import atomic_path
+from steer.errors import BadDataError, BadVectorFileError, VectorMismatchError
+
+if TYPE_CHECKING:
+    from experts.expert import Expert
+
+FORMAT = "steerlab.reward/1"
+HOOK = "ln_final.hook_out"
+
+
+@dataclass(frozen=True)
+class LabeledText:
+    text: str
+    label: float
+
+
+def load_labeled(path: str | Path) -> tuple[list[LabeledText], str]:
+    """JSONL lines `{"text": ..., "label": 0..1}`, and the file's sha256."""
+    import hashlib
+
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise BadDataError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise BadDataError(f"cannot read {path}: {error.strerror}") from None
+    rows = []
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            text, label = str(record["text"]), float(record["label"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise BadDataError(f'{path}:{number}: expected {{"text": ..., "label": 0..1}}') from None
+        if not 0.0 <= label <= 1.0 or math.isnan(label):
+            raise BadDataError(f"{path}:{number}: label {label} is outside [0, 1]")
+        rows.append(LabeledText(text, label))
+    if len(rows) < 4:
+        raise BadDataError(f"{path} holds {len(rows)} labeled texts; at least 4 are needed")
+    return rows, hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class RewardInfo:
+    expert: str = ""
+    fingerprint: str = ""
+    dataset_sha256: str = ""
+    seed: int = 0
+    rank: int = 0
+    heldout_auroc: float | None = None
+    heldout_mse: float | None = None
+    notes: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ActivationReward:
+    w: Tensor  # (d,)
+    u: Tensor  # (d, r): projects candidate embeddings
+    v: Tensor  # (d, r): projects the hidden state
+    b: float
+    info: RewardInfo = field(default_factory=RewardInfo)
+
+    kind = "activation"
+
+    @property
+    def d_model(self) -> int:
+        return self.w.shape[0]
+
+    def logits(self, hidden: Tensor, embeddings: Tensor) -> Tensor:
+        """Pre-sigmoid scores: hidden (..., d) and candidate embeddings (..., k, d) -> (..., k)."""
+        w, u, v = (t.to(device=hidden.device, dtype=hidden.dtype) for t in (self.w, self.u, self.v))
+        base = hidden @ w + self.b
+        return base[..., None] + ((embeddings @ u) * (hidden @ v)[..., None, :]).sum(-1)
+
+    def score(self, hidden: Tensor, candidates: Tensor, embedding_matrix: Tensor) -> Tensor:
+        """r ∈ [0, 1] for each candidate token: hidden (B, d), candidates (B, k) -> (B, k)."""
+        return torch.sigmoid(self.logits(hidden, embedding_matrix[candidates]))
+
+    def check_compatible(self, expert: Expert, force: bool = False) -> None:
+        if self.d_model != expert.d_model:
+            raise VectorMismatchError(f"reward width {self.d_model} does not match expert {expert.name!r} (d_model {expert.d_model})")
+        if self.info.fingerprint and self.info.fingerprint != expert.fingerprint and not force:
+            raise VectorMismatchError(
+                f"reward was trained on {self.info.expert!r} (weights {self.info.fingerprint}), not {expert.name!r} "
+                f"(weights {expert.fingerprint}); pass force=True to use it anyway")
+
+    def save(self, path: str | Path) -> Path:
+        tensors = {"w": self.w.float().contiguous(), "u": self.u.float().contiguous(), "v": self.v.float().contiguous(),
+                   "b": torch.tensor([self.b])}
+        meta = {"format": FORMAT, "kind": self.kind, "hook": HOOK, "info": asdict(self.info)}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"steerlab": json.dumps(meta)})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, expert: Expert | None = None, *, force: bool = False) -> ActivationReward:
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads((f.metadata() or {})["steerlab"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            if meta.get("format") != FORMAT or meta.get("kind") != cls.kind:
+                raise ValueError(f"format {meta.get('format')!r}, kind {meta.get('kind')!r}")
+            reward = cls(tensors["w"], tensors["u"], tensors["v"], float(tensors["b"][0]), RewardInfo(**meta["info"]))
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as error:
+            raise BadVectorFileError(f"{path} is not a steerlab activation reward ({FORMAT}): {error}") from None
+        if expert is not None:
+            reward.check_compatible(expert, force=force)
+        return reward
+
+
+def _prefix_examples(expert: Expert, data: Sequence[LabeledText]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Every prefix of every text: hidden h_t, next token x_{t+1}, label, weight (t+1)/T, text index."""
+    cache = expert.run_with_cache([d.text for d in data], [HOOK])
+    hidden, tokens, labels, weights, owner = [], [], [], [], []
+    mask = cache.attention_mask.bool()
+    for row, item in enumerate(data):
+        h = cache[HOOK][row][mask[row]].float().cpu()
+        ids = cache.tokens[row][mask[row]].cpu()
+        steps = len(ids) - 1
+        if steps < 1:
+            continue
+        hidden.append(h[:-1])
+        tokens.append(ids[1:])
+        labels.append(torch.full((steps,), item.label))
+        weights.append(torch.arange(1, steps + 1, dtype=torch.float32) / steps)
+        owner.append(torch.full((steps,), row))
+    return tuple(torch.cat(x) for x in (hidden, tokens, labels, weights, owner))  # type: ignore[return-value]
+
+
+def train_activation_reward(expert: Expert, data: Sequence[LabeledText], *, rank: int = 8, epochs: int = 300,
+                            lr: float = 1e-2, weight_decay: float = 1e-3, heldout: float = 0.2, seed: int = 0,
+                            dataset_sha256: str = "") -> ActivationReward:
+    """Fit (w, U, V, b) by weighted MSE on every prefix; report AUROC and MSE on held-out texts."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(data) < 4:
+        raise BadDataError("at least 4 labeled texts are needed")
+    if rank < 1:
+        raise SteerlabError(f"rank must be >= 1, got {rank}")
+    hidden, tokens, labels, weights, owner = _prefix_examples(expert, data)
+    embed = expert.model.get_input_embeddings().weight.detach().float().cpu()
+    scale = hidden.norm(dim=-1).median().item() or 1.0  # keep the fit well-conditioned; folded back below
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data), generator=generator)
+    test_texts = set(order[: max(1, round(heldout * len(data)))].tolist())
+    is_test = torch.tensor([int(o) in test_texts for o in owner])
+    d = expert.d_model
+    w = torch.zeros(d, requires_grad=True)
+    u = (torch.randn(d, rank, generator=generator) * 0.01).requires_grad_()
+    v = (torch.randn(d, rank, generator=generator) * 0.01).requires_grad_()
+    b = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.Adam([w, u, v, b], lr=lr, weight_decay=weight_decay)
+    train = ~is_test
+    x, e = hidden / scale, embed[tokens]
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        pred = torch.sigmoid(x[train] @ w + b + ((e[train] @ u) * (x[train] @ v)).sum(-1))
+        loss = (weights[train] * (pred - labels[train]) ** 2).sum() / weights[train].sum()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        reward = ActivationReward(w.detach() / scale, u.detach(), v.detach() / scale, float(b.item()))
+        pred = torch.sigmoid(reward.logits(hidden, e[:, None, :]))[:, 0]  # one candidate per prefix: its next token
+        last = torch.zeros(len(owner), dtype=torch.bool)  # the full-text prefix of each held-out text
+        for text in test_texts:
+            idx = (owner == text).nonzero()
+            if len(idx):
+                last[idx[-1]] = True
+        y = (labels[last] >= 0.5).int().tolist()
+        auroc = float(roc_auc_score(y, pred[last].tolist())) if len(set(y)) == 2 else None
+        mse = float(((pred[is_test] - labels[is_test]) ** 2).mean()) if is_test.any() else None
+    info = RewardInfo(expert=expert.name, fingerprint=expert.fingerprint, dataset_sha256=dataset_sha256, seed=seed,
+                      rank=rank, heldout_auroc=auroc, heldout_mse=mse,
+                      notes={"epochs": epochs, "lr": lr, "n_texts": len(data), "n_prefixes": len(labels)})
+    return ActivationReward(reward.w, reward.u, reward.v, reward.b, info)
