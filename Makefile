@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/generation.py
 	$(PY) benchmarks/steering_overhead.py
 	$(PY) benchmarks/audit_throughput.py
+	$(PY) benchmarks/rad_cost.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -35,6 +35,38 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(json.dumps({**record, "beta": args.beta, "top_k": args.top_k}) if args.json else record["text"])
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from analysis.plots import save_figure
+    from experts.files import atomic_path, provenance, write_json
+    from steer.cli import _load
+    from steer.cli_vector import _coefs
+    from steer.datasets import load_prompts
+    from steer.rad_sweep import rad_sweep, rad_sweep_plot
+    from steer.rewards import ActivationReward
+    from steer.scorers import get_scorer
+
+    expert = _load(args)
+    reward = ActivationReward.load(args.reward, expert, force=args.force)
+    prompts = load_prompts(args.prompts)
+    prompts = prompts[: args.max_prompts] if args.max_prompts else prompts
+    rows, summary = rad_sweep(expert, reward, prompts, _coefs(args.betas), get_scorer(args.evaluator), top_k=args.top_k,
+                              max_new_tokens=args.max_new_tokens, samples=args.samples, seed=args.seed,
+                              batch_size=args.batch_size)
+    out = Path(args.out)
+    for name, frame in (("rad_sweep.csv", rows), ("summary.csv", summary)):
+        with atomic_path(out / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    save_figure(rad_sweep_plot(summary, args.evaluator, f"{expert.name}: {Path(args.reward).name}"), out / "rad_sweep.png")
+    write_json(out / "rad_sweep.json", {"summary": json.loads(summary.to_json(orient="records")),
+                                        **provenance(expert=expert.name, reward=str(args.reward), evaluator=args.evaluator,
+                                                     betas=args.betas, top_k=args.top_k, seed=args.seed, prompts=prompts,
+                                                     samples=args.samples, max_new_tokens=args.max_new_tokens)})
+    print(summary.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print(f"rows, summary and plot in {out}/ (rad_sweep.csv, summary.csv, rad_sweep.png, rad_sweep.json)")
+
+
 def add_rad_commands(sub, add_expert_options, add_prompt_options) -> None:
     rad = sub.add_parser("rad", help="reward-augmented decoding with rewards read from the expert's activations")
     rsub = rad.add_subparsers(dest="rad_command", required=True)
@@ -61,3 +93,19 @@ def add_rad_commands(sub, add_expert_options, add_prompt_options) -> None:
     gen.add_argument("--force", action="store_true")
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(func=cmd_generate)
+
+    sweep = rsub.add_parser("sweep", help="evaluate decoding over a grid of β")
+    add_expert_options(sweep)
+    sweep.add_argument("--reward", required=True)
+    sweep.add_argument("--prompts", help="prompts file (default: shipped neutral prompts)")
+    sweep.add_argument("--max-prompts", type=int, default=0)
+    sweep.add_argument("--betas", default="0,5,10,20")
+    sweep.add_argument("--evaluator", default="sentiment", help="independent scorer: sentiment, formality, pronouns, lexicon:FILE")
+    sweep.add_argument("--top-k", type=int, default=20)
+    sweep.add_argument("--samples", type=int, default=1)
+    sweep.add_argument("--max-new-tokens", type=int, default=48)
+    sweep.add_argument("--batch-size", type=int, default=8)
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--force", action="store_true")
+    sweep.add_argument("--out", required=True)
+    sweep.set_defaults(func=cmd_sweep)

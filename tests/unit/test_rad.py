@@ -122,3 +122,28 @@ def test_rad_cli(capsys, tmp_path):
     assert json.loads(capsys.readouterr().out)["beta"] == 4.0
     assert main(["rad", "generate", "--expert", "tiny-llama", "--reward", str(out), "--beta", "-1", "hi"]) == 2
     assert "beta must be >= 0" in capsys.readouterr().err
+
+
+def test_rad_sweep_measures_tv_and_diversity(tiny_llama, tmp_path, capsys):
+    import pandas as pd
+
+    from steer.cli import main
+    from steer.rad_sweep import distinct_n, rad_sweep
+    from steer.scorers import pronouns
+
+    assert distinct_n(["a b a b", "a b"], 1) == 2 / 6 and distinct_n(["a b c"], 2) == 1.0
+    rows, summary = rad_sweep(tiny_llama, PreferLowestRanked(), PROMPTS, [50.0], pronouns, top_k=4,
+                              max_new_tokens=5, samples=2, progress=False)
+    assert list(summary.beta) == [0.0, 50.0] and len(rows) == 2 * 2 * 2
+    base, strong = summary.set_index("beta").loc[0.0], summary.set_index("beta").loc[50.0]
+    assert base.tv_distance > 0  # top-k masking alone moves probability mass
+    assert strong.tv_distance > base.tv_distance and base.diff_vs_beta0 == 0
+    reward = tmp_path / "r.safetensors"
+    from steer.datasets import _DATA
+
+    assert main(["rad", "train", "--expert", "tiny-llama", "--data", str(_DATA / "agentic_communal.jsonl"),
+                 "--epochs", "10", "-o", str(reward)]) == 0
+    assert main(["rad", "sweep", "--expert", "tiny-llama", "--reward", str(reward), "--max-prompts", "2",
+                 "--betas", "0,5", "--max-new-tokens", "4", "--out", str(tmp_path / "sw")]) == 0
+    assert {"beta", "score", "perplexity", "tv_distance"} <= set(pd.read_csv(tmp_path / "sw" / "rad_sweep.csv").columns)
+    capsys.readouterr()
