@@ -38,12 +38,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from analysis.plots import save_figure
+    from analysis.plots import rad_sweep_plot, save_figure
     from experts.files import atomic_path, provenance, write_json
     from steer.cli import _load
     from steer.cli_vector import _coefs
     from steer.datasets import load_prompts
-    from steer.rad_sweep import rad_sweep, rad_sweep_plot
+    from steer.rad_sweep import rad_sweep
     from steer.rewards import ActivationReward
     from steer.scorers import get_scorer
 

@@ -72,23 +72,3 @@ def rad_sweep(expert: Expert, reward: CandidateReward, prompts: Sequence[str], b
                         **{f"dist_{n}": distinct_n(part.text.tolist(), n) for n in (1, 2, 3)}})
     return frame, pd.DataFrame(summary)
 
-
-def rad_sweep_plot(summary: pd.DataFrame, evaluator: str, title: str):
-    """Score change (95% CI) and fluency/diversity against β."""
-    import matplotlib.pyplot as plt
-
-    fig, (ax_score, ax_cost) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    err = [summary.diff_vs_beta0 - summary.ci_low, summary.ci_high - summary.diff_vs_beta0]
-    ax_score.errorbar(summary.beta, summary.diff_vs_beta0, yerr=err, fmt="o-", capsize=3)
-    ax_score.axhline(0, color="grey", lw=0.8)
-    ax_score.set(xlabel="β", ylabel=f"Δ {evaluator} vs β = 0 (95% CI)", title="Attribute (independent evaluator)")
-    ax_cost.plot(summary.beta, summary.median_perplexity, "o-", label="median perplexity")
-    ax_cost.set(xlabel="β", ylabel="median perplexity (plain expert)", title="Cost")
-    twin = ax_cost.twinx()
-    twin.plot(summary.beta, summary.tv_distance, "s--", color="tab:orange", label="TV distance")
-    twin.plot(summary.beta, summary.dist_2, "^:", color="tab:green", label="dist-2")
-    twin.set_ylabel("TV distance / dist-2")
-    ax_cost.legend(loc="upper left")
-    twin.legend(loc="lower right")
-    fig.suptitle(title)
-    return fig
