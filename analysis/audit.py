@@ -27,6 +27,8 @@ from experts.files import provenance, write_json
 from experts.generate import GenerationConfig, generate_batch, row_seed
 from experts.likelihood import continuation_nll
 from steer.apply import Steering, apply
+from steer.rad import reward_decoding
+from steer.rewards import ActivationReward
 from steer.vector import SteeringVector
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,13 @@ class AuditConfig:
     # Not position 0: SmolLM2's attention sink there has a residual ~100x the others, and removing a
     # direction from it (projections in the thousands) wrecks generation.
     positions: str = "from:1"
+    reward: str | None = None  # activation reward for reward-augmented decoding (a second mitigation)
+    betas: tuple[float, ...] = ()
+    top_k: int = 20
 
     def __post_init__(self) -> None:
+        if self.betas and not self.reward:
+            raise SteerlabError("--beta values need a --reward")
         if self.operator not in OPERATORS:
             raise SteerlabError(f"unknown audit operator {self.operator!r}; choose one of {', '.join(OPERATORS)}")
         if any(c != 0 for c in self.coefs) and not self.vector:
@@ -66,7 +73,8 @@ class AuditConfig:
             raise SteerlabError(f"samples must be >= 0 with greedy letters, or >= 1 without; got {self.samples}")
 
     def conditions(self) -> list[tuple[str, float]]:
-        return [("unsteered", 0.0)] + [(f"{self.operator}@{c:g}", c) for c in self.coefs if c != 0]
+        steered = [(f"{self.operator}@{c:g}", c) for c in self.coefs if c != 0]
+        return [("unsteered", 0.0)] + steered + [(f"rad@{b:g}", b) for b in self.betas if b != 0]
 
 
 @dataclass
@@ -81,7 +89,7 @@ class AuditRun:
 
 
 def _identity(config: AuditConfig) -> dict[str, Any]:
-    return {**asdict(config), "coefs": list(config.coefs)}
+    return {**asdict(config), "coefs": list(config.coefs), "betas": list(config.betas)}
 
 
 def open_run(config: AuditConfig, out: Path, expert: Expert) -> AuditRun:
@@ -136,7 +144,7 @@ def _coefs_for(rows: Sequence[tuple[LetterPrompt, int]], coef: float, operator: 
 
 
 def generate_letters(expert: Expert, run: AuditRun, vector: SteeringVector | None, batch_size: int = 16,
-                     progress: bool = True) -> None:
+                     progress: bool = True, reward: ActivationReward | None = None) -> None:
     """Generate every missing (condition, prompt, sample) letter, appending as batches finish."""
     config = run.config
     done = {(r["condition"], r["prompt_id"], r["sample"]) for r in read_letters(run.letters_path)}
@@ -157,7 +165,10 @@ def generate_letters(expert: Expert, run: AuditRun, vector: SteeringVector | Non
             chunk = items[start : start + batch_size]
             seeds = [row_seed(config.seed, p.text, s) for _, _, p, s in chunk]
             texts_in = [formatted[p.prompt_id] for _, _, p, _ in chunk]
-            if coef and vector is not None:
+            if label.startswith("rad@"):
+                with reward_decoding(expert, reward, coef, config.top_k) as hook:
+                    ids, reasons = generate_batch(expert, texts_in, settings, seeds, logits_hook=hook)
+            elif coef and vector is not None:
                 operator = "add" if config.operator == "counter" else config.operator
                 coefs = _coefs_for([(p, s) for _, _, p, s in chunk], coef, config.operator)
                 with apply(expert, Steering(vector, coef=coefs, operator=operator, positions=config.positions), force=True):
@@ -190,8 +201,9 @@ def run_audit(config: AuditConfig, out: Path, *, batch_size: int = 16, progress:
 
     expert = expert or Expert.load(config.expert)
     vector = SteeringVector.load(config.vector, expert) if config.vector else None
+    reward = ActivationReward.load(config.reward, expert) if config.reward else None
     run = open_run(config, out, expert)
-    generate_letters(expert, run, vector, batch_size=batch_size, progress=progress)
+    generate_letters(expert, run, vector, batch_size=batch_size, progress=progress, reward=reward)
     frame = score_letters(expert, read_letters(run.letters_path))
     manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     return build_report(out, frame, manifest, seed=config.seed)

@@ -98,18 +98,24 @@ def occupation_heatmap(table: pd.DataFrame, title: str) -> Figure:
 def steering_audit_plot(table: pd.DataFrame, title: str) -> Figure:
     """Bias index change (95% CI) and fluency measures against the steering coefficient."""
     fig, (ax_bias, ax_flu) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    err = [table.delta_bias - table.delta_ci_low, table.delta_ci_high - table.delta_bias]
-    ax_bias.errorbar(table.coef, table.delta_bias, yerr=err, fmt="o-", capsize=3)
-    ax_bias.axhline(0, color="grey", lw=0.8)
-    ax_bias.set(xlabel="coefficient", ylabel="Δ bias index vs unsteered (mean |log OR|)", title="Bias")
-    ax_flu.plot(table.coef, table.usable_rate, "o-", label="usable-letter rate")
-    ax_flu.plot(table.coef, table.fidelity_rate, "s-", label="name & pronoun fidelity")
-    ax_flu.set(xlabel="coefficient", ylabel="rate", ylim=(0, 1.05), title="Fluency")
     twin = ax_flu.twinx()
-    twin.plot(table.coef, table.median_perplexity, "^--", color="tab:red", label="median perplexity")
+    base = table[table.condition == "unsteered"]
+    kinds = sorted({c.split("@")[0] for c in table.condition if c != "unsteered"})
+    for kind, color in zip(kinds, ("tab:blue", "tab:purple", "tab:brown")):
+        part = pd.concat([base, table[table.condition.str.startswith(kind + "@")]]).sort_values("coef")
+        err = [part.delta_bias - part.delta_ci_low, part.delta_ci_high - part.delta_bias]
+        ax_bias.errorbar(part.coef, part.delta_bias, yerr=err, fmt="o-", capsize=3, color=color, label=kind)
+        ax_flu.plot(part.coef, part.usable_rate, "o-", color=color, label=f"{kind}: usable letters")
+        ax_flu.plot(part.coef, part.fidelity_rate, "s:", color=color, label=f"{kind}: name & pronoun fidelity")
+        twin.plot(part.coef, part.median_perplexity, "^--", color=color, alpha=0.5, label=f"{kind}: median perplexity")
+    ax_bias.axhline(0, color="grey", lw=0.8)
+    ax_bias.set(xlabel="coefficient (steering) or β (reward)", ylabel="Δ bias index vs unsteered (mean |log OR|)",
+                title="Bias")
+    ax_bias.legend()
+    ax_flu.set(xlabel="coefficient or β", ylabel="rate", ylim=(0, 1.05), title="Fluency")
     twin.set_ylabel("median perplexity (unsteered expert)")
-    ax_flu.legend(loc="lower left")
-    twin.legend(loc="lower right")
+    ax_flu.legend(loc="lower left", fontsize=7)
+    twin.legend(loc="lower right", fontsize=7)
     fig.suptitle(title)
     return fig
 

@@ -16,7 +16,8 @@ def cmd_letters(args: argparse.Namespace) -> None:
     config = AuditConfig(expert=args.expert, size=args.size, samples=args.samples, greedy=not args.no_greedy,
                          seed=args.seed, max_new_tokens=args.max_new_tokens, template=args.template,
                          names_per_gender=args.names_per_gender, vector=args.vector, coefs=_coefs(args.coefs),
-                         operator=args.operator, positions=args.positions)
+                         operator=args.operator, positions=args.positions, reward=args.reward,
+                         betas=_coefs(args.beta) if args.beta else (), top_k=args.top_k)
     report = run_audit(config, Path(args.out), batch_size=args.batch_size)
     print(f"report: {report}")
 
@@ -82,6 +83,9 @@ def add_audit_commands(sub, add_expert_options) -> None:
     letters.add_argument("--vector", help="steering vector for the re-audit")
     letters.add_argument("--coefs", default="0", help="steering coefficients, e.g. 0,0.5,1")
     letters.add_argument("--operator", default="ablate", choices=["ablate", "counter"])
+    letters.add_argument("--reward", help="activation reward for reward-augmented decoding (second mitigation)")
+    letters.add_argument("--beta", help="reward strengths, e.g. 5 or 5,10")
+    letters.add_argument("--top-k", type=int, default=20, help="candidates re-weighted by the reward")
     letters.add_argument("--positions", default="from:1", help="where to steer (default from:1: not the attention sink)")
     letters.add_argument("--max-new-tokens", type=int, default=160)
     letters.add_argument("--batch-size", type=int, default=16)

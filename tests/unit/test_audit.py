@@ -100,3 +100,18 @@ def test_bad_template_fails_before_anything_is_written(tiny_llama, tmp_path):
     with pytest.raises(SteerlabError, match="lacks the placeholder"):
         open_run(AuditConfig(expert="tiny-llama", template="Letter for {name}."), tmp_path / "new", tiny_llama)
     assert not (tmp_path / "new").exists()
+
+
+def test_reward_decoding_is_a_second_mitigation(tiny_llama, tmp_path):
+    from steer.datasets import _DATA
+    from steer.rewards import load_labeled, train_activation_reward
+
+    data, _ = load_labeled(str(_DATA / "agentic_communal.jsonl"))
+    train_activation_reward(tiny_llama, data[:10], epochs=10).save(tmp_path / "r.safetensors")
+    config = AuditConfig(expert="tiny-llama", names_per_gender=1, max_new_tokens=5, samples=0,
+                         reward=str(tmp_path / "r.safetensors"), betas=(5.0,))
+    run_audit(config, tmp_path / "audit", progress=False, expert=tiny_llama)
+    results = json.loads((tmp_path / "audit" / "results.json").read_text())
+    assert [r["condition"] for r in results["steering"]] == ["unsteered", "rad@5"]
+    with pytest.raises(SteerlabError, match="need a --reward"):
+        AuditConfig(expert="x", betas=(5.0,))
