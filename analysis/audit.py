@@ -28,7 +28,7 @@ from experts.generate import GenerationConfig, generate_batch, row_seed
 from experts.likelihood import continuation_nll
 from steer.apply import Steering, apply
 from steer.rad import reward_decoding
-from steer.rewards import ActivationReward
+from steer.rewards import ActivationReward, LookaheadReward, load_reward
 from steer.vector import SteeringVector
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def _coefs_for(rows: Sequence[tuple[LetterPrompt, int]], coef: float, operator: 
 
 
 def generate_letters(expert: Expert, run: AuditRun, vector: SteeringVector | None, batch_size: int = 16,
-                     progress: bool = True, reward: ActivationReward | None = None) -> None:
+                     progress: bool = True, reward: ActivationReward | LookaheadReward | None = None) -> None:
     """Generate every missing (condition, prompt, sample) letter, appending as batches finish."""
     config = run.config
     done = {(r["condition"], r["prompt_id"], r["sample"]) for r in read_letters(run.letters_path)}
@@ -201,7 +201,7 @@ def run_audit(config: AuditConfig, out: Path, *, batch_size: int = 16, progress:
 
     expert = expert or Expert.load(config.expert)
     vector = SteeringVector.load(config.vector, expert) if config.vector else None
-    reward = ActivationReward.load(config.reward, expert) if config.reward else None
+    reward = load_reward(config.reward, expert) if config.reward else None
     run = open_run(config, out, expert)
     generate_letters(expert, run, vector, batch_size=batch_size, progress=progress, reward=reward)
     frame = score_letters(expert, read_letters(run.letters_path))

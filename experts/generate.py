@@ -65,6 +65,8 @@ class DecodeState:
     valid: Tensor  # (batch, pos) bool, False on padding
     prompt_lengths: Tensor  # (batch,)
     all_valid: bool = False  # no padding in this forward (lets hooks skip masking)
+    past: Any = None  # the KV cache of the generation loop (after this forward), for look-ahead rewards
+    attention_mask: Tensor | None = None  # every position so far, this forward's included
 
     def generated(self) -> Tensor:
         return self.valid & (self.position_ids >= self.prompt_lengths[:, None])
@@ -185,7 +187,8 @@ def generate_batch(
     prompt_lengths = mask.sum(-1)
     step_valid = mask.bool()
     for step in range(config.max_new_tokens):
-        state = DecodeState(step, positions, step_valid, prompt_lengths, all_valid=step > 0 or bool(step_valid.all()))
+        state = DecodeState(step, positions, step_valid, prompt_lengths, all_valid=step > 0 or bool(step_valid.all()),
+                            past=cache, attention_mask=mask)
         with publish_state(state):
             out = model(
                 input_ids=step_input,

@@ -8,14 +8,18 @@ import json
 
 def cmd_train(args: argparse.Namespace) -> None:
     from steer.cli import _load
-    from steer.rewards import load_labeled, train_activation_reward
+    from steer.rewards import load_labeled, train_activation_reward, train_lookahead_reward
 
     data, sha = load_labeled(args.data)
     expert = _load(args)
-    reward = train_activation_reward(expert, data, rank=args.rank, epochs=args.epochs, seed=args.seed, dataset_sha256=sha)
+    if args.kind == "lookahead":
+        reward = train_lookahead_reward(expert, data, epochs=args.epochs, seed=args.seed, dataset_sha256=sha)
+    else:
+        reward = train_activation_reward(expert, data, rank=args.rank, epochs=args.epochs, seed=args.seed,
+                                         dataset_sha256=sha)
     reward.save(args.output)
     auroc = "n/a" if reward.info.heldout_auroc is None else f"{reward.info.heldout_auroc:.3f}"
-    print(f"wrote {args.output}: activation reward (rank {args.rank}) on {len(data)} texts; "
+    print(f"wrote {args.output}: {args.kind} reward on {len(data)} texts; "
           f"held-out AUROC {auroc}, MSE {reward.info.heldout_mse:.4f}")
 
 
@@ -23,11 +27,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from experts.generate import GenerationConfig
     from steer.cli import _load, _read_prompts
     from steer.rad import rad_generate
-    from steer.rewards import ActivationReward
+    from steer.rewards import load_reward
 
     prompts = _read_prompts(args)
     expert = _load(args)
-    reward = ActivationReward.load(args.reward, expert, force=args.force)
+    reward = load_reward(args.reward, expert, force=args.force)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, seed=args.seed)
     result = rad_generate(expert, prompts, reward, beta=args.beta, top_k=args.top_k, config=config,
                           batch_size=args.batch_size, force=args.force)
@@ -44,11 +48,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from steer.cli_vector import _coefs
     from steer.datasets import load_prompts
     from steer.rad_sweep import rad_sweep
-    from steer.rewards import ActivationReward
+    from steer.rewards import load_reward
     from steer.scorers import get_scorer
 
     expert = _load(args)
-    reward = ActivationReward.load(args.reward, expert, force=args.force)
+    reward = load_reward(args.reward, expert, force=args.force)
     prompts = load_prompts(args.prompts)
     prompts = prompts[: args.max_prompts] if args.max_prompts else prompts
     rows, summary = rad_sweep(expert, reward, prompts, _coefs(args.betas), get_scorer(args.evaluator), top_k=args.top_k,
@@ -74,7 +78,8 @@ def add_rad_commands(sub, add_expert_options, add_prompt_options) -> None:
     train = rsub.add_parser("train", help="train an activation reward from labeled texts")
     add_expert_options(train)
     train.add_argument("--data", required=True, help='JSONL {"text": ..., "label": 0..1}')
-    train.add_argument("--kind", default="activation", choices=["activation"])
+    train.add_argument("--kind", default="activation", choices=["activation", "lookahead"],
+                       help="activation: no extra pass; lookahead: one batched step over the k candidates")
     train.add_argument("--rank", type=int, default=8)
     train.add_argument("--epochs", type=int, default=300)
     train.add_argument("--seed", type=int, default=0)

@@ -8,6 +8,7 @@ pass. Composes with steering (`steer.apply.apply`) like any other generation.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 
 from experts.errors import SteerlabError
-from experts.generate import DecodeState, GenerationConfig, GenerationResult, LogitsHook, generate
+from experts.generate import DecodeState, GenerationConfig, GenerationResult, LogitsHook, generate, publish_state
 from experts.hooks import hook_context
 from steer.rewards import HOOK
 
@@ -54,12 +55,32 @@ def reward_decoding(expert: Expert, reward: CandidateReward, beta: float, top_k:
 
     def augment(logits: Tensor, state: DecodeState) -> Tensor:
         top = logits.topk(top_k, dim=-1)
-        rewards = reward.score(last_hidden["h"], top.indices, embeddings).to(logits.dtype)
+        if hasattr(reward, "probe"):  # look-ahead: one batched step over the k candidates
+            rewards = _lookahead(expert, reward, state, top.indices).to(logits.dtype)
+        else:
+            rewards = reward.score(last_hidden["h"], top.indices, embeddings).to(logits.dtype)
         out = torch.full_like(logits, float("-inf"))
         return out.scatter(-1, top.indices, top.values + beta * rewards)
 
     with hook_context(expert.model, [(expert.hook_point(HOOK), read)]):
         yield augment
+
+
+def _lookahead(expert: Expert, reward, state: DecodeState, candidates: Tensor) -> Tensor:
+    """Score (B, k) candidates by the probe on the hidden state after reading each, on a tiled cache copy."""
+    if state.past is None or state.attention_mask is None:
+        raise SteerlabError("look-ahead rewards need steerlab's generation loop (its KV cache)")
+    rows, k = candidates.shape
+    cache = copy.deepcopy(state.past)
+    cache.batch_repeat_interleave(k)
+    mask = torch.cat([state.attention_mask, torch.ones_like(state.attention_mask[:, :1])], 1).repeat_interleave(k, 0)
+    positions = (state.position_ids[:, -1:] + 1).repeat_interleave(k, 0)
+    ahead = DecodeState(state.step + 1, positions, torch.ones_like(positions, dtype=torch.bool),
+                        state.prompt_lengths.repeat_interleave(k, 0), all_valid=True)
+    with publish_state(ahead):
+        hidden = expert.model.model(input_ids=candidates.reshape(rows * k, 1), attention_mask=mask,
+                                    position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state
+    return reward.probe(hidden[:, -1]).reshape(rows, k)
 
 
 def rad_generate(expert: Expert, prompts: Sequence[str], reward: CandidateReward, *, beta: float, top_k: int = 20,

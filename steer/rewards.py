@@ -134,6 +134,54 @@ class ActivationReward:
         return reward
 
 
+@dataclass(frozen=True)
+class LookaheadReward:
+    """r(v) = σ(wᵀh' + b) where h' is the final hidden state after reading candidate v: the k
+    candidates run as one batched one-token step on a tiled copy of the generation's KV cache."""
+
+    w: Tensor  # (d,)
+    b: float
+    info: RewardInfo = field(default_factory=RewardInfo)
+
+    kind = "lookahead"
+
+    @property
+    def d_model(self) -> int:
+        return self.w.shape[0]
+
+    def probe(self, hidden: Tensor) -> Tensor:
+        return torch.sigmoid(hidden @ self.w.to(device=hidden.device, dtype=hidden.dtype) + self.b)
+
+    check_compatible = ActivationReward.check_compatible
+
+    def save(self, path: str | Path) -> Path:
+        meta = {"format": FORMAT, "kind": self.kind, "hook": HOOK, "info": asdict(self.info)}
+        with atomic_path(path) as tmp:
+            save_file({"w": self.w.float().contiguous(), "b": torch.tensor([self.b])}, str(tmp),
+                      metadata={"steerlab": json.dumps(meta)})
+        return Path(path)
+
+
+def load_reward(path: str | Path, expert: Expert | None = None, *, force: bool = False):
+    """Read an activation or look-ahead reward file."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            kind = json.loads((f.metadata() or {})["steerlab"]).get("kind")
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as error:
+        raise BadVectorFileError(f"{path} is not a steerlab reward ({FORMAT}): {error}") from None
+    if kind == LookaheadReward.kind:
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads(f.metadata()["steerlab"])
+                reward = LookaheadReward(f.get_tensor("w"), float(f.get_tensor("b")[0]), RewardInfo(**meta["info"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise BadVectorFileError(f"{path} is not a steerlab look-ahead reward: {error}") from None
+        if expert is not None:
+            reward.check_compatible(expert, force=force)
+        return reward
+    return ActivationReward.load(path, expert, force=force)
+
+
 def _prefix_examples(expert: Expert, data: Sequence[LabeledText]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Every prefix of every text: hidden h_t, next token x_{t+1}, label, weight (t+1)/T, text index."""
     cache = expert.run_with_cache([d.text for d in data], [HOOK])
@@ -199,3 +247,51 @@ def train_activation_reward(expert: Expert, data: Sequence[LabeledText], *, rank
                       rank=rank, heldout_auroc=auroc, heldout_mse=mse,
                       notes={"epochs": epochs, "lr": lr, "n_texts": len(data), "n_prefixes": len(labels)})
     return ActivationReward(reward.w, reward.u, reward.v, reward.b, info)
+
+
+def train_lookahead_reward(expert: Expert, data: Sequence[LabeledText], *, epochs: int = 300, lr: float = 1e-2,
+                           weight_decay: float = 1e-3, heldout: float = 0.2, seed: int = 0,
+                           dataset_sha256: str = "") -> LookaheadReward:
+    """Fit a linear probe σ(wᵀh + b) on the hidden state after every token of every text (weighted MSE)."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(data) < 4:
+        raise BadDataError("at least 4 labeled texts are needed")
+    cache = expert.run_with_cache([d.text for d in data], [HOOK])
+    mask = cache.attention_mask.bool()
+    hidden, labels, weights, owner = [], [], [], []
+    for row, item in enumerate(data):
+        h = cache[HOOK][row][mask[row]].float().cpu()[1:]  # after reading tokens 1..T-1
+        hidden.append(h)
+        labels.append(torch.full((len(h),), item.label))
+        weights.append(torch.arange(1, len(h) + 1, dtype=torch.float32) / max(len(h), 1))
+        owner.append(torch.full((len(h),), row))
+    hidden, labels, weights, owner = (torch.cat(x) for x in (hidden, labels, weights, owner))
+    scale = hidden.norm(dim=-1).median().item() or 1.0
+    generator = torch.Generator().manual_seed(seed)
+    test_texts = set(torch.randperm(len(data), generator=generator)[: max(1, round(heldout * len(data)))].tolist())
+    is_test = torch.tensor([int(o) in test_texts for o in owner])
+    w = torch.zeros(expert.d_model, requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.Adam([w, b], lr=lr, weight_decay=weight_decay)
+    x, train = hidden / scale, ~is_test
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        pred = torch.sigmoid(x[train] @ w + b)
+        loss = (weights[train] * (pred - labels[train]) ** 2).sum() / weights[train].sum()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        reward = LookaheadReward(w.detach() / scale, float(b.item()))
+        pred = reward.probe(hidden)
+        last = torch.zeros(len(owner), dtype=torch.bool)
+        for text in test_texts:
+            idx = (owner == text).nonzero()
+            if len(idx):
+                last[idx[-1]] = True
+        y = (labels[last] >= 0.5).int().tolist()
+        auroc = float(roc_auc_score(y, pred[last].tolist())) if len(set(y)) == 2 else None
+        mse = float(((pred[is_test] - labels[is_test]) ** 2).mean()) if is_test.any() else None
+    info = RewardInfo(expert=expert.name, fingerprint=expert.fingerprint, dataset_sha256=dataset_sha256, seed=seed,
+                      heldout_auroc=auroc, heldout_mse=mse, notes={"epochs": epochs, "lr": lr, "n_texts": len(data)})
+    return LookaheadReward(reward.w, reward.b, info)

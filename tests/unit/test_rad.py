@@ -147,3 +147,41 @@ def test_rad_sweep_measures_tv_and_diversity(tiny_llama, tmp_path, capsys):
                  "--betas", "0,5", "--max-new-tokens", "4", "--out", str(tmp_path / "sw")]) == 0
     assert {"beta", "score", "perplexity", "tv_distance"} <= set(pd.read_csv(tmp_path / "sw" / "rad_sweep.csv").columns)
     capsys.readouterr()
+
+
+def test_lookahead_scores_equal_a_full_forward_per_candidate(tiny):
+    from experts.generate import generate
+    from steer.rad import _lookahead
+    from steer.rewards import LookaheadReward
+
+    reward = LookaheadReward(torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(0)), 0.1)
+    seen = {}
+    with reward_decoding(tiny, reward, beta=1.0, top_k=3) as hook:
+        def spy(logits, state):
+            if state.step == 1:  # a decode step: the cache holds prompt + first token
+                seen["cands"] = logits.topk(3).indices
+                seen["scores"] = _lookahead(tiny, reward, state, seen["cands"])
+            return hook(logits, state)
+
+        result = generate(tiny, PROMPTS, GenerationConfig(max_new_tokens=2, stop_at_eos=False), logits_hook=spy)
+    for row, prompt in enumerate(PROMPTS):
+        ids = tiny.tokenize(tiny.format_prompts([prompt])).input_ids[0].tolist() + result.token_ids[row][:1]
+        for j, cand in enumerate(seen["cands"][row].tolist()):
+            with torch.no_grad():
+                h = tiny.model.model(input_ids=torch.tensor([ids + [cand]])).last_hidden_state[0, -1]
+            torch.testing.assert_close(seen["scores"][row, j], reward.probe(h), atol=1e-4, rtol=1e-4)
+    assert count_forward_hooks(tiny.model) == 0
+
+
+def test_lookahead_training_and_files(tiny_llama, tmp_path):
+    from steer.datasets import _DATA
+    from steer.rewards import LookaheadReward, load_reward, train_lookahead_reward
+
+    data, _ = load_labeled(str(_DATA / "sentiment_labeled.jsonl"))
+    reward = train_lookahead_reward(tiny_llama, data[:20], epochs=50)
+    loaded = load_reward(reward.save(tmp_path / "l.safetensors"), tiny_llama)
+    assert isinstance(loaded, LookaheadReward) and torch.equal(loaded.w, reward.w) and loaded.info == reward.info
+    config = GenerationConfig(max_new_tokens=4, seed=2)
+    assert len(rad_generate(tiny_llama, PROMPTS, loaded, beta=3.0, top_k=4, config=config).token_ids) == 2
+    plain = tiny_llama.generate(PROMPTS, max_new_tokens=4, do_sample=True, top_k=4, seed=2).token_ids
+    assert rad_generate(tiny_llama, PROMPTS, loaded, beta=0.0, top_k=4, config=GenerationConfig(max_new_tokens=4, seed=2, top_k=4, do_sample=True)).token_ids == plain
