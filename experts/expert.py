@@ -152,19 +152,24 @@ class Expert:
         """Left-pad `texts`. Special tokens are added only to text that has none of a template's."""
         if not texts:
             raise EmptyPromptsError()
-        encoded = [self._encode(t) for t in texts]
+        encoded = [self.encode(t) for t in texts]
         if any(len(ids) == 0 for ids in encoded):
             raise EmptyPromptsError("tokens (a prompt tokenized to nothing)")
-        width = max(len(ids) for ids in encoded)
-        ids = torch.full((len(encoded), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, seq in enumerate(encoded):
-            ids[row, width - len(seq) :] = torch.tensor(seq)
+        return self.pad(encoded)
+
+    def pad(self, rows: Sequence[Sequence[int]]) -> TokenBatch:
+        """Left-pad token id rows into a batch on the expert's device."""
+        width = max(len(seq) for seq in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, seq in enumerate(rows):
+            ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
             mask[row, width - len(seq) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return TokenBatch(ids.to(self.device), mask.to(self.device), positions.to(self.device))
 
-    def _encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one text, with special tokens only if the text carries none of a template's."""
         templated = any(tok in text for tok in self.tokenizer.all_special_tokens if tok)
         return self.tokenizer(text, add_special_tokens=not templated)["input_ids"]
 

@@ -21,20 +21,14 @@ def continuation_nll(
     """Mean negative log-likelihood per continuation token (nan for an empty continuation)."""
     out: list[float] = []
     for start in range(0, len(continuations), batch_size):
-        prompts = [expert.tokenize([p]).input_ids[0].tolist() for p in formatted_prompts[start : start + batch_size]]
+        prompts = [expert.encode(p) for p in formatted_prompts[start : start + batch_size]]
         conts = [list(c) for c in continuations[start : start + batch_size]]
-        rows = [p + c for p, c in zip(prompts, conts)]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), expert.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
-        ids, mask = ids.to(expert.device), mask.to(expert.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        state = DecodeState.for_batch(mask, prompt_lengths=torch.tensor([len(p) for p in prompts], device=expert.device))
-        with publish_state(state):
-            logits = expert.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float()
+        batch = expert.pad([p + c for p, c in zip(prompts, conts)])
+        width = batch.input_ids.shape[1]
+        lengths = torch.tensor([len(p) for p in prompts], device=expert.device)
+        with publish_state(DecodeState.for_batch(batch.attention_mask, prompt_lengths=lengths)):
+            logits = expert.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                  position_ids=batch.position_ids).logits.float()
         logprobs = logits.log_softmax(-1)
         for i, (p, c) in enumerate(zip(prompts, conts)):
             if not c:

@@ -84,7 +84,7 @@ def pair_texts(expert: Expert, pairs: Sequence[ContrastPair]) -> tuple[list[str]
             if pair.prompt:
                 prefix = expert.format_prompts([pair.prompt])[0] if expert.spec.chat_template else pair.prompt + "\n"
             texts.append(prefix + getattr(pair, side))
-            starts.append(len(expert.tokenize([prefix]).input_ids[0]) if prefix else 0)
+            starts.append(len(expert.encode(prefix)) if prefix else 0)
     return texts, starts
 
 
