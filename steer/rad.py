@@ -53,16 +53,18 @@ def reward_decoding(expert: Expert, reward: CandidateReward, beta: float, top_k:
     def read(h: Tensor) -> None:
         last_hidden["h"] = h[:, -1]  # left padding: the last position is every row's newest token
 
+    lookahead = hasattr(reward, "probe")  # look-ahead: one batched step over the k candidates, no reading hook
+
     def augment(logits: Tensor, state: DecodeState) -> Tensor:
         top = logits.topk(top_k, dim=-1)
-        if hasattr(reward, "probe"):  # look-ahead: one batched step over the k candidates
+        if lookahead:
             rewards = _lookahead(expert, reward, state, top.indices).to(logits.dtype)
         else:
             rewards = reward.score(last_hidden["h"], top.indices, embeddings).to(logits.dtype)
         out = torch.full_like(logits, float("-inf"))
         return out.scatter(-1, top.indices, top.values + beta * rewards)
 
-    with hook_context(expert.model, [(expert.hook_point(HOOK), read)]):
+    with hook_context(expert.model, [] if lookahead else [(expert.hook_point(HOOK), read)]):
         yield augment
 
 
