@@ -14,7 +14,7 @@ import pandas as pd
 
 from analysis.lexicons import matched_words, wan2023
 from analysis.plots import audit_forest, occupation_heatmap, save_figure, steering_audit_plot
-from analysis.stats import bias_index, delta_bias, lexicon_table, paired_table
+from analysis.stats import bias_index, delta_bias, lexicon_log_ors, lexicon_table, paired_table
 from experts.files import atomic_path, write_json
 
 SCORES_CSV = "letters.csv"  # for people and spreadsheets
@@ -22,11 +22,7 @@ SCORES = "scores.jsonl"  # the exact frame, for rebuilding the report
 
 
 def occupation_table(frame: pd.DataFrame) -> pd.DataFrame:
-    rows = {}
-    for occupation, part in frame.groupby("occupation"):
-        lex = lexicon_table(part, seed=0)
-        rows[occupation] = lex.set_index("lexicon").log_or_ha.where(lex.set_index("lexicon").occurs, 0.0)
-    return pd.DataFrame(rows).T
+    return pd.DataFrame({occupation: lexicon_log_ors(part) for occupation, part in frame.groupby("occupation")}).T
 
 
 def skewed_words(frame: pd.DataFrame, top: int = 12) -> pd.DataFrame:

@@ -127,6 +127,17 @@ def _index_from_counts(counts: np.ndarray) -> float:
     return float(np.abs(_log_or(hits_m, tok_m, hits_f, tok_f, HALDANE)[used]).mean())
 
 
+def lexicon_log_ors(frame: pd.DataFrame) -> pd.Series:
+    """Haldane-Anscombe log OR (male vs female) per lexicon over pairs with both twins, 0 where it
+    never occurs: the point estimates of `lexicon_table`, without its bootstrap."""
+    genders = frame.groupby("pair_id").gender.nunique()
+    pairs = np.array(sorted(genders[genders == 2].index))
+    male, female = _pair_counts(frame, pairs).sum(axis=0)
+    hits_m, hits_f = male[:-1], female[:-1]
+    log_or = _log_or(hits_m, male[-1], hits_f, female[-1], HALDANE)
+    return pd.Series(np.where(hits_m + hits_f > 0, log_or, 0.0), index=wan2023().names)
+
+
 def bias_index(frame: pd.DataFrame) -> float:
     """Mean |log OR| (male vs female, Haldane-Anscombe) over the lexicons that occur: 0 when none leans."""
     pairs = np.array(sorted(frame.pair_id.unique()))
