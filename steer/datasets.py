@@ -37,11 +37,15 @@ def resolve_dataset(name_or_path: str) -> Path:
     return path
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: str | Path) -> str:
+    """A data file's text; non-UTF-8 or unreadable files raise `BadDataError` naming the file."""
+    path = Path(path)
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise BadDataError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise BadDataError(f"cannot read {path}: {error.strerror}") from None
 
 
 def _pair(record: Any, where: str) -> ContrastPair:
@@ -62,7 +66,7 @@ def _pair(record: Any, where: str) -> ContrastPair:
 def load_pairs(name_or_path: str) -> tuple[list[ContrastPair], str]:
     """Pairs from a shipped set or a JSONL file, and the file's sha256 (for provenance)."""
     path = resolve_dataset(name_or_path)
-    text = _read_text(path)
+    text = read_text(path)
     pairs = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -80,7 +84,7 @@ def load_pairs(name_or_path: str) -> tuple[list[ContrastPair], str]:
 def load_prompts(path: str | Path | None = None) -> list[str]:
     """Prompts one per line (blank lines skipped); default: the shipped neutral prompts."""
     path = Path(str(_DATA / "neutral_prompts.txt")) if path is None else Path(path)
-    prompts = [line.strip() for line in _read_text(path).splitlines() if line.strip()]
+    prompts = [line.strip() for line in read_text(path).splitlines() if line.strip()]
     if not prompts:
         raise BadDataError(f"{path} holds no prompts")
     return prompts

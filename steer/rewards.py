@@ -23,6 +23,7 @@ from torch import Tensor
 
 from experts.errors import SteerlabError
 from experts.files import atomic_path
+from steer.datasets import read_text
 from steer.errors import BadDataError, BadVectorFileError, VectorMismatchError
 
 if TYPE_CHECKING:
@@ -43,12 +44,7 @@ def load_labeled(path: str | Path) -> tuple[list[LabeledText], str]:
     import hashlib
 
     path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise BadDataError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except OSError as error:
-        raise BadDataError(f"cannot read {path}: {error.strerror}") from None
+    raw = read_text(path)
     rows = []
     for number, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
@@ -111,26 +107,13 @@ class ActivationReward:
                 f"(weights {expert.fingerprint}); pass force=True to use it anyway")
 
     def save(self, path: str | Path) -> Path:
-        tensors = {"w": self.w.float().contiguous(), "u": self.u.float().contiguous(), "v": self.v.float().contiguous(),
-                   "b": torch.tensor([self.b])}
-        meta = {"format": FORMAT, "kind": self.kind, "hook": HOOK, "info": asdict(self.info)}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"steerlab": json.dumps(meta)})
-        return Path(path)
+        return _write(path, self.kind, {"w": self.w, "u": self.u, "v": self.v}, self.b, self.info)
 
     @classmethod
     def load(cls, path: str | Path, expert: Expert | None = None, *, force: bool = False) -> ActivationReward:
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = json.loads((f.metadata() or {})["steerlab"])
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-            if meta.get("format") != FORMAT or meta.get("kind") != cls.kind:
-                raise ValueError(f"format {meta.get('format')!r}, kind {meta.get('kind')!r}")
-            reward = cls(tensors["w"], tensors["u"], tensors["v"], float(tensors["b"][0]), RewardInfo(**meta["info"]))
-        except (SafetensorError, OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as error:
-            raise BadVectorFileError(f"{path} is not a steerlab activation reward ({FORMAT}): {error}") from None
-        if expert is not None:
-            reward.check_compatible(expert, force=force)
+        reward = load_reward(path, expert, force=force)
+        if not isinstance(reward, cls):
+            raise BadVectorFileError(f"{path} is a {reward.kind} reward, not an {cls.kind} reward")
         return reward
 
 
@@ -155,97 +138,130 @@ class LookaheadReward:
     check_compatible = ActivationReward.check_compatible
 
     def save(self, path: str | Path) -> Path:
-        meta = {"format": FORMAT, "kind": self.kind, "hook": HOOK, "info": asdict(self.info)}
-        with atomic_path(path) as tmp:
-            save_file({"w": self.w.float().contiguous(), "b": torch.tensor([self.b])}, str(tmp),
-                      metadata={"steerlab": json.dumps(meta)})
-        return Path(path)
+        return _write(path, self.kind, {"w": self.w}, self.b, self.info)
+
+
+def _write(path: str | Path, kind: str, tensors: dict[str, Tensor], bias: float, info: RewardInfo) -> Path:
+    """safetensors with the weights, the bias as tensor `b`, and JSON metadata (format, kind, hook, info)."""
+    tensors = {name: t.float().contiguous() for name, t in tensors.items()} | {"b": torch.tensor([bias])}
+    meta = {"format": FORMAT, "kind": kind, "hook": HOOK, "info": asdict(info)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"steerlab": json.dumps(meta)})
+    return Path(path)
 
 
 def load_reward(path: str | Path, expert: Expert | None = None, *, force: bool = False):
-    """Read an activation or look-ahead reward file."""
+    """Read an activation or look-ahead reward file; with `expert`, check that it fits."""
     try:
         with safe_open(str(path), "pt") as f:
-            kind = json.loads((f.metadata() or {})["steerlab"]).get("kind")
+            meta = json.loads((f.metadata() or {})["steerlab"])
+            t = {k: f.get_tensor(k) for k in f.keys()}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}")
+        info, bias = RewardInfo(**meta["info"]), float(t["b"][0])
+        if meta.get("kind") == ActivationReward.kind:
+            reward = ActivationReward(t["w"], t["u"], t["v"], bias, info)
+        elif meta.get("kind") == LookaheadReward.kind:
+            reward = LookaheadReward(t["w"], bias, info)
+        else:
+            raise ValueError(f"kind {meta.get('kind')!r}")
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as error:
         raise BadVectorFileError(f"{path} is not a steerlab reward ({FORMAT}): {error}") from None
-    if kind == LookaheadReward.kind:
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = json.loads(f.metadata()["steerlab"])
-                reward = LookaheadReward(f.get_tensor("w"), float(f.get_tensor("b")[0]), RewardInfo(**meta["info"]))
-        except (KeyError, TypeError, ValueError) as error:
-            raise BadVectorFileError(f"{path} is not a steerlab look-ahead reward: {error}") from None
-        if expert is not None:
-            reward.check_compatible(expert, force=force)
-        return reward
-    return ActivationReward.load(path, expert, force=force)
+    if expert is not None:
+        reward.check_compatible(expert, force=force)
+    return reward
 
 
-def _prefix_examples(expert: Expert, data: Sequence[LabeledText]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Every prefix of every text: hidden h_t, next token x_{t+1}, label, weight (t+1)/T, text index."""
+@dataclass(frozen=True)
+class _Examples:
+    """Every prefix of every text: the hidden state before and after reading token x_{t+1}, that
+    token, the text's label, a weight (t+1)/T favouring later prefixes, and the text's index."""
+
+    before: Tensor
+    after: Tensor
+    tokens: Tensor
+    labels: Tensor
+    weights: Tensor
+    owner: Tensor
+
+
+def _prefix_examples(expert: Expert, data: Sequence[LabeledText]) -> _Examples:
+    if len(data) < 4:
+        raise BadDataError("at least 4 labeled texts are needed")
     cache = expert.run_with_cache([d.text for d in data], [HOOK])
-    hidden, tokens, labels, weights, owner = [], [], [], [], []
     mask = cache.attention_mask.bool()
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("before", "after", "tokens", "labels", "weights", "owner")}
     for row, item in enumerate(data):
         h = cache[HOOK][row][mask[row]].float().cpu()
         ids = cache.tokens[row][mask[row]].cpu()
         steps = len(ids) - 1
         if steps < 1:
             continue
-        hidden.append(h[:-1])
-        tokens.append(ids[1:])
-        labels.append(torch.full((steps,), item.label))
-        weights.append(torch.arange(1, steps + 1, dtype=torch.float32) / steps)
-        owner.append(torch.full((steps,), row))
-    return tuple(torch.cat(x) for x in (hidden, tokens, labels, weights, owner))  # type: ignore[return-value]
+        parts["before"].append(h[:-1])
+        parts["after"].append(h[1:])
+        parts["tokens"].append(ids[1:])
+        parts["labels"].append(torch.full((steps,), item.label))
+        parts["weights"].append(torch.arange(1, steps + 1, dtype=torch.float32) / steps)
+        parts["owner"].append(torch.full((steps,), row))
+    return _Examples(**{k: torch.cat(v) for k, v in parts.items()})
+
+
+def _heldout_texts(n_texts: int, heldout: float, generator: torch.Generator) -> set[int]:
+    return set(torch.randperm(n_texts, generator=generator)[: max(1, round(heldout * n_texts))].tolist())
+
+
+def _fit(params: list[Tensor], predict, ex: _Examples, train: Tensor, epochs: int, lr: float, weight_decay: float) -> None:
+    """Weighted MSE between `predict(rows)` and the labels, on the training prefixes."""
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        loss = (ex.weights[train] * (predict(train) - ex.labels[train]) ** 2).sum() / ex.weights[train].sum()
+        loss.backward()
+        optimizer.step()
+
+
+def _heldout_report(pred: Tensor, ex: _Examples, test_texts: set[int], is_test: Tensor) -> tuple[float | None, float | None]:
+    """AUROC of the full-text prefix of each held-out text (labels split at 0.5), and MSE on all held-out prefixes."""
+    from sklearn.metrics import roc_auc_score
+
+    last = torch.zeros(len(ex.owner), dtype=torch.bool)
+    for text in test_texts:
+        idx = (ex.owner == text).nonzero()
+        if len(idx):
+            last[idx[-1]] = True
+    y = (ex.labels[last] >= 0.5).int().tolist()
+    auroc = float(roc_auc_score(y, pred[last].tolist())) if len(set(y)) == 2 else None
+    mse = float(((pred[is_test] - ex.labels[is_test]) ** 2).mean()) if is_test.any() else None
+    return auroc, mse
 
 
 def train_activation_reward(expert: Expert, data: Sequence[LabeledText], *, rank: int = 8, epochs: int = 300,
                             lr: float = 1e-2, weight_decay: float = 1e-3, heldout: float = 0.2, seed: int = 0,
                             dataset_sha256: str = "") -> ActivationReward:
     """Fit (w, U, V, b) by weighted MSE on every prefix; report AUROC and MSE on held-out texts."""
-    from sklearn.metrics import roc_auc_score
-
-    if len(data) < 4:
-        raise BadDataError("at least 4 labeled texts are needed")
     if rank < 1:
         raise SteerlabError(f"rank must be >= 1, got {rank}")
-    hidden, tokens, labels, weights, owner = _prefix_examples(expert, data)
+    ex = _prefix_examples(expert, data)
     embed = expert.model.get_input_embeddings().weight.detach().float().cpu()
-    scale = hidden.norm(dim=-1).median().item() or 1.0  # keep the fit well-conditioned; folded back below
+    scale = ex.before.norm(dim=-1).median().item() or 1.0  # keep the fit well-conditioned; folded back below
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(data), generator=generator)
-    test_texts = set(order[: max(1, round(heldout * len(data)))].tolist())
-    is_test = torch.tensor([int(o) in test_texts for o in owner])
+    test_texts = _heldout_texts(len(data), heldout, generator)
+    is_test = torch.tensor([int(o) in test_texts for o in ex.owner])
     d = expert.d_model
     w = torch.zeros(d, requires_grad=True)
     u = (torch.randn(d, rank, generator=generator) * 0.01).requires_grad_()
     v = (torch.randn(d, rank, generator=generator) * 0.01).requires_grad_()
     b = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.Adam([w, u, v, b], lr=lr, weight_decay=weight_decay)
-    train = ~is_test
-    x, e = hidden / scale, embed[tokens]
-    for _ in range(epochs):
-        optimizer.zero_grad()
-        pred = torch.sigmoid(x[train] @ w + b + ((e[train] @ u) * (x[train] @ v)).sum(-1))
-        loss = (weights[train] * (pred - labels[train]) ** 2).sum() / weights[train].sum()
-        loss.backward()
-        optimizer.step()
+    x, e = ex.before / scale, embed[ex.tokens]
+    _fit([w, u, v, b], lambda rows: torch.sigmoid(x[rows] @ w + b + ((e[rows] @ u) * (x[rows] @ v)).sum(-1)),
+         ex, ~is_test, epochs, lr, weight_decay)
     with torch.no_grad():
         reward = ActivationReward(w.detach() / scale, u.detach(), v.detach() / scale, float(b.item()))
-        pred = torch.sigmoid(reward.logits(hidden, e[:, None, :]))[:, 0]  # one candidate per prefix: its next token
-        last = torch.zeros(len(owner), dtype=torch.bool)  # the full-text prefix of each held-out text
-        for text in test_texts:
-            idx = (owner == text).nonzero()
-            if len(idx):
-                last[idx[-1]] = True
-        y = (labels[last] >= 0.5).int().tolist()
-        auroc = float(roc_auc_score(y, pred[last].tolist())) if len(set(y)) == 2 else None
-        mse = float(((pred[is_test] - labels[is_test]) ** 2).mean()) if is_test.any() else None
+        pred = torch.sigmoid(reward.logits(ex.before, e[:, None, :]))[:, 0]  # one candidate per prefix: its next token
+        auroc, mse = _heldout_report(pred, ex, test_texts, is_test)
     info = RewardInfo(expert=expert.name, fingerprint=expert.fingerprint, dataset_sha256=dataset_sha256, seed=seed,
                       rank=rank, heldout_auroc=auroc, heldout_mse=mse,
-                      notes={"epochs": epochs, "lr": lr, "n_texts": len(data), "n_prefixes": len(labels)})
+                      notes={"epochs": epochs, "lr": lr, "n_texts": len(data), "n_prefixes": len(ex.labels)})
     return ActivationReward(reward.w, reward.u, reward.v, reward.b, info)
 
 
@@ -253,45 +269,18 @@ def train_lookahead_reward(expert: Expert, data: Sequence[LabeledText], *, epoch
                            weight_decay: float = 1e-3, heldout: float = 0.2, seed: int = 0,
                            dataset_sha256: str = "") -> LookaheadReward:
     """Fit a linear probe σ(wᵀh + b) on the hidden state after every token of every text (weighted MSE)."""
-    from sklearn.metrics import roc_auc_score
-
-    if len(data) < 4:
-        raise BadDataError("at least 4 labeled texts are needed")
-    cache = expert.run_with_cache([d.text for d in data], [HOOK])
-    mask = cache.attention_mask.bool()
-    hidden, labels, weights, owner = [], [], [], []
-    for row, item in enumerate(data):
-        h = cache[HOOK][row][mask[row]].float().cpu()[1:]  # after reading tokens 1..T-1
-        hidden.append(h)
-        labels.append(torch.full((len(h),), item.label))
-        weights.append(torch.arange(1, len(h) + 1, dtype=torch.float32) / max(len(h), 1))
-        owner.append(torch.full((len(h),), row))
-    hidden, labels, weights, owner = (torch.cat(x) for x in (hidden, labels, weights, owner))
-    scale = hidden.norm(dim=-1).median().item() or 1.0
+    ex = _prefix_examples(expert, data)
+    scale = ex.after.norm(dim=-1).median().item() or 1.0
     generator = torch.Generator().manual_seed(seed)
-    test_texts = set(torch.randperm(len(data), generator=generator)[: max(1, round(heldout * len(data)))].tolist())
-    is_test = torch.tensor([int(o) in test_texts for o in owner])
+    test_texts = _heldout_texts(len(data), heldout, generator)
+    is_test = torch.tensor([int(o) in test_texts for o in ex.owner])
     w = torch.zeros(expert.d_model, requires_grad=True)
     b = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.Adam([w, b], lr=lr, weight_decay=weight_decay)
-    x, train = hidden / scale, ~is_test
-    for _ in range(epochs):
-        optimizer.zero_grad()
-        pred = torch.sigmoid(x[train] @ w + b)
-        loss = (weights[train] * (pred - labels[train]) ** 2).sum() / weights[train].sum()
-        loss.backward()
-        optimizer.step()
+    x = ex.after / scale
+    _fit([w, b], lambda rows: torch.sigmoid(x[rows] @ w + b), ex, ~is_test, epochs, lr, weight_decay)
     with torch.no_grad():
         reward = LookaheadReward(w.detach() / scale, float(b.item()))
-        pred = reward.probe(hidden)
-        last = torch.zeros(len(owner), dtype=torch.bool)
-        for text in test_texts:
-            idx = (owner == text).nonzero()
-            if len(idx):
-                last[idx[-1]] = True
-        y = (labels[last] >= 0.5).int().tolist()
-        auroc = float(roc_auc_score(y, pred[last].tolist())) if len(set(y)) == 2 else None
-        mse = float(((pred[is_test] - labels[is_test]) ** 2).mean()) if is_test.any() else None
+        auroc, mse = _heldout_report(reward.probe(ex.after), ex, test_texts, is_test)
     info = RewardInfo(expert=expert.name, fingerprint=expert.fingerprint, dataset_sha256=dataset_sha256, seed=seed,
                       heldout_auroc=auroc, heldout_mse=mse, notes={"epochs": epochs, "lr": lr, "n_texts": len(data)})
     return LookaheadReward(reward.w, reward.b, info)
