@@ -28,7 +28,7 @@ from experts.generate import GenerationConfig, generate_batch, row_seed
 from experts.likelihood import continuation_nll
 from steer.apply import Steering, apply
 from steer.rad import reward_decoding
-from steer.rewards import ActivationReward, LookaheadReward, load_reward
+from steer.rewards import Reward, load_reward
 from steer.vector import SteeringVector
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class AuditConfig:
     # Not position 0: SmolLM2's attention sink there has a residual ~100x the others, and removing a
     # direction from it (projections in the thousands) wrecks generation.
     positions: str = "from:1"
-    reward: str | None = None  # activation reward for reward-augmented decoding (a second mitigation)
+    reward: str | None = None  # reward file for reward-augmented decoding (a second mitigation)
     betas: tuple[float, ...] = ()
     top_k: int = 20
 
@@ -144,7 +144,7 @@ def _coefs_for(rows: Sequence[tuple[LetterPrompt, int]], coef: float, operator: 
 
 
 def generate_letters(expert: Expert, run: AuditRun, vector: SteeringVector | None, batch_size: int = 16,
-                     progress: bool = True, reward: ActivationReward | LookaheadReward | None = None) -> None:
+                     progress: bool = True, reward: Reward | None = None) -> None:
     """Generate every missing (condition, prompt, sample) letter, appending as batches finish."""
     config = run.config
     done = {(r["condition"], r["prompt_id"], r["sample"]) for r in read_letters(run.letters_path)}

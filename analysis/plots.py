@@ -137,3 +137,22 @@ def rad_sweep_plot(summary: pd.DataFrame, evaluator: str, title: str) -> Figure:
     twin.legend(loc="lower right")
     fig.suptitle(title)
     return fig
+
+
+def fluency_frontier_plot(summary: pd.DataFrame, evaluator: str, title: str, max_perplexity: float | None = None) -> Figure:
+    """Attribute change (95% CI) against median perplexity, one line per method, strengths labelled."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for method, part in summary.groupby("method"):
+        part = part.sort_values("strength")
+        err = [part["diff"] - part.ci_low, part.ci_high - part["diff"]]
+        line = ax.errorbar(part.median_perplexity, part["diff"], yerr=err, fmt="o-", capsize=3, label=method)
+        for _, row in part.iterrows():
+            ax.annotate(f"{row.strength:g}", (row.median_perplexity, row["diff"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color=line[0].get_color())
+    ax.axhline(0, color="grey", lw=0.8)
+    if max_perplexity is not None:
+        ax.axvline(max_perplexity, color="grey", ls=":", lw=1, label="perplexity budget")
+    ax.set(xlabel="median perplexity under the plain expert", ylabel=f"Δ {evaluator} vs plain top-k (95% CI)",
+           title=title)
+    ax.legend()
+    return fig

@@ -55,7 +55,7 @@ def steering_table(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("coef")
 
 
-def _md_table(frame: pd.DataFrame, digits: int = 3) -> str:
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     def fmt(value: Any) -> str:
         if isinstance(value, float):
             return "—" if math.isnan(value) else f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
@@ -122,25 +122,25 @@ def build_report(out: Path, frame: pd.DataFrame, manifest: dict[str, Any], seed:
         "`odds_ratio` is the paper's pooled measure (ε = 0.001), for comparability. `log_or_ha` adds 0.5 to each "
         "cell (Haldane-Anscombe), which stays finite when a group has no hits (the paper's ε turns 0 vs 1 hit "
         "into |log OR| ≈ 7); its 95% CI is a cluster bootstrap over pair ids.\n",
-        _md_table(lexicons[["lexicon", "hits_male", "hits_female", "tokens_male", "tokens_female", "odds_ratio",
+        markdown_table(lexicons[["lexicon", "hits_male", "hits_female", "tokens_male", "tokens_female", "odds_ratio",
                             "log_or_ha", "log_or_ci_low", "log_or_ci_high"]]),
         f"\nBias index (mean |log_or_ha| over lexicons that occur): {bias_index(base):.3f}.\n",
         "## Paired differences per pair id (samples averaged), effect sizes and tests\n",
         "Wilcoxon p-values are Holm-corrected across metrics; `mde` is the smallest mean difference a paired t-test "
         "would detect with 80% power at α = 0.05 with these pairs. The last columns give the paper's unpaired "
         "one-sided t-test in its hypothesised direction, for comparability only (it ignores the pairing).\n",
-        _md_table(paired),
+        markdown_table(paired),
         f"\n{len(significant)} of {len(paired)} metrics differ after Holm correction"
         + (f": {', '.join(significant.metric)}.\n" if len(significant) else ".\n"),
         "![forest plot](forest.png)\n\n![per-occupation heatmap](occupations.png)\n",
-        "## Most skewed lexicon words (counts in unsteered letters)\n", _md_table(words) if len(words) else "No lexicon words.\n",
+        "## Most skewed lexicon words (counts in unsteered letters)\n", markdown_table(words) if len(words) else "No lexicon words.\n",
     ]
     if len(steering) > 1:
         lines += ["\n## Steer and re-audit\n",
                   "Same prompts and seeds with the steering vector. Δ bias is the change in the bias index against the "
                   "unsteered letters, with a cluster-bootstrap 95% CI over pair ids; fluency is the usable-letter rate, "
                   "name-and-pronoun fidelity and the median perplexity under the unsteered expert.\n",
-                  _md_table(steering), "\n" + _steering_reading(steering), "\n![steering](steering.png)\n"]
+                  markdown_table(steering), "\n" + _steering_reading(steering), "\n![steering](steering.png)\n"]
     lines += ["\n## Example letter pairs (greedy, unsteered)\n", _examples(frame)]
     results = {"manifest": manifest, "lexicons": json.loads(lexicons.to_json(orient="records")),
                "paired": json.loads(paired.replace({np.nan: None}).to_json(orient="records")),

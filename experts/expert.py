@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -118,6 +119,12 @@ class Expert:
                 sample = tensor.flatten()[:: max(1, tensor.numel() // 256)][:256]
                 digest.update(name.encode() + sample.float().cpu().numpy().tobytes())
         return digest.hexdigest()[:16]
+
+    @cached_property
+    def tokenizer_fingerprint(self) -> str:
+        """Short hash of the vocabulary: experts with equal ones read each other's token ids."""
+        vocab = sorted(self.tokenizer.get_vocab().items())
+        return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
     def info(self) -> dict[str, Any]:
         return {

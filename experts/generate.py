@@ -67,6 +67,7 @@ class DecodeState:
     all_valid: bool = False  # no padding in this forward (lets hooks skip masking)
     past: Any = None  # the KV cache of the generation loop (after this forward), for look-ahead rewards
     attention_mask: Tensor | None = None  # every position so far, this forward's included
+    input_ids: Tensor | None = None  # this forward's input tokens (at step s >= 1: the token chosen at step s-1)
 
     def generated(self) -> Tensor:
         return self.valid & (self.position_ids >= self.prompt_lengths[:, None])
@@ -188,7 +189,7 @@ def generate_batch(
     step_valid = mask.bool()
     for step in range(config.max_new_tokens):
         state = DecodeState(step, positions, step_valid, prompt_lengths, all_valid=step > 0 or bool(step_valid.all()),
-                            past=cache, attention_mask=mask)
+                            past=cache, attention_mask=mask, input_ids=step_input)
         with publish_state(state):
             out = model(
                 input_ids=step_input,

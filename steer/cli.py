@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_rad_commands(sub, _add_expert_options, _add_prompt_options)
 
+    from steer.cli_route import add_route_commands
+
+    add_route_commands(sub, _add_prompt_options)
+
     demo = sub.add_parser("demo", help="the end-to-end demo on the default expert")
     _add_expert_options(demo)
     demo.add_argument("--out", default="runs/demo")
@@ -241,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["route"] and argv[1:2] in (["train"], ["eval"]):  # `steer route train|eval` beside `steer route PROMPT`
+        argv = [f"route-{argv[1]}", *argv[2:]]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries()

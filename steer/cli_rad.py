@@ -1,4 +1,4 @@
-"""`steer rad ...`: train an activation reward and decode with it (reward-augmented decoding)."""
+"""`steer rad ...`: train rewards, decode with them (reward-augmented decoding), compare with steering."""
 
 from __future__ import annotations
 
@@ -7,23 +7,34 @@ import json
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from experts.expert import Expert
     from steer.cli import _load
-    from steer.rewards import load_labeled, train_activation_reward, train_lookahead_reward
+    from steer.reward_training import (
+        load_labeled,
+        train_activation_reward,
+        train_external_reward,
+        train_lookahead_reward,
+    )
 
     data, sha = load_labeled(args.data)
     expert = _load(args)
-    if args.kind == "lookahead":
+    if args.kind == "external":
+        reward_expert = Expert.load(args.reward_expert, device=args.device, dtype=args.dtype)
+        reward = train_external_reward(reward_expert, data, epochs=args.epochs, seed=args.seed, dataset_sha256=sha)
+        reward.check_compatible(expert)  # the reward expert must read the generating expert's token ids
+    elif args.kind == "lookahead":
         reward = train_lookahead_reward(expert, data, epochs=args.epochs, seed=args.seed, dataset_sha256=sha)
     else:
         reward = train_activation_reward(expert, data, rank=args.rank, epochs=args.epochs, seed=args.seed,
                                          dataset_sha256=sha)
     reward.save(args.output)
     auroc = "n/a" if reward.info.heldout_auroc is None else f"{reward.info.heldout_auroc:.3f}"
-    print(f"wrote {args.output}: {args.kind} reward on {len(data)} texts; "
+    print(f"wrote {args.output}: {args.kind} reward ({reward.info.expert}) on {len(data)} texts; "
           f"held-out AUROC {auroc}, MSE {reward.info.heldout_mse:.4f}")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from experts.errors import SteerlabError
     from experts.generate import GenerationConfig
     from steer.cli import _load, _read_prompts
     from steer.rad import rad_generate
@@ -32,6 +43,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
     prompts = _read_prompts(args)
     expert = _load(args)
     reward = load_reward(args.reward, expert, force=args.force)
+    if args.uncached:
+        if reward.kind != "external":
+            raise SteerlabError(f"--uncached applies to external rewards; {args.reward} is a {reward.kind} reward")
+        reward = reward.uncached()
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, seed=args.seed)
     result = rad_generate(expert, prompts, reward, beta=args.beta, top_k=args.top_k, config=config,
                           batch_size=args.batch_size, force=args.force)
@@ -71,15 +86,73 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(f"rows, summary and plot in {out}/ (rad_sweep.csv, summary.csv, rad_sweep.png, rad_sweep.json)")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from analysis.plots import fluency_frontier_plot, save_figure
+    from experts.errors import SteerlabError
+    from experts.files import atomic_path, provenance, write_json
+    from steer.cli import _load
+    from steer.cli_vector import _coefs
+    from steer.datasets import load_prompts
+    from steer.rad_sweep import compare, matched_fluency, rad_method, steering_method
+    from steer.rewards import load_reward
+    from steer.scorers import get_scorer
+    from steer.vector import SteeringVector
+
+    expert = _load(args)
+    methods, strengths = [], {}
+    for path in args.reward:
+        reward = load_reward(path, expert, force=args.force)
+        name = reward.kind if reward.kind not in strengths else f"{reward.kind}:{Path(path).stem}"
+        methods.append(rad_method(expert, reward, args.top_k, name))
+        strengths[name] = _coefs(args.betas)
+    for path in args.vector:
+        name = "steering" if "steering" not in strengths else f"steering:{Path(path).stem}"
+        methods.append(steering_method(expert, SteeringVector.load(path, expert=expert, force=args.force), name))
+        strengths[name] = _coefs(args.coefs)
+    if not methods:
+        raise SteerlabError("nothing to compare: give at least one --reward or --vector")
+    prompts = load_prompts(args.prompts)
+    prompts = prompts[: args.max_prompts] if args.max_prompts else prompts
+    rows, summary = compare(expert, methods, strengths, prompts, get_scorer(args.evaluator), top_k=args.top_k,
+                            max_new_tokens=args.max_new_tokens, samples=args.samples, seed=args.seed,
+                            batch_size=args.batch_size)
+    plain = float(summary[summary.strength == 0].median_perplexity.iloc[0])
+    budget = args.max_perplexity or plain * args.perplexity_ratio
+    matched = matched_fluency(summary, budget)
+    out = Path(args.out)
+    for name, frame in (("rows.csv", rows), ("summary.csv", summary), ("matched_fluency.csv", matched)):
+        with atomic_path(out / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    save_figure(fluency_frontier_plot(summary, args.evaluator, f"{expert.name}: control at matched fluency", budget),
+                out / "frontier.png")
+    write_json(out / "compare.json", {
+        "summary": json.loads(summary.to_json(orient="records")), "matched": json.loads(matched.to_json(orient="records")),
+        "perplexity_budget": budget, "plain_median_perplexity": plain,
+        **provenance(expert=expert.name, rewards=args.reward, vectors=args.vector, evaluator=args.evaluator,
+                     betas=args.betas, coefs=args.coefs, top_k=args.top_k, seed=args.seed, prompts=prompts,
+                     samples=args.samples, max_new_tokens=args.max_new_tokens)})
+    fmt = lambda x: f"{x:.3f}"  # noqa: E731
+    print(summary.drop(columns=["d_z"]).to_string(index=False, float_format=fmt))
+    print(f"\nat matched fluency (median perplexity <= {budget:.2f}; plain top-k {plain:.2f}):")
+    print(matched[["method", "strength", "diff", "ci_low", "ci_high", "median_perplexity", "dist_2"]]
+          .to_string(index=False, float_format=fmt))
+    print(f"rows, summaries and plot in {out}/ (rows.csv, summary.csv, matched_fluency.csv, frontier.png, compare.json)")
+
+
 def add_rad_commands(sub, add_expert_options, add_prompt_options) -> None:
     rad = sub.add_parser("rad", help="reward-augmented decoding with rewards read from the expert's activations")
     rsub = rad.add_subparsers(dest="rad_command", required=True)
 
-    train = rsub.add_parser("train", help="train an activation reward from labeled texts")
+    train = rsub.add_parser("train", help="train a reward from labeled texts")
     add_expert_options(train)
     train.add_argument("--data", required=True, help='JSONL {"text": ..., "label": 0..1}')
-    train.add_argument("--kind", default="activation", choices=["activation", "lookahead"],
-                       help="activation: no extra pass; lookahead: one batched step over the k candidates")
+    train.add_argument("--kind", default="activation", choices=["activation", "lookahead", "external"],
+                       help="activation: no extra pass; lookahead: one batched step over the k candidates; "
+                            "external: a separate reward expert with a scalar head (RAD)")
+    train.add_argument("--reward-expert", default="smollm2-135m-instruct",
+                       help="the reward expert of --kind external (same tokenizer as --expert)")
     train.add_argument("--rank", type=int, default=8)
     train.add_argument("--epochs", type=int, default=300)
     train.add_argument("--seed", type=int, default=0)
@@ -96,6 +169,7 @@ def add_rad_commands(sub, add_expert_options, add_prompt_options) -> None:
     gen.add_argument("--greedy", action="store_true", help="greedy over the re-weighted logits instead of sampling")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--force", action="store_true")
+    gen.add_argument("--uncached", action="store_true", help="external reward: re-read the text each step (slow)")
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(func=cmd_generate)
 
@@ -114,3 +188,23 @@ def add_rad_commands(sub, add_expert_options, add_prompt_options) -> None:
     sweep.add_argument("--force", action="store_true")
     sweep.add_argument("--out", required=True)
     sweep.set_defaults(func=cmd_sweep)
+
+    cmp = rsub.add_parser("compare", help="RAD reward kinds and steering vectors at matched fluency")
+    add_expert_options(cmp)
+    cmp.add_argument("--reward", action="append", default=[], help="reward file (repeatable)")
+    cmp.add_argument("--vector", action="append", default=[], help="steering vector file (repeatable)")
+    cmp.add_argument("--prompts", help="prompts file (default: shipped neutral prompts)")
+    cmp.add_argument("--max-prompts", type=int, default=0)
+    cmp.add_argument("--betas", default="5,10,20")
+    cmp.add_argument("--coefs", default="1,2,4")
+    cmp.add_argument("--max-perplexity", type=float, default=0.0, help="fluency budget (default: ratio x plain)")
+    cmp.add_argument("--perplexity-ratio", type=float, default=1.5)
+    cmp.add_argument("--evaluator", default="sentiment")
+    cmp.add_argument("--top-k", type=int, default=20)
+    cmp.add_argument("--samples", type=int, default=1)
+    cmp.add_argument("--max-new-tokens", type=int, default=48)
+    cmp.add_argument("--batch-size", type=int, default=8)
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--force", action="store_true")
+    cmp.add_argument("--out", required=True)
+    cmp.set_defaults(func=cmd_compare)

@@ -1,34 +1,35 @@
 """Reward-augmented decoding (RAD, Deng & Raffel 2023) on steerlab's generation loop.
 
 At each step: the expert's top-k next tokens, a reward r ∈ [0, 1] for each, β·r added to those k
-logits, every other token masked, then sampling (or greedy). With the activation reward the
-hidden state comes from the same forward pass (a reading hook on `ln_final.hook_out`): no extra
-pass. Composes with steering (`steer.apply.apply`) like any other generation.
+logits, every other token masked, then sampling (or greedy). The reward is any kind in
+`steer.rewards` (activation, look-ahead, external). Composes with steering (`steer.apply.apply`)
+like any other generation, and is also usable as a transformers `LogitsProcessor`.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
+from transformers import LogitsProcessor
 
 from experts.errors import SteerlabError
-from experts.generate import DecodeState, GenerationConfig, GenerationResult, LogitsHook, generate, publish_state
-from experts.hooks import hook_context
-from steer.rewards import HOOK
+from experts.generate import DecodeState, GenerationConfig, GenerationResult, LogitsHook, generate
+from steer.rewards import StepScorer
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from experts.expert import Expert
 
 
 class CandidateReward(Protocol):
-    """Scores (B, k) candidate tokens from the step's final hidden state (B, d)."""
+    """Binds to the generating expert as a step scorer: (DecodeState, candidates (B, k)) -> (B, k)."""
 
-    def score(self, hidden: Tensor, candidates: Tensor, embedding_matrix: Tensor) -> Tensor: ...
+    def bind(self, expert: Expert) -> AbstractContextManager[StepScorer]: ...
 
     def check_compatible(self, expert: Expert, force: bool = False) -> None: ...
 
@@ -44,45 +45,18 @@ def check_settings(expert: Expert, beta: float, top_k: int) -> None:
 @contextmanager
 def reward_decoding(expert: Expert, reward: CandidateReward, beta: float, top_k: int = 20,
                     force: bool = False) -> Iterator[LogitsHook]:
-    """Yield a logits hook for `generate`; the reading hook it needs lives exactly as long as the block."""
+    """Yield a logits hook for `generate`; whatever the reward needs (a reading hook, a reward
+    expert's cache) lives exactly as long as the block."""
     check_settings(expert, beta, top_k)
     reward.check_compatible(expert, force=force)
-    embeddings = expert.model.get_input_embeddings().weight.detach()
-    last_hidden: dict[str, Tensor] = {}
+    with reward.bind(expert) as scorer:
+        def augment(logits: Tensor, state: DecodeState) -> Tensor:
+            top = logits.topk(top_k, dim=-1)
+            rewards = scorer(state, top.indices).to(logits.dtype)
+            out = torch.full_like(logits, float("-inf"))
+            return out.scatter(-1, top.indices, top.values + beta * rewards)
 
-    def read(h: Tensor) -> None:
-        last_hidden["h"] = h[:, -1]  # left padding: the last position is every row's newest token
-
-    lookahead = hasattr(reward, "probe")  # look-ahead: one batched step over the k candidates, no reading hook
-
-    def augment(logits: Tensor, state: DecodeState) -> Tensor:
-        top = logits.topk(top_k, dim=-1)
-        if lookahead:
-            rewards = _lookahead(expert, reward, state, top.indices).to(logits.dtype)
-        else:
-            rewards = reward.score(last_hidden["h"], top.indices, embeddings).to(logits.dtype)
-        out = torch.full_like(logits, float("-inf"))
-        return out.scatter(-1, top.indices, top.values + beta * rewards)
-
-    with hook_context(expert.model, [] if lookahead else [(expert.hook_point(HOOK), read)]):
         yield augment
-
-
-def _lookahead(expert: Expert, reward, state: DecodeState, candidates: Tensor) -> Tensor:
-    """Score (B, k) candidates by the probe on the hidden state after reading each, on a tiled cache copy."""
-    if state.past is None or state.attention_mask is None:
-        raise SteerlabError("look-ahead rewards need steerlab's generation loop (its KV cache)")
-    rows, k = candidates.shape
-    cache = copy.deepcopy(state.past)
-    cache.batch_repeat_interleave(k)
-    mask = torch.cat([state.attention_mask, torch.ones_like(state.attention_mask[:, :1])], 1).repeat_interleave(k, 0)
-    positions = (state.position_ids[:, -1:] + 1).repeat_interleave(k, 0)
-    ahead = DecodeState(state.step + 1, positions, torch.ones_like(positions, dtype=torch.bool),
-                        state.prompt_lengths.repeat_interleave(k, 0), all_valid=True)
-    with publish_state(ahead):
-        hidden = expert.model.model(input_ids=candidates.reshape(rows * k, 1), attention_mask=mask,
-                                    position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state
-    return reward.probe(hidden[:, -1]).reshape(rows, k)
 
 
 def rad_generate(expert: Expert, prompts: Sequence[str], reward: CandidateReward, *, beta: float, top_k: int = 20,
@@ -91,3 +65,37 @@ def rad_generate(expert: Expert, prompts: Sequence[str], reward: CandidateReward
     config = config or GenerationConfig(do_sample=True)
     with reward_decoding(expert, reward, beta, top_k, force=force) as hook:
         return generate(expert, list(prompts), config, batch_size=batch_size, logits_hook=hook)
+
+
+class RewardLogitsProcessor(LogitsProcessor):
+    """RAD for `transformers` `model.generate(..., logits_processor=[processor])`.
+
+    It tells a new `generate` call from the next step of the running one by whether the sequence
+    it sees extends the previous one by one token. Look-ahead rewards need steerlab's loop.
+    """
+
+    def __init__(self, augment: LogitsHook) -> None:
+        self.augment = augment
+        self.previous: Tensor | None = None
+        self.step = 0
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        prev = self.previous
+        continues = prev is not None and input_ids.shape == (prev.shape[0], prev.shape[1] + 1) \
+            and torch.equal(input_ids[:, :-1], prev)
+        self.step = self.step + 1 if continues else 0
+        self.previous = input_ids
+        rows, width = input_ids.shape
+        state = DecodeState(self.step, torch.full((rows, 1), width - 1, device=input_ids.device),
+                            torch.ones((rows, 1), dtype=torch.bool, device=input_ids.device),
+                            torch.full((rows,), width - self.step, device=input_ids.device),
+                            all_valid=True, input_ids=input_ids[:, -1:])
+        return self.augment(scores, state)
+
+
+@contextmanager
+def rad_logits_processor(expert: Expert, reward: CandidateReward, beta: float, top_k: int = 20,
+                         force: bool = False) -> Iterator[RewardLogitsProcessor]:
+    """A `RewardLogitsProcessor` whose hooks are removed when the block ends."""
+    with reward_decoding(expert, reward, beta, top_k, force=force) as augment:
+        yield RewardLogitsProcessor(augment)

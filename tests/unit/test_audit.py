@@ -104,7 +104,7 @@ def test_bad_template_fails_before_anything_is_written(tiny_llama, tmp_path):
 
 def test_reward_decoding_is_a_second_mitigation(tiny_llama, tmp_path):
     from steer.datasets import _DATA
-    from steer.rewards import load_labeled, train_activation_reward
+    from steer.reward_training import load_labeled, train_activation_reward
 
     data, _ = load_labeled(str(_DATA / "agentic_communal.jsonl"))
     train_activation_reward(tiny_llama, data[:10], epochs=10).save(tmp_path / "r.safetensors")

@@ -8,30 +8,25 @@ from experts.generate import GenerationConfig
 from experts.hooks import count_forward_hooks
 from steer.errors import BadDataError, VectorMismatchError
 from steer.rad import rad_generate, reward_decoding
-from steer.rewards import ActivationReward, RewardInfo, load_labeled, train_activation_reward
+from steer.reward_training import load_labeled, train_activation_reward
+from steer.rewards import ActivationReward, HiddenStateReward, RewardInfo
 
 PROMPTS = ["Kelly is warm", "The capital of France is Paris and the"]
 
 
-class ConstantReward:
+class ConstantReward(HiddenStateReward):
     def __init__(self, value):
         self.value = value
 
     def score(self, hidden, candidates, embedding_matrix):
         return torch.full(candidates.shape, self.value, dtype=hidden.dtype)
 
-    def check_compatible(self, expert, force=False):
-        pass
 
-
-class PreferLowestRanked:
+class PreferLowestRanked(HiddenStateReward):
     def score(self, hidden, candidates, embedding_matrix):
         r = torch.zeros(candidates.shape, dtype=hidden.dtype)
         r[:, -1] = 1.0
         return r
-
-    def check_compatible(self, expert, force=False):
-        pass
 
 
 def test_beta_zero_is_plain_top_k_sampling(tiny):
@@ -136,8 +131,8 @@ def test_rad_sweep_measures_tv_and_diversity(tiny_llama, tmp_path, capsys):
                               max_new_tokens=5, samples=2, progress=False)
     assert list(summary.beta) == [0.0, 50.0] and len(rows) == 2 * 2 * 2
     base, strong = summary.set_index("beta").loc[0.0], summary.set_index("beta").loc[50.0]
-    assert base.tv_distance > 0  # top-k masking alone moves probability mass
-    assert strong.tv_distance > base.tv_distance and base.diff_vs_beta0 == 0
+    assert base.tv_distance == 0 and base.diff_vs_beta0 == 0  # β = 0 is plain top-k sampling
+    assert strong.tv_distance > 0.5  # the lowest-ranked of 4 candidates takes (almost) all the mass
     reward = tmp_path / "r.safetensors"
     from steer.datasets import _DATA
 
@@ -151,7 +146,7 @@ def test_rad_sweep_measures_tv_and_diversity(tiny_llama, tmp_path, capsys):
 
 def test_lookahead_scores_equal_a_full_forward_per_candidate(tiny):
     from experts.generate import generate
-    from steer.rad import _lookahead
+    from steer.lookahead import lookahead_scores
     from steer.rewards import LookaheadReward
 
     reward = LookaheadReward(torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(0)), 0.1)
@@ -160,7 +155,7 @@ def test_lookahead_scores_equal_a_full_forward_per_candidate(tiny):
         def spy(logits, state):
             if state.step == 1:  # a decode step: the cache holds prompt + first token
                 seen["cands"] = logits.topk(3).indices
-                seen["scores"] = _lookahead(tiny, reward, state, seen["cands"])
+                seen["scores"] = lookahead_scores(tiny, reward.probe, state, seen["cands"])
             return hook(logits, state)
 
         result = generate(tiny, PROMPTS, GenerationConfig(max_new_tokens=2, stop_at_eos=False), logits_hook=spy)
@@ -175,7 +170,8 @@ def test_lookahead_scores_equal_a_full_forward_per_candidate(tiny):
 
 def test_lookahead_training_and_files(tiny_llama, tmp_path):
     from steer.datasets import _DATA
-    from steer.rewards import LookaheadReward, load_reward, train_lookahead_reward
+    from steer.reward_training import train_lookahead_reward
+    from steer.rewards import LookaheadReward, load_reward
 
     data, _ = load_labeled(str(_DATA / "sentiment_labeled.jsonl"))
     reward = train_lookahead_reward(tiny_llama, data[:20], epochs=50)
@@ -185,3 +181,142 @@ def test_lookahead_training_and_files(tiny_llama, tmp_path):
     assert len(rad_generate(tiny_llama, PROMPTS, loaded, beta=3.0, top_k=4, config=config).token_ids) == 2
     plain = tiny_llama.generate(PROMPTS, max_new_tokens=4, do_sample=True, top_k=4, seed=2).token_ids
     assert rad_generate(tiny_llama, PROMPTS, loaded, beta=0.0, top_k=4, config=GenerationConfig(max_new_tokens=4, seed=2, top_k=4, do_sample=True)).token_ids == plain
+
+
+def _external(reward_expert, seed=0):
+    from steer.rewards import ExternalReward, RewardInfo
+
+    w = torch.randn(reward_expert.d_model, generator=torch.Generator().manual_seed(seed))
+    info = RewardInfo(expert=reward_expert.name, fingerprint=reward_expert.fingerprint,
+                      tokenizer=reward_expert.tokenizer_fingerprint, load_as=reward_expert.name)
+    return ExternalReward(w, 0.1, info, model=reward_expert)
+
+
+@pytest.mark.parametrize("prefix", [[], [5]])
+def test_external_scores_equal_a_full_forward_over_the_generated_text(tiny_llama, prefix):
+    from experts.expert import Expert
+    from experts.generate import generate
+    from steer.lookahead import ExternalScorer
+
+    reward_expert = Expert.load("tiny-gemma")  # another architecture with the same vocabulary
+    reward = _external(reward_expert)
+    seen = []
+    for cached in (True, False):
+        scorer = ExternalScorer(reward_expert, reward.probe, cached=cached)
+        scorer.prefix = prefix
+        scores = []
+
+        def hook(logits, state):
+            top = logits.topk(4).indices
+            scores.append((top, scorer(state, top)))
+            out = torch.full_like(logits, float("-inf"))
+            return out.scatter(-1, top, logits.gather(-1, top) + 3.0 * scores[-1][1])
+
+        result = generate(tiny_llama, PROMPTS, GenerationConfig(max_new_tokens=4, stop_at_eos=False), logits_hook=hook)
+        seen.append((result.token_ids, scores))
+    (ids, cached_scores), (ids_uncached, uncached_scores) = seen
+    assert ids == ids_uncached
+    for (_, a), (_, b) in zip(cached_scores, uncached_scores):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    step = 2
+    cands, got = cached_scores[step]
+    for row in range(len(PROMPTS)):
+        for j, cand in enumerate(cands[row].tolist()):
+            text = prefix + ids[row][:step] + [cand]
+            with torch.no_grad():
+                h = reward_expert.model.model(input_ids=torch.tensor([text])).last_hidden_state[0, -1]
+            torch.testing.assert_close(got[row, j], reward.probe(h), atol=1e-5, rtol=1e-5)
+
+
+def test_external_reward_decoding_files_and_errors(tiny_llama, tmp_path):
+    from dataclasses import replace
+
+    from experts.expert import Expert
+    from steer.datasets import _DATA
+    from steer.reward_training import train_external_reward
+    from steer.rewards import ExternalReward, load_reward
+
+    data, _ = load_labeled(str(_DATA / "sentiment_labeled.jsonl"))
+    reward = train_external_reward(Expert.load("tiny-gemma"), data[:20], epochs=30)
+    assert reward.info.heldout_mse is not None and reward.info.load_as == "tiny-gemma"
+    loaded = load_reward(reward.save(tmp_path / "x.safetensors"), tiny_llama)
+    assert isinstance(loaded, ExternalReward) and loaded.model is not None and loaded.info == reward.info
+    sampling = GenerationConfig(max_new_tokens=5, seed=2, top_k=4, do_sample=True)
+    plain = tiny_llama.generate(PROMPTS, max_new_tokens=5, do_sample=True, top_k=4, seed=2).token_ids
+    assert rad_generate(tiny_llama, PROMPTS, loaded, beta=0.0, top_k=4, config=sampling).token_ids == plain
+    cached = rad_generate(tiny_llama, PROMPTS, loaded, beta=8.0, top_k=4, config=sampling).token_ids
+    assert rad_generate(tiny_llama, PROMPTS, loaded.uncached(), beta=8.0, top_k=4, config=sampling).token_ids == cached
+    with pytest.raises(VectorMismatchError, match="reads another vocabulary"):
+        replace(loaded, info=replace(loaded.info, tokenizer="beef")).check_compatible(tiny_llama)
+    with pytest.raises(SteerlabError, match="its own Expert instance"):
+        replace(loaded, model=tiny_llama).check_compatible(tiny_llama)
+    with pytest.raises(VectorMismatchError, match="trained on 'tiny-gemma'"):
+        load_reward(replace(reward, info=replace(reward.info, fingerprint="beef")).save(tmp_path / "y.safetensors"))
+    assert count_forward_hooks(tiny_llama.model) == 0
+
+
+def test_logits_processor_matches_the_steerlab_loop(tiny_llama):
+    from transformers import LogitsProcessorList
+
+    from experts.expert import Expert
+    from steer.rad import rad_logits_processor
+    from steer.rewards import LookaheadReward
+
+    g = torch.Generator().manual_seed(1)
+    d = tiny_llama.d_model
+    activation = ActivationReward(torch.randn(d, generator=g), torch.randn(d, 2, generator=g),
+                                  torch.randn(d, 2, generator=g), 0.0)
+    greedy = GenerationConfig(max_new_tokens=5)
+    batch = tiny_llama.tokenize(tiny_llama.format_prompts(PROMPTS))
+    eos = tiny_llama.tokenizer.eos_token_id
+    for reward in (activation, _external(Expert.load("tiny-gemma"))):
+        ours = rad_generate(tiny_llama, PROMPTS, reward, beta=6.0, top_k=5, config=greedy).token_ids
+        for _ in range(2):  # the processor tells a new generate call from the next step
+            with rad_logits_processor(tiny_llama, reward, beta=6.0, top_k=5) as processor:
+                out = tiny_llama.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                                do_sample=False, max_new_tokens=5,
+                                                logits_processor=LogitsProcessorList([processor]),
+                                                pad_token_id=tiny_llama.pad_token_id)
+            new = [row[: row.index(eos)] if eos in row else row for row in out[:, batch.input_ids.shape[1]:].tolist()]
+            assert new == ours
+        assert count_forward_hooks(tiny_llama.model) == 0
+    lookahead = LookaheadReward(torch.zeros(d), 0.0)
+    with pytest.raises(SteerlabError, match="need steerlab's generation loop"):
+        with rad_logits_processor(tiny_llama, lookahead, beta=1.0, top_k=5) as processor:
+            tiny_llama.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=2,
+                                      logits_processor=LogitsProcessorList([processor]), pad_token_id=0)
+    assert count_forward_hooks(tiny_llama.model) == 0
+
+
+def test_cli_external_reward_and_matched_fluency_comparison(tmp_path, capsys):
+    import pandas as pd
+
+    from steer.cli import main
+    from steer.datasets import _DATA
+    from steer.vector import Provenance, SteeringVector
+
+    external, activation = tmp_path / "x.safetensors", tmp_path / "a.safetensors"
+    data = str(_DATA / "agentic_communal.jsonl")
+    assert main(["rad", "train", "--expert", "tiny-llama", "--kind", "external", "--reward-expert", "tiny-gemma",
+                 "--data", data, "--epochs", "10", "-o", str(external)]) == 0
+    assert "external reward (tiny-gemma)" in capsys.readouterr().out
+    assert main(["rad", "train", "--expert", "tiny-llama", "--data", data, "--epochs", "10", "-o", str(activation)]) == 0
+    assert main(["rad", "generate", "--expert", "tiny-llama", "--reward", str(external), "--beta", "4", "--uncached",
+                 "--max-new-tokens", "3", "hi"]) == 0
+    assert main(["rad", "generate", "--expert", "tiny-llama", "--reward", str(activation), "--beta", "4", "--uncached",
+                 "hi"]) == 2
+    assert "--uncached applies to external rewards" in capsys.readouterr().err
+    vector = tmp_path / "v.safetensors"
+    SteeringVector({1: torch.randn(64)}, provenance=Provenance(expert="tiny-llama")).save(vector)
+    out = tmp_path / "cmp"
+    assert main(["rad", "compare", "--expert", "tiny-llama", "--reward", str(external), "--reward", str(activation),
+                 "--vector", str(vector), "--betas", "5", "--coefs", "2", "--max-prompts", "3",
+                 "--max-new-tokens", "4", "--perplexity-ratio", "100", "--out", str(out)]) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary.method) == {"external", "activation", "steering"} and len(summary) == 6
+    assert (summary[summary.strength == 0]["diff"] == 0).all()
+    assert set(pd.read_csv(out / "matched_fluency.csv").method) == {"external", "activation", "steering"}
+    assert (out / "frontier.png").stat().st_size > 0
+    assert "at matched fluency" in capsys.readouterr().out
+    assert main(["rad", "compare", "--expert", "tiny-llama", "--out", str(out)]) == 2
+    assert "nothing to compare" in capsys.readouterr().err

@@ -1,0 +1,46 @@
+"""Router overhead: one routing decision (the reader's prefill of the query, the named features and
+the decision model) as a share of generating 64 tokens with the chosen expert (target ≤ 5%).
+Measured side by side per expert, on queries from the shipped task set.
+
+Run: python benchmarks/router_overhead.py [--router DIR] [--new-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from _common import interleaved, machine, quiet
+
+from experts.expert import Expert
+from steer.cli_route import DEFAULT_ROUTER
+from steer.router.router import Router
+from steer.router.tasks import task_set
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--router", default=str(DEFAULT_ROUTER))
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    quiet()
+    print(f"machine: {machine()}")
+    router = Router.load(args.router)
+    reader = Expert.load(router.features.reader)
+    tasks = [t for t in task_set() if t.split == "test"]
+    queries = [next(t.query for t in tasks if t.domain == d) for d in sorted({t.domain for t in tasks})]
+    print(f"reader {reader.name} (layer {router.features.layer}); {len(queries)} queries, one per domain, batch 1; "
+          f"{args.new_tokens} new tokens greedy; median of {args.repeats} interleaved runs")
+    for name in router.experts:
+        expert = reader if name == reader.name else Expert.load(name)
+        runs = {
+            "decide": lambda: [router.decide(reader, [q]) for q in queries],
+            "generate": lambda: [expert.generate([q], max_new_tokens=args.new_tokens, stop_at_eos=False) for q in queries],
+        }
+        times = interleaved(runs, args.repeats)
+        print(f"{name:<30} decision {1000 * times['decide'] / len(queries):7.1f} ms/query   generation "
+              f"{1000 * times['generate'] / len(queries):8.1f} ms/query   overhead {times['decide'] / times['generate']:.2%}")
+
+
+if __name__ == "__main__":
+    main()

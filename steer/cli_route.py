@@ -1,0 +1,112 @@
+"""`steer route ...`: route prompts to experts by named activation features, train and evaluate routers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_ROUTER = Path(__file__).resolve().parent / "data" / "router" / "default"
+DEFAULT_EXPERTS = "smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct,gemma-3-270m"
+
+
+def cmd_route(args: argparse.Namespace) -> None:
+    from experts.errors import EmptyPromptsError
+    from experts.expert import Expert
+    from steer.cli import _read_prompts
+    from steer.router.answer import ExpertPool, answer
+    from steer.router.decision import append_log
+    from steer.router.router import Router
+
+    try:
+        prompts = _read_prompts(args)
+    except EmptyPromptsError:
+        raise EmptyPromptsError("prompt (give a prompt, or --prompts-file)") from None
+    router = Router.load(args.router)
+    reader = Expert.load(router.features.reader, device=args.device)
+    if args.abstain_below is not None:
+        router = router.with_settings(threshold=args.abstain_below)
+    decisions = router.decide(reader, prompts)
+    if args.log:
+        append_log(args.log, decisions)
+    pool = ExpertPool(router, args.device, {reader.name: reader})
+    for prompt, decision in zip(prompts, decisions):
+        text = None if args.no_generate else answer(router, pool, prompt, decision, args.max_new_tokens)
+        if args.json:
+            record = {**decision.to_dict(), "confidence": decision.confidence}
+            print(json.dumps(record | ({"answer": text} if text is not None else {})))
+        else:
+            print(decision.explain())
+            if text is not None:
+                print(f"\n{text}\n")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import shutil
+    import tomllib
+
+    from experts.expert import Expert
+    from steer.router.quality import quality_table
+    from steer.router.router import Rule
+    from steer.router.tasks import DATA, task_set
+    from steer.router.training import train_router
+
+    tasks = task_set(args.tasks or DATA / "tasks.jsonl", seed=args.seed)
+    experts = [e.strip() for e in args.experts.split(",") if e.strip()]
+    out = Path(args.output)
+    quality = quality_table(experts, tasks, args.quality_dir or out / "quality")
+    facts = quality.groupby("expert").n_params.first().to_dict()
+    fingerprints = quality.groupby("expert").fingerprint.first().to_dict()
+    rules, policy_folder = [], None
+    if args.policy:
+        policy = tomllib.loads(Path(args.policy).read_text(encoding="utf-8"))
+        rules, policy_folder = [Rule(**r) for r in policy.get("rule", [])], Path(args.policy).parent
+    reader = Expert.load(args.reader)
+    fitted = train_router(reader, tasks, quality, experts, fingerprints=fingerprints, costs=facts, layer=args.layer,
+                          seed=args.seed, rules=rules)
+    for rule in rules:  # the policy's files travel with the router
+        (out / rule.file).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(policy_folder / rule.file, out / rule.file)
+    fitted.router.save(out)
+    for f in fitted.router.features.features:
+        print(f"feature {f.name:<20} held-out AUROC {f.heldout_auroc:.3f}" if f.heldout_auroc is not None else f.name)
+    print(f"router for {', '.join(experts)} (reader {reader.name}, layer {args.layer}, L1 C = "
+          f"{fitted.router.notes['c']}) in {out}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from analysis.router_eval import evaluate_router
+
+    summary = evaluate_router(Path(args.router), Path(args.out), tasks_path=args.tasks, seed=args.seed)
+    print(summary)
+
+
+def add_route_commands(sub, add_prompt_options) -> None:
+    route = sub.add_parser("route", help="route prompts to the right expert; every decision explained")
+    add_prompt_options(route)
+    route.add_argument("--router", default=str(DEFAULT_ROUTER), help="router folder (default: the shipped one)")
+    route.add_argument("--json", action="store_true", help="one decision (and answer) per line")
+    route.add_argument("--no-generate", action="store_true", help="decide only")
+    route.add_argument("--abstain-below", type=float, default=None, help="fall back below this confidence")
+    route.add_argument("--log", help="append decisions to this JSONL audit log")
+    route.add_argument("--max-new-tokens", type=int, default=128)
+    route.add_argument("--device", default=None)
+    route.set_defaults(func=cmd_route)
+
+    train = sub.add_parser("route-train", help="train a router (also: steer route train)")
+    train.add_argument("--tasks", default=None, help="task JSONL (default: the shipped task set)")
+    train.add_argument("--experts", default=DEFAULT_EXPERTS)
+    train.add_argument("--reader", default="smollm2-135m-instruct")
+    train.add_argument("--layer", type=int, default=12)
+    train.add_argument("--policy", help="TOML with [[rule]] tables (when, kind, file, strength, ...)")
+    train.add_argument("--quality-dir", help="where per-expert quality tables are (re)used")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("-o", "--output", required=True)
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("route-eval", help="evaluate a router against baselines (also: steer route eval)")
+    ev.add_argument("--router", default=str(DEFAULT_ROUTER))
+    ev.add_argument("--tasks", default=None)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", required=True)
+    ev.set_defaults(func=cmd_eval)

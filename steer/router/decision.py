@@ -1,0 +1,67 @@
+"""`RoutingDecision`: everything a routing decision used and produced, as JSON, appended to an
+audit log (JSONL, one decision per line)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FeatureReading:
+    name: str
+    activation: float  # probe logit on the reader's activation (> 0: fires)
+    weight: float  # the decision model's weight for the chosen expert
+    contribution: float  # weight × standardized activation: its push towards the chosen expert
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    kind: str  # "steer" or "reward"
+    file: str
+    strength: float  # steering coefficient or β
+    because: str  # the feature that fired
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    input_sha256: str
+    reader: str
+    reader_layer: int
+    features: list[FeatureReading]
+    scores: dict[str, float]  # decision-model logit per expert
+    probabilities: dict[str, float]
+    expert: str
+    confidence: float
+    abstained: bool  # confidence below the threshold: the fallback expert was used
+    adjustments: list[Adjustment] = field(default_factory=list)
+    truncated: bool = False
+    router_version: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def top_features(self, n: int = 3) -> list[FeatureReading]:
+        return sorted(self.features, key=lambda f: -f.contribution)[:n]
+
+    def explain(self) -> str:
+        lines = [f"expert {self.expert} (p = {self.confidence:.2f}{', abstained: fallback' if self.abstained else ''})"]
+        lines += [f"  {f.name:<22} activation {f.activation:+7.2f}  weight {f.weight:+6.2f}  contribution "
+                  f"{f.contribution:+6.2f}" for f in self.top_features(len(self.features))]
+        lines += [f"  adjust: {a.kind} {a.file} at {a.strength:g} because {a.because} fired" for a in self.adjustments]
+        if self.truncated:
+            lines.append("  note: the prompt was cut to the reader's context")
+        return "\n".join(lines)
+
+
+def append_log(path: str | Path, decisions: list[RoutingDecision]) -> None:
+    """Append decisions to a JSONL audit log, flushed and fsynced."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for decision in decisions:
+            f.write(json.dumps(decision.to_dict()) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,148 @@
+"""Named linear features on a reader expert's residual stream.
+
+The reader reads the raw query (no chat template) and its residual at `blocks.{layer}.hook_resid_post`
+is averaged over the query's tokens, leaving out position 0 (SmolLM2's attention sink carries a
+norm ~100× the others). Each feature is a logistic probe trained on labeled queries: its
+activation is the logit wᵀh + b, so a positive value means "fires". Saved as safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from experts.errors import EmptyPromptsError, SteerlabError
+from experts.files import atomic_path
+from experts.generate import DecodeState, publish_state
+from experts.hooks import hook_context
+from steer.errors import BadVectorFileError
+
+if TYPE_CHECKING:
+    from experts.expert import Expert
+
+log = logging.getLogger(__name__)
+FORMAT = "steerlab.router-features/1"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The reader's pooled activation for each query, and which queries were cut to fit its context."""
+
+    activations: Tensor  # (n, d)
+    truncated: list[bool]
+    n_tokens: list[int]
+
+
+def hook_name(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_post"
+
+
+@torch.inference_mode()
+def read(reader: Expert, queries: Sequence[str], layer: int, batch_size: int = 16) -> Reading:
+    """Mean residual over each query's tokens after position 0, at `layer`."""
+    if not queries or any(not q.strip() for q in queries):
+        raise EmptyPromptsError()
+    limit = reader.model.config.max_position_embeddings
+    encoded, truncated = [], []
+    for query in queries:
+        ids = reader.encode(query)
+        truncated.append(len(ids) > limit)
+        if len(ids) > limit:
+            log.warning("query of %d tokens cut to the reader's context of %d tokens", len(ids), limit)
+        encoded.append(ids[:limit])
+    pooled: list[Tensor] = []
+    for start in range(0, len(encoded), batch_size):
+        batch = reader.pad(encoded[start : start + batch_size])
+        seen: dict[str, Tensor] = {}
+        with hook_context(reader.model, [(reader.hook_point(hook_name(layer)), lambda h: seen.__setitem__("h", h))]):
+            with publish_state(DecodeState.for_batch(batch.attention_mask)):
+                reader.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   position_ids=batch.position_ids)
+        keep = (batch.attention_mask.bool() & (batch.position_ids > 0)).float()
+        keep[keep.sum(-1) == 0] = batch.attention_mask[keep.sum(-1) == 0].float()  # a one-token query keeps it
+        pooled.append(((seen["h"].float() * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)).cpu())
+    return Reading(torch.cat(pooled), truncated, [len(ids) for ids in encoded])
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    description: str
+    heldout_auroc: float | None
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """F named probes on one reader layer: activation = directions @ h + biases."""
+
+    features: list[Feature]
+    directions: Tensor  # (F, d)
+    biases: Tensor  # (F,)
+    reader: str
+    reader_fingerprint: str
+    layer: int
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def activations(self, h: Tensor) -> Tensor:
+        return h.float() @ self.directions.T + self.biases
+
+    def save(self, path: str | Path) -> Path:
+        meta = {"format": FORMAT, "reader": self.reader, "reader_fingerprint": self.reader_fingerprint,
+                "layer": self.layer, "hook": hook_name(self.layer), "features": [asdict(f) for f in self.features]}
+        with atomic_path(path) as tmp:
+            save_file({"directions": self.directions.float().contiguous(), "biases": self.biases.float().contiguous()},
+                      str(tmp), metadata={"steerlab": json.dumps(meta)})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureSet:
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads((f.metadata() or {})["steerlab"])
+                directions, biases = f.get_tensor("directions"), f.get_tensor("biases")
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}")
+            features = [Feature(**f) for f in meta["features"]]
+            if directions.shape[0] != len(features) or biases.shape != (len(features),):
+                raise ValueError("tensor shapes do not match the feature list")
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as error:
+            raise BadVectorFileError(f"{path} is not a steerlab feature set ({FORMAT}): {error}") from None
+        return cls(features, directions, biases, meta["reader"], meta["reader_fingerprint"], int(meta["layer"]))
+
+
+def train_features(reader: Expert, layer: int, train: Tensor, val: Tensor,
+                   labels: dict[str, tuple[str, np.ndarray, np.ndarray]], seed: int = 0) -> FeatureSet:
+    """One L2 logistic probe per named label, on standardized activations, folded back to raw
+    units; `labels[name] = (description, train labels, val labels)`; AUROC on the val queries."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    x_train, x_val = train.double().numpy(), val.double().numpy()
+    mean, scale = x_train.mean(0), x_train.std(0) + 1e-6
+    features, directions, biases = [], [], []
+    for name, (description, y_train, y_val) in labels.items():
+        if len(set(y_train.tolist())) < 2:
+            raise SteerlabError(f"feature {name!r} needs training queries with and without it; "
+                                f"the train split has only label {y_train[0]}")
+        probe = LogisticRegression(C=0.1, max_iter=2000, random_state=seed).fit((x_train - mean) / scale, y_train)
+        w = probe.coef_[0] / scale
+        b = probe.intercept_[0] - (mean * w).sum()
+        auroc = float(roc_auc_score(y_val, x_val @ w + b)) if len(set(y_val)) == 2 else None
+        features.append(Feature(name, description, auroc))
+        directions.append(torch.tensor(w, dtype=torch.float32))
+        biases.append(b)
+    return FeatureSet(features, torch.stack(directions), torch.tensor(biases, dtype=torch.float32),
+                      reader.name, reader.fingerprint, layer)

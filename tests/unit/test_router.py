@@ -1,0 +1,210 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from experts.errors import EmptyPromptsError, SteerlabError
+from steer.errors import BadVectorFileError, VectorMismatchError
+from steer.router.features import Feature, FeatureSet, read
+from steer.router.quality import bits_per_byte, extract_code, passes_tests, quality_table
+from steer.router.router import Router, Rule
+from steer.router.tasks import Task, load_tasks, remove_near_duplicates, split_tasks, task_set
+
+TINY_EXPERTS = ["tiny-llama", "tiny-gemma"]
+
+
+def test_shipped_task_set_is_large_varied_and_its_code_references_pass(tmp_path):
+    tasks = task_set()
+    assert len(tasks) >= 300 and len({t.domain for t in tasks}) >= 5
+    assert {t.split for t in tasks} == {"train", "val", "test"}
+    code = [t for t in load_tasks() if t.tests]
+    script = "\n\n".join(f"{t.reference}\n{t.tests}" for t in code)
+    assert passes_tests(script, "", timeout=30)
+    assert not passes_tests(code[0].reference, "assert False")
+
+
+def test_near_duplicates_and_splits():
+    topics = ["apples", "trains", "rivers", "violins", "taxes", "comets", "bread", "chess", "tides", "owls"]
+    base = [Task(f"t{i}", "d", f"tell me about {topic}", "a") for i, topic in enumerate(topics)]
+    dup = Task("dup", "d", base[3].query, "b")
+    kept = remove_near_duplicates([*base, dup])
+    assert [t.id for t in kept] == [t.id for t in base]
+    split = split_tasks(kept, seed=1)
+    assert [t.split for t in split].count("train") == 6 and [t.split for t in split].count("val") == 2
+
+
+def test_code_checks():
+    assert extract_code("Here:\n```python\ndef f():\n    return 1\n```\nDone") == "def f():\n    return 1\n"
+    assert extract_code("def f(): return 1") == "def f(): return 1"
+    assert passes_tests("def f():\n    return 1", "assert f() == 1")
+    assert not passes_tests("def f():\n    return 2", "assert f() == 1")
+    assert not passes_tests("while True:\n    pass", "", timeout=1)
+
+
+def test_bits_per_byte_is_the_reference_nll_in_bits_per_byte(tiny_llama):
+    task = Task("x", "d", "Say hello", "Hello there, friend.")
+    got = bits_per_byte(tiny_llama, [task])[0]
+    prompt = tiny_llama.encode(tiny_llama.format_prompts([task.query])[0])
+    ref = tiny_llama.tokenizer(task.reference, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = tiny_llama.model(input_ids=torch.tensor([prompt + ref])).logits[0].log_softmax(-1)
+    nll = -sum(logits[len(prompt) - 1 + i, tok].item() for i, tok in enumerate(ref))
+    assert got == pytest.approx(nll / np.log(2) / len(task.reference.encode()), rel=1e-4)
+
+
+def test_reader_pools_after_the_first_position_and_flags_truncation(tiny_llama, caplog, monkeypatch):
+    from experts.capture import run_with_cache
+
+    queries = ["Kelly writes code", "a much longer query about the weather in Paris"]
+    reading = read(tiny_llama, queries, layer=1)
+    cache = run_with_cache(tiny_llama, queries, ["blocks.1.hook_resid_post"])
+    for row in range(2):
+        h = cache.unpadded("blocks.1.hook_resid_post")[row]
+        torch.testing.assert_close(reading.activations[row], h[1:].mean(0), atol=1e-5, rtol=1e-5)
+    assert reading.truncated == [False, False]
+    monkeypatch.setattr(tiny_llama.model.config, "max_position_embeddings", 8)
+    with caplog.at_level("WARNING"):
+        cut = read(tiny_llama, queries, layer=1)
+    assert cut.truncated == [True, True] and max(cut.n_tokens) == 8 and "cut to the reader's context" in caplog.text
+    with pytest.raises(EmptyPromptsError):
+        read(tiny_llama, ["  "], layer=1)
+
+
+def _small_tasks(tmp_path, per_domain=10):
+    from steer.router.tasks import DATA
+
+    rows = []
+    for line in (DATA / "tasks.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if sum(r["domain"] == row["domain"] for r in rows) < per_domain:
+            rows.append(row)
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A router over the two tiny experts, read by tiny-llama at layer 1, with a two-rule policy."""
+    from experts.expert import Expert
+    from steer.datasets import _DATA
+    from steer.reward_training import load_labeled, train_activation_reward
+    from steer.router.training import train_router
+    from steer.vector import Provenance, SteeringVector
+
+    folder = tmp_path_factory.mktemp("router")
+    tasks = task_set(_small_tasks(folder))
+    quality = quality_table(TINY_EXPERTS, tasks, folder / "quality", with_pass_at_1=False, progress=False)
+    reader = Expert.load("tiny-llama")
+    vector = SteeringVector({1: torch.ones(reader.d_model)}, provenance=Provenance(expert="tiny-llama", fingerprint=reader.fingerprint))
+    vector.save(folder / "gender.safetensors")
+    data, _ = load_labeled(_DATA / "sentiment_labeled.jsonl")
+    train_activation_reward(reader, data[:12], epochs=5).save(folder / "tone.safetensors")
+    rules = [Rule("gendered_subject", "steer", "gender.safetensors", 0.5, expert="tiny-llama"),
+             Rule("hostile_tone", "reward", "tone.safetensors", 4.0, above=-100.0, expert="tiny-llama")]
+    fitted = train_router(reader, tasks, quality, TINY_EXPERTS, fingerprints=dict(zip(quality.expert, quality.fingerprint)),
+                          costs=dict(zip(quality.expert, quality.n_params)), layer=1, rules=rules)
+    fitted.router.save(folder)
+    return folder, fitted, tasks, reader
+
+
+def test_router_decisions_explain_themselves_and_round_trip(trained):
+    folder, fitted, tasks, reader = trained
+    router = Router.load(folder)
+    assert router.experts == TINY_EXPERTS and len(router.features.features) == 8
+    assert all(f.heldout_auroc is None or 0 <= f.heldout_auroc <= 1 for f in router.features.features)
+    queries = [t.query for t in tasks[:6]]
+    decisions = router.decide(reader, queries)
+    again = fitted.router.decide(reader, queries)
+    assert [d.to_dict() for d in decisions] == [d.to_dict() for d in again]
+    for d in decisions:
+        assert d.expert in TINY_EXPERTS and abs(sum(d.probabilities.values()) - 1) < 1e-6
+        chosen = router.experts.index(d.expert)
+        logit = router.intercept[chosen] + sum(f.contribution for f in d.features)
+        assert d.scores[d.expert] == pytest.approx(logit, abs=1e-6)  # contributions add up to the score
+        assert json.loads(json.dumps(d.to_dict()))["input_sha256"] == d.input_sha256
+        kinds = {a.kind for a in d.adjustments}
+        assert ("reward" in kinds) == (d.expert == "tiny-llama")  # the tone rule fires for every tiny-llama choice
+    always = router.with_settings(threshold=1.01)
+    assert {d.expert for d in always.decide(reader, queries)} == {router.fallback}
+    assert all(d.abstained for d in always.decide(reader, queries))
+
+
+def test_router_refuses_other_readers_experts_and_bad_policies(trained):
+    from dataclasses import replace
+
+    from experts.expert import Expert
+
+    folder, fitted, _, reader = trained
+    router = Router.load(folder)
+    with pytest.raises(VectorMismatchError, match="trained on reader"):
+        router.check_reader(Expert.load("tiny-gemma"))
+    with pytest.raises(SteerlabError, match="not 'smollm2"):
+        router.check_expert(type("E", (), {"name": "smollm2-135m-instruct"})())
+    with pytest.raises(SteerlabError, match="names feature 'sarcasm'"):
+        replace(router, rules=[Rule("sarcasm", "steer", "gender.safetensors", 1.0)])
+    with pytest.raises(SteerlabError, match="names 'missing.safetensors', which is not in"):
+        replace(router, rules=[Rule("hostile_tone", "steer", "missing.safetensors", 1.0)])
+    with pytest.raises(SteerlabError, match="names expert 'qwen'"):
+        replace(router, rules=[Rule("hostile_tone", "steer", "gender.safetensors", 1.0, expert="qwen")])
+    (folder / "broken").mkdir(exist_ok=True)
+    (folder / "broken" / "router.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(BadVectorFileError, match="is not a steerlab router"):
+        Router.load(folder / "broken")
+
+
+def test_faithfulness_measure_tells_a_used_feature_from_random_directions():
+    from steer.router.evaluate import faithfulness
+
+    d = 32
+    directions = torch.eye(d)[:2] * 3.0
+    features = FeatureSet([Feature("a", "", None), Feature("b", "", None)], directions, torch.zeros(2), "r", "f", 0)
+    # expert 1 iff feature a is positive; feature b carries no weight
+    router = Router(features, ["x", "y"], {}, np.array([[-4.0, 0.0], [4.0, 0.0]]), np.zeros(2), np.zeros(2), np.ones(2), "x")
+    h = torch.randn(200, d, generator=torch.Generator().manual_seed(0))
+    h[:, 0] = h[:, 0].abs() + 0.5  # every row fires feature a: all choose y
+    result = faithfulness(router, h, n_random=5)
+    assert result["flip_rate_top_feature"] > 0.95 and result["flip_rate_random_mean"] < 0.3
+
+
+def test_route_cli(trained, tmp_path, capsys):
+    from steer.cli import main
+
+    folder, _, tasks, _ = trained
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(t.query for t in tasks[:3]), encoding="utf-8")
+    log = tmp_path / "log.jsonl"
+    assert main(["route", "--router", str(folder), "--prompts-file", str(prompts), "--json", "--no-generate",
+                 "--log", str(log)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 3 and {"expert", "confidence", "features", "adjustments"} <= set(lines[0])
+    assert len(log.read_text(encoding="utf-8").splitlines()) == 3
+    assert main(["route", "--router", str(folder), "--max-new-tokens", "4", "Write a letter for Kelly"]) == 0
+    assert "expert tiny-" in capsys.readouterr().out
+    assert main(["route", "--router", str(folder), ""]) == 2
+    assert "prompt" in capsys.readouterr().err
+    assert main(["route", "--router", str(tmp_path), "hi"]) == 2
+    assert "is not a steerlab router" in capsys.readouterr().err
+
+
+def test_route_train_and_eval_cli(tmp_path, capsys):
+    import pandas as pd
+
+    from steer.cli import main
+
+    out = tmp_path / "router"
+    tasks = _small_tasks(tmp_path)
+    assert main(["route", "train", "--tasks", str(tasks), "--experts", ",".join(TINY_EXPERTS), "--reader", "tiny-llama",
+                 "--layer", "1", "-o", str(out)]) == 0
+    assert "held-out AUROC" in capsys.readouterr().out
+    assert main(["route", "eval", "--router", str(out), "--tasks", str(tasks), "--out", str(tmp_path / "eval")]) == 0
+    table = pd.read_csv(tmp_path / "eval" / "routers.csv")
+    assert {"activation-router", "minilm-knn", "minilm-logistic", "tfidf-logistic", "oracle"} <= set(table.router)
+    assert table.set_index("router").loc["oracle", "accuracy"] == 1.0
+    assert (tmp_path / "eval" / "routers.png").stat().st_size > 0
+    assert "activation router" in (tmp_path / "eval" / "report.md").read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert main(["route", "train", "--tasks", str(tasks), "--experts", "tiny-llama", "--reader", "tiny-llama",
+                 "--layer", "9", "-o", str(out)]) == 2
+    assert "reader layer 9 is out of range" in capsys.readouterr().err
