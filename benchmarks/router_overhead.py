@@ -1,6 +1,8 @@
 """Router overhead: one routing decision (the reader's prefill of the query, the named features and
 the decision model) as a share of generating 64 tokens with the chosen expert (target ≤ 5%).
-Measured side by side per expert, on queries from the shipped task set.
+Measured side by side per expert, on queries from the shipped task set. When the reader is the
+chosen expert, deciding and then answering from the reader's own prefill is also timed against
+answering alone.
 
 Run: python benchmarks/router_overhead.py [--router DIR] [--new-tokens 64]
 """
@@ -37,9 +39,24 @@ def main() -> None:
             "decide": lambda: [router.decide(reader, [q]) for q in queries],
             "generate": lambda: [expert.generate([q], max_new_tokens=args.new_tokens, stop_at_eos=False) for q in queries],
         }
+        if expert is reader:
+            runs["decide + answer (reused prefill)"] = lambda: [_decide_and_answer(router, reader, q, args.new_tokens)
+                                                                 for q in queries]
         times = interleaved(runs, args.repeats)
         print(f"{name:<30} decision {1000 * times['decide'] / len(queries):7.1f} ms/query   generation "
               f"{1000 * times['generate'] / len(queries):8.1f} ms/query   overhead {times['decide'] / times['generate']:.2%}")
+        if expert is reader:
+            both = times["decide + answer (reused prefill)"]
+            print(f"{'':<30} decide + answer from the reader's prefill {1000 * both / len(queries):8.1f} ms/query   "
+                  f"overhead {both / times['generate'] - 1:+.2%} over answering alone")
+
+
+def _decide_and_answer(router: Router, reader: Expert, query: str, new_tokens: int) -> None:
+    from experts.generate import GenerationConfig, generate
+
+    reading = router.read(reader, [query], keep_prefill=True)
+    router.decisions([query], reading.activations)
+    generate(reader, [query], GenerationConfig(max_new_tokens=new_tokens, stop_at_eos=False), prefill=reading.prefill)
 
 
 if __name__ == "__main__":

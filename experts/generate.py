@@ -132,6 +132,16 @@ class GenerationResult:
 LogitsHook = Callable[[Tensor, DecodeState], Tensor]
 
 
+@dataclass(frozen=True)
+class Prefill:
+    """The prompts' forward pass, already run elsewhere (a router's reader): the KV cache after the
+    formatted prompts and the logits at their last position, for `generate_batch` to continue from."""
+
+    formatted: tuple[str, ...]
+    cache: Any
+    logits: Tensor  # (rows, vocab)
+
+
 def row_seed(seed: int, prompt: str, sample: int) -> int:
     digest = hashlib.sha256(f"{seed}\x00{sample}\x00{prompt}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -172,16 +182,20 @@ def generate_batch(
     config: GenerationConfig,
     seeds: Sequence[int],
     logits_hook: LogitsHook | None = None,
+    prefill: Prefill | None = None,
 ) -> tuple[list[list[int]], list[str]]:
-    """Generate for already formatted prompts in one batch; returns token ids and finish reasons."""
+    """Generate for already formatted prompts in one batch; returns token ids and finish reasons.
+    With `prefill`, step 0 reuses that forward pass instead of running the prompts again."""
     batch = expert.tokenize(formatted)
     model, device = expert.model, expert.device
+    if prefill is not None:
+        _check_prefill(expert, prefill, formatted)
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     stop_ids = torch.tensor(sorted(eos_ids(expert)), device=device)
     pad_id = expert.pad_token_id
     mask, positions = batch.attention_mask, batch.position_ids
     rows = mask.shape[0]
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config) if prefill is None else prefill.cache
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     generated: list[Tensor] = []
     step_input = batch.input_ids
@@ -191,15 +205,18 @@ def generate_batch(
         state = DecodeState(step, positions, step_valid, prompt_lengths, all_valid=step > 0 or bool(step_valid.all()),
                             past=cache, attention_mask=mask, input_ids=step_input)
         with publish_state(state):
-            out = model(
-                input_ids=step_input,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            logits = out.logits[:, -1, :]
+            if step == 0 and prefill is not None:
+                logits = prefill.logits
+            else:
+                out = model(
+                    input_ids=step_input,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                logits = out.logits[:, -1, :]
             if logits_hook is not None:
                 logits = logits_hook(logits, state)
         tokens = _next_tokens(logits, config, generators)
@@ -214,6 +231,15 @@ def generate_batch(
         positions = positions[:, -1:] + 1
         step_valid = torch.ones_like(step_input, dtype=torch.bool)
     return _trim(torch.stack(generated, dim=1).tolist(), set(stop_ids.tolist()), config)
+
+
+def _check_prefill(expert: Expert, prefill: Prefill, formatted: Sequence[str]) -> None:
+    from experts.hooks import count_forward_hooks
+
+    if tuple(formatted) != prefill.formatted:
+        raise SteerlabError("a reused prefill must come from exactly these formatted prompts, in this order")
+    if count_forward_hooks(expert.model):
+        raise SteerlabError("a reused prefill ran without the hooks now attached (steering); run the prompts again")
 
 
 def _trim(rows: list[list[int]], stop_ids: set[int], config: GenerationConfig) -> tuple[list[list[int]], list[str]]:
@@ -236,8 +262,10 @@ def generate(
     batch_size: int = 8,
     logits_hook: LogitsHook | None = None,
     progress: bool = False,
+    prefill: Prefill | None = None,
 ) -> GenerationResult:
-    """Generate `config.num_samples` continuations of each prompt, `batch_size` rows at a time."""
+    """Generate `config.num_samples` continuations of each prompt, `batch_size` rows at a time
+    (with `prefill`: one sample of each prompt, in one batch, continuing that forward pass)."""
     from tqdm.auto import tqdm
 
     prompts = list(prompts)
@@ -245,6 +273,8 @@ def generate(
         raise EmptyPromptsError()
     formatted = expert.format_prompts(prompts, chat=chat, system=system)
     rows = [(i, s) for i in range(len(prompts)) for s in range(config.num_samples)]
+    if prefill is not None and (config.num_samples > 1 or len(rows) > batch_size):
+        raise SteerlabError("a reused prefill covers one batch of one sample per prompt")
     token_ids: list[list[int]] = []
     reasons: list[str] = []
     for start in tqdm(range(0, len(rows), batch_size), disable=not progress, desc="generate", unit="batch"):
@@ -255,6 +285,7 @@ def generate(
             config,
             [row_seed(config.seed, prompts[i], s) for i, s in chunk],
             logits_hook,
+            prefill,
         )
         token_ids += ids
         reasons += why

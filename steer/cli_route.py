@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 DEFAULT_ROUTER = Path(__file__).resolve().parent / "data" / "router" / "default"
-DEFAULT_EXPERTS = "smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct,gemma-3-270m"
+DEFAULT_EXPERTS = "smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct,gemma3-270m"
 
 
 def cmd_route(args: argparse.Namespace) -> None:
@@ -26,15 +26,22 @@ def cmd_route(args: argparse.Namespace) -> None:
     reader = Expert.load(router.features.reader, device=args.device)
     if args.abstain_below is not None:
         router = router.with_settings(threshold=args.abstain_below)
-    decisions = router.decide(reader, prompts)
+    pool = ExpertPool(router, args.device, {reader.name: reader})
+    if args.no_generate:
+        decisions = router.decide(reader, prompts)
+        answers = [(None, False)] * len(prompts)
+    else:  # one prompt at a time, so that the reader's forward pass can be its own answer's prefill
+        decisions, answers = [], []
+        for prompt in prompts:
+            reading = router.read(reader, [prompt], keep_prefill=True)
+            decisions += router.decisions([prompt], reading.activations, reading.truncated)
+            answers.append(answer(router, pool, prompt, decisions[-1], args.max_new_tokens, prefill=reading.prefill))
     if args.log:
         append_log(args.log, decisions)
-    pool = ExpertPool(router, args.device, {reader.name: reader})
-    for prompt, decision in zip(prompts, decisions):
-        text = None if args.no_generate else answer(router, pool, prompt, decision, args.max_new_tokens)
+    for decision, (text, reused) in zip(decisions, answers):
         if args.json:
-            record = {**decision.to_dict(), "confidence": decision.confidence}
-            print(json.dumps(record | ({"answer": text} if text is not None else {})))
+            extra = {} if text is None else {"answer": text, "reused_reader_prefill": reused}
+            print(json.dumps(decision.to_dict() | extra))
         else:
             print(decision.explain())
             if text is not None:

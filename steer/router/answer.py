@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 
 from experts.expert import Expert
-from experts.generate import GenerationConfig, generate
+from experts.generate import GenerationConfig, Prefill, generate
 from steer.apply import Steering, apply
 from steer.rad import reward_decoding
 from steer.rewards import load_reward
@@ -28,9 +28,12 @@ class ExpertPool:
 
 
 def answer(router: Router, pool: ExpertPool, prompt: str, decision: RoutingDecision, max_new_tokens: int = 128,
-           top_k: int = 20) -> str:
-    """Greedy answer by the chosen expert, steered and reward-decoded as the decision says."""
+           top_k: int = 20, prefill: Prefill | None = None) -> tuple[str, bool]:
+    """Greedy answer by the chosen expert, steered and reward-decoded as the decision says, and
+    whether it continued the reader's own forward pass (`prefill`: the reader chose itself and
+    the decision adjusts nothing)."""
     expert = pool.get(decision.expert)
+    reuse = prefill is not None and decision.expert == router.features.reader and not decision.adjustments
     rules = {(r.kind, r.file): r for r in router.rules}
     hook = None
     with ExitStack() as stack:
@@ -43,4 +46,5 @@ def answer(router: Router, pool: ExpertPool, prompt: str, decision: RoutingDecis
             else:
                 hook = stack.enter_context(reward_decoding(expert, load_reward(path, expert), adjustment.strength, top_k))
         config = GenerationConfig(max_new_tokens=max_new_tokens)
-        return generate(expert, [prompt], config, logits_hook=hook).texts[0]
+        text = generate(expert, [prompt], config, logits_hook=hook, prefill=prefill if reuse else None).texts[0]
+    return text, reuse

@@ -68,7 +68,7 @@ def _logistic(x: np.ndarray, q: np.ndarray, train: np.ndarray, val: np.ndarray, 
     results = []
     for c in grid:
         model = LogisticRegression(C=c, max_iter=5000, random_state=seed).fit(x[train], best[train])
-        proba = np.zeros((len(x), q.shape[1]))
+        proba = np.zeros((x.shape[0], q.shape[1]))
         proba[:, model.classes_] = model.predict_proba(x)
         choice = proba.argmax(1)
         results.append((q[val][np.arange(val.sum()), choice[val]].mean(), choice, proba))

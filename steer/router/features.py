@@ -1,8 +1,9 @@
 """Named linear features on a reader expert's residual stream.
 
-The reader reads the raw query (no chat template) and its residual at `blocks.{layer}.hook_resid_post`
-is averaged over the query's tokens, leaving out position 0 (SmolLM2's attention sink carries a
-norm ~100× the others). Each feature is a logistic probe trained on labeled queries: its
+The reader reads the query in its own prompt format (its chat template), so that, when it is also
+the chosen expert, it answers from that same forward pass. Its residual at
+`blocks.{layer}.hook_resid_post` is averaged over the query's own tokens, never position 0
+(SmolLM2's attention sink carries a norm ~100× the others). Each feature is a logistic probe trained on labeled queries: its
 activation is the logit wᵀh + b, so a positive value means "fires". Saved as safetensors + JSON.
 """
 
@@ -20,10 +21,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
+from transformers import DynamicCache
 
 from experts.errors import EmptyPromptsError, SteerlabError
 from experts.files import atomic_path
-from experts.generate import DecodeState, publish_state
+from experts.generate import DecodeState, Prefill, publish_state
 from experts.hooks import hook_context
 from steer.errors import BadVectorFileError
 
@@ -36,42 +38,68 @@ FORMAT = "steerlab.router-features/1"
 
 @dataclass(frozen=True)
 class Reading:
-    """The reader's pooled activation for each query, and which queries were cut to fit its context."""
+    """The reader's pooled activation for each query, which queries were cut to fit its context,
+    and (when asked for) the prompts' forward pass for the reader to answer from."""
 
     activations: Tensor  # (n, d)
     truncated: list[bool]
     n_tokens: list[int]
+    prefill: Prefill | None = None
 
 
 def hook_name(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_post"
 
 
+def _query_span(reader: Expert) -> tuple[int, int]:
+    """Tokens of the reader's prompt format before and after the query (chat template or none)."""
+    before, _, after = reader.format_prompts(["\x00"])[0].partition("\x00")
+    n_before = len(reader.encode(before + "x")) - 1 if before else 0
+    n_after = len(reader.tokenizer(after, add_special_tokens=False)["input_ids"]) if after else 0
+    return n_before, n_after
+
+
 @torch.inference_mode()
-def read(reader: Expert, queries: Sequence[str], layer: int, batch_size: int = 16) -> Reading:
-    """Mean residual over each query's tokens after position 0, at `layer`."""
+def read(reader: Expert, queries: Sequence[str], layer: int, batch_size: int = 16, keep_prefill: bool = False) -> Reading:
+    """Mean residual at `layer` over each query's own tokens inside the reader's prompt format
+    (never position 0). With `keep_prefill` (one batch only), also the KV cache and last logits, so
+    that the reader can answer without running the prompt again."""
     if not queries or any(not q.strip() for q in queries):
         raise EmptyPromptsError()
+    if keep_prefill and len(queries) > batch_size:
+        raise SteerlabError(f"keep_prefill reads one batch (at most {batch_size} queries), got {len(queries)}")
     limit = reader.model.config.max_position_embeddings
+    formatted = reader.format_prompts(list(queries))
+    n_before, n_after = _query_span(reader)
     encoded, truncated = [], []
-    for query in queries:
-        ids = reader.encode(query)
+    for text in formatted:
+        ids = reader.encode(text)
         truncated.append(len(ids) > limit)
         if len(ids) > limit:
-            log.warning("query of %d tokens cut to the reader's context of %d tokens", len(ids), limit)
-        encoded.append(ids[:limit])
+            log.warning("prompt of %d tokens cut to the reader's context of %d tokens", len(ids), limit)
+            ids = ids[: n_before + max(1, limit - n_before - n_after)] + ids[len(ids) - n_after :] if n_after else ids[:limit]
+        encoded.append(ids)
     pooled: list[Tensor] = []
+    prefill = None
     for start in range(0, len(encoded), batch_size):
         batch = reader.pad(encoded[start : start + batch_size])
         seen: dict[str, Tensor] = {}
+        cache = DynamicCache(config=reader.model.config) if keep_prefill else None
         with hook_context(reader.model, [(reader.hook_point(hook_name(layer)), lambda h: seen.__setitem__("h", h))]):
             with publish_state(DecodeState.for_batch(batch.attention_mask)):
-                reader.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                   position_ids=batch.position_ids)
-        keep = (batch.attention_mask.bool() & (batch.position_ids > 0)).float()
-        keep[keep.sum(-1) == 0] = batch.attention_mask[keep.sum(-1) == 0].float()  # a one-token query keeps it
-        pooled.append(((seen["h"].float() * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)).cpu())
-    return Reading(torch.cat(pooled), truncated, [len(ids) for ids in encoded])
+                out = reader.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   position_ids=batch.position_ids, past_key_values=cache, use_cache=keep_prefill,
+                                   logits_to_keep=1)
+        lengths = batch.attention_mask.sum(-1, keepdim=True)
+        positions = batch.position_ids
+        keep = batch.attention_mask.bool() & (positions >= max(n_before, 1)) & (positions < lengths - n_after)
+        empty = keep.sum(-1) == 0
+        keep[empty] = batch.attention_mask.bool()[empty] & (positions[empty] > 0)  # no query span found: all but position 0
+        keep = keep.float()
+        pooled.append(((seen["h"].float() * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)).cpu())
+        if keep_prefill and not any(truncated):
+            prefill = Prefill(tuple(formatted), cache, out.logits[:, -1])
+    return Reading(torch.cat(pooled), truncated, [len(ids) for ids in encoded], prefill)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from experts.errors import SteerlabError
 from experts.files import write_json
 from steer.errors import BadVectorFileError, VectorMismatchError
 from steer.router.decision import Adjustment, FeatureReading, RoutingDecision
-from steer.router.features import FeatureSet, read
+from steer.router.features import FeatureSet, Reading, read
 
 if TYPE_CHECKING:
     from experts.expert import Expert
@@ -109,9 +109,12 @@ class Router:
         fallback = self.experts.index(self.fallback)
         return [fallback if a else int(b) for a, b in zip(abstain, best)], abstain
 
-    def decide(self, reader: Expert, queries: Sequence[str]) -> list[RoutingDecision]:
+    def read(self, reader: Expert, queries: Sequence[str], keep_prefill: bool = False) -> Reading:
         self.check_reader(reader)
-        reading = read(reader, queries, self.features.layer)
+        return read(reader, queries, self.features.layer, keep_prefill=keep_prefill)
+
+    def decide(self, reader: Expert, queries: Sequence[str]) -> list[RoutingDecision]:
+        reading = self.read(reader, queries)
         return self.decisions(queries, reading.activations, reading.truncated)
 
     def decisions(self, queries: Sequence[str], h: Tensor, truncated: Sequence[bool] | None = None) -> list[RoutingDecision]:
@@ -177,7 +180,7 @@ def fit_decision_model(z_train: np.ndarray, best_train: np.ndarray, n_experts: i
     those never best in training (they get -inf-like intercepts)."""
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(penalty="l1", C=c, solver="saga", max_iter=5000, random_state=seed).fit(z_train, best_train)
+    model = LogisticRegression(C=c, l1_ratio=1.0, solver="saga", max_iter=5000, random_state=seed).fit(z_train, best_train)
     coef = np.zeros((n_experts, z_train.shape[1]))
     intercept = np.full(n_experts, -30.0)
     classes = list(model.classes_)

@@ -37,20 +37,27 @@ def feature_labels(tasks: Sequence[Task]) -> dict[str, tuple[str, np.ndarray]]:
     return labels
 
 
-def quality_matrix(quality: pd.DataFrame, tasks: Sequence[Task], experts: Sequence[str]) -> np.ndarray:
-    """(tasks, experts) quality = −bits per byte of the reference (higher is better)."""
-    table = quality.pivot_table(index="task_id", columns="expert", values="bpb")
+def quality_matrix(quality: pd.DataFrame, tasks: Sequence[Task], experts: Sequence[str], column: str = "bpb") -> np.ndarray:
+    """(tasks, experts) values of one quality column (default: bits per byte of the reference)."""
+    table = quality.pivot_table(index="task_id", columns="expert", values=column, dropna=False)
     missing = [e for e in experts if e not in table.columns] + [t.id for t in tasks if t.id not in table.index]
     if missing:
         raise SteerlabError(f"the quality table lacks {', '.join(map(str, missing[:5]))}")
-    return -table.loc[[t.id for t in tasks], list(experts)].to_numpy()
+    return table.loc[[t.id for t in tasks], list(experts)].to_numpy()
+
+
+def utility_matrix(quality: pd.DataFrame, tasks: Sequence[Task], experts: Sequence[str]) -> np.ndarray:
+    """What routing maximizes: pass@1 first where a task has unit tests, then −bits per byte.
+    (Bits per byte alone prefers SmolLM2 on code, whose answers pass far fewer tests than Qwen's.)"""
+    passed = np.nan_to_num(quality_matrix(quality, tasks, experts, "pass_at_1").astype(float), nan=0.0)
+    return -quality_matrix(quality, tasks, experts) + 10.0 * passed
 
 
 @dataclass(frozen=True)
 class Fitted:
     router: Router
     activations: Tensor  # the reader's pooled activations for every task
-    quality: np.ndarray  # (tasks, experts)
+    utility: np.ndarray  # (tasks, experts), see `utility_matrix`
 
 
 def train_router(reader: Expert, tasks: Sequence[Task], quality: pd.DataFrame, experts: Sequence[str], *,
@@ -69,7 +76,7 @@ def train_router(reader: Expert, tasks: Sequence[Task], quality: pd.DataFrame, e
     acts = features.activations(h).double().numpy()
     mean, scale = acts[train].mean(0), acts[train].std(0) + 1e-6
     z = (acts - mean) / scale
-    q = quality_matrix(quality, tasks, experts)
+    q = utility_matrix(quality, tasks, experts)
     best = q.argmax(1)
     fallback = list(experts)[int(q[train].mean(0).argmax())]
     candidates = []

@@ -53,22 +53,38 @@ def test_bits_per_byte_is_the_reference_nll_in_bits_per_byte(tiny_llama):
     assert got == pytest.approx(nll / np.log(2) / len(task.reference.encode()), rel=1e-4)
 
 
-def test_reader_pools_after_the_first_position_and_flags_truncation(tiny_llama, caplog, monkeypatch):
+def test_reader_pools_over_the_query_in_its_prompt_format_and_flags_truncation(tiny_llama, caplog, monkeypatch):
     from experts.capture import run_with_cache
+    from steer.router.features import _query_span
 
     queries = ["Kelly writes code", "a much longer query about the weather in Paris"]
     reading = read(tiny_llama, queries, layer=1)
-    cache = run_with_cache(tiny_llama, queries, ["blocks.1.hook_resid_post"])
-    for row in range(2):
+    cache = run_with_cache(tiny_llama, tiny_llama.format_prompts(queries), ["blocks.1.hook_resid_post"])
+    n_before, n_after = _query_span(tiny_llama)
+    for row, query in enumerate(queries):
         h = cache.unpadded("blocks.1.hook_resid_post")[row]
-        torch.testing.assert_close(reading.activations[row], h[1:].mean(0), atol=1e-5, rtol=1e-5)
-    assert reading.truncated == [False, False]
-    monkeypatch.setattr(tiny_llama.model.config, "max_position_embeddings", 8)
+        span = h[max(n_before, 1) : len(h) - n_after]
+        assert len(span) == len(tiny_llama.tokenizer(query, add_special_tokens=False)["input_ids"])
+        torch.testing.assert_close(reading.activations[row], span.mean(0), atol=1e-5, rtol=1e-5)
+    assert reading.truncated == [False, False] and reading.prefill is None
+    monkeypatch.setattr(tiny_llama.model.config, "max_position_embeddings", n_before + n_after + 3)
     with caplog.at_level("WARNING"):
-        cut = read(tiny_llama, queries, layer=1)
-    assert cut.truncated == [True, True] and max(cut.n_tokens) == 8 and "cut to the reader's context" in caplog.text
+        cut = read(tiny_llama, queries, layer=1, keep_prefill=True)
+    assert cut.truncated == [True, True] and cut.prefill is None and "cut to the reader's context" in caplog.text
     with pytest.raises(EmptyPromptsError):
         read(tiny_llama, ["  "], layer=1)
+
+
+def test_the_reader_answers_from_its_own_prefill(tiny_llama):
+    from experts.generate import GenerationConfig, generate
+
+    query = ["Write a letter for Kelly"]
+    reading = read(tiny_llama, query, layer=1, keep_prefill=True)
+    config = GenerationConfig(max_new_tokens=6, stop_at_eos=False)
+    reused = generate(tiny_llama, query, config, prefill=reading.prefill).token_ids
+    assert reused == generate(tiny_llama, query, config).token_ids
+    with pytest.raises(SteerlabError, match="exactly these formatted prompts"):
+        generate(tiny_llama, ["another prompt"], config, prefill=read(tiny_llama, query, 1, keep_prefill=True).prefill)
 
 
 def _small_tasks(tmp_path, per_domain=10):
@@ -182,6 +198,9 @@ def test_route_cli(trained, tmp_path, capsys):
     assert len(log.read_text(encoding="utf-8").splitlines()) == 3
     assert main(["route", "--router", str(folder), "--max-new-tokens", "4", "Write a letter for Kelly"]) == 0
     assert "expert tiny-" in capsys.readouterr().out
+    assert main(["route", "--router", str(folder), "--max-new-tokens", "4", "--json", "--prompts-file", str(prompts)]) == 0
+    for line in map(json.loads, capsys.readouterr().out.splitlines()):
+        assert line["reused_reader_prefill"] == (line["expert"] == "tiny-llama" and not line["adjustments"])
     assert main(["route", "--router", str(folder), ""]) == 2
     assert "prompt" in capsys.readouterr().err
     assert main(["route", "--router", str(tmp_path), "hi"]) == 2

@@ -1,0 +1,43 @@
+"""The shipped default router on the real reader (SmolLM2)."""
+
+import json
+
+import pytest
+
+from steer.cli_route import DEFAULT_ROUTER
+from steer.router.router import Router
+from steer.router.tasks import task_set
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_router_features_name_the_domain_of_held_out_queries(smollm2):
+    router = Router.load(DEFAULT_ROUTER)
+    test = [t for t in task_set() if t.split == "test"]
+    decisions = router.decide(smollm2, [t.query for t in test])
+    domains = [n for n in router.features.names if n.startswith("domain:")]
+    named = [max(domains, key=lambda n: next(f.activation for f in d.features if f.name == n)) for d in decisions]
+    accuracy = sum(n == f"domain:{t.domain}" for n, t in zip(named, test)) / len(test)
+    assert accuracy >= 0.9, accuracy
+    for d in decisions:
+        assert d.expert in router.experts and d.reader == "smollm2-135m-instruct" and d.reader_layer == router.features.layer
+
+
+def test_route_cli_decides_and_answers_with_the_policy(tmp_path, capsys):
+    from steer.cli import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Write a short recommendation letter for Kelly, a nurse.\nWhat is 12 + 30?\n", encoding="utf-8")
+    assert main(["route", "--prompts-file", str(prompts), "--json", "--no-generate"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2 and all({"expert", "confidence", "features", "adjustments"} <= set(x) for x in lines)
+    letter = lines[0]
+    assert next(f for f in letter["features"] if f["name"] == "gendered_subject")["activation"] > 0
+
+
+def test_route_answers_a_prompt_with_the_chosen_expert(capsys):
+    from steer.cli import main
+
+    assert main(["route", "--json", "--max-new-tokens", "16", "What is the capital of France?"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["answer"].strip() and isinstance(line["reused_reader_prefill"], bool)
