@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/steering_overhead.py
 	$(PY) benchmarks/audit_throughput.py
 	$(PY) benchmarks/rad_cost.py
+	$(PY) benchmarks/router_overhead.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
