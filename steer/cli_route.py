@@ -69,16 +69,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         policy = tomllib.loads(Path(args.policy).read_text(encoding="utf-8"))
         rules, policy_folder = [Rule(**r) for r in policy.get("rule", [])], Path(args.policy).parent
     reader = Expert.load(args.reader)
-    fitted = train_router(reader, tasks, quality, experts, fingerprints=fingerprints, costs=facts, layer=args.layer,
+    router = train_router(reader, tasks, quality, experts, fingerprints=fingerprints, costs=facts, layer=args.layer,
                           seed=args.seed, rules=rules)
     for rule in rules:  # the policy's files travel with the router
         (out / rule.file).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(policy_folder / rule.file, out / rule.file)
-    fitted.router.save(out)
-    for f in fitted.router.features.features:
+    router.save(out)
+    for f in router.features.features:
         print(f"feature {f.name:<20} held-out AUROC {f.heldout_auroc:.3f}" if f.heldout_auroc is not None else f.name)
     print(f"router for {', '.join(experts)} (reader {reader.name}, layer {args.layer}, L1 C = "
-          f"{fitted.router.notes['c']}) in {out}")
+          f"{router.notes['c']}) in {out}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

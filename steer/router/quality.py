@@ -68,12 +68,11 @@ def pass_at_1(expert: Expert, tasks: Sequence[Task], max_new_tokens: int = 160, 
 
 
 def quality_table(experts: Sequence[str], tasks: Sequence[Task], out: str | Path, *, with_pass_at_1: bool = True,
-                  load=None, progress: bool = True) -> pd.DataFrame:
+                  progress: bool = True) -> pd.DataFrame:
     """Rows (task, expert) with `bpb`, `pass_at_1`, `n_params`, `answer_tokens`; one CSV per expert
     under `out` (reused when present: delete it to recompute)."""
     from experts.expert import Expert
 
-    load = load or Expert.load
     frames = []
     for name in tqdm(experts, disable=not progress, desc="quality", unit="expert"):
         path = Path(out) / f"quality_{name}.csv"
@@ -82,7 +81,7 @@ def quality_table(experts: Sequence[str], tasks: Sequence[Task], out: str | Path
             if set(frame.task_id) >= {t.id for t in tasks}:
                 frames.append(frame[frame.task_id.isin({t.id for t in tasks})])
                 continue
-        expert = load(name)
+        expert = Expert.load(name)
         frame = pd.DataFrame({
             "task_id": [t.id for t in tasks], "expert": name, "bpb": bits_per_byte(expert, tasks),
             "pass_at_1": pass_at_1(expert, tasks) if with_pass_at_1 else float("nan"),

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from torch import Tensor
 
 from experts.errors import SteerlabError
 from steer.router.features import read, train_features
@@ -53,21 +51,14 @@ def utility_matrix(quality: pd.DataFrame, tasks: Sequence[Task], experts: Sequen
     return -quality_matrix(quality, tasks, experts) + 10.0 * passed
 
 
-@dataclass(frozen=True)
-class Fitted:
-    router: Router
-    activations: Tensor  # the reader's pooled activations for every task
-    utility: np.ndarray  # (tasks, experts), see `utility_matrix`
-
-
 def train_router(reader: Expert, tasks: Sequence[Task], quality: pd.DataFrame, experts: Sequence[str], *,
                  fingerprints: dict[str, str], costs: dict[str, float], layer: int = 12, seed: int = 0,
-                 rules: Sequence[Rule] = (), threshold: float = 0.0, c_grid: Sequence[float] = (0.03, 0.1, 0.3, 1.0, 3.0),
-                 activations: Tensor | None = None) -> Fitted:
+                 rules: Sequence[Rule] = (), threshold: float = 0.0,
+                 c_grid: Sequence[float] = (0.03, 0.1, 0.3, 1.0, 3.0)) -> Router:
     """Features on the train split (AUROC on val); the decision model's L1 strength chosen on val by routed quality."""
     if not 0 <= layer < reader.n_layers:
         raise SteerlabError(f"reader layer {layer} is out of range; {reader.name} has layers 0..{reader.n_layers - 1}")
-    h = activations if activations is not None else read(reader, [t.query for t in tasks], layer).activations
+    h = read(reader, [t.query for t in tasks], layer).activations
     split = np.array([t.split for t in tasks])
     train, val = split == "train", split == "val"
     labels = feature_labels(tasks)
@@ -90,5 +81,4 @@ def train_router(reader: Expert, tasks: Sequence[Task], quality: pd.DataFrame, e
                         notes={"c": c, "seed": seed, "n_train": int(train.sum()), "layer": layer})
         choice = np.array(router.choose(h[val]))
         candidates.append((float(q[val][np.arange(val.sum()), choice].mean()), -c, router))
-    _, _, router = max(candidates, key=lambda x: (x[0], x[1]))
-    return Fitted(router, h, q)
+    return max(candidates, key=lambda x: (x[0], x[1]))[2]

@@ -119,10 +119,10 @@ def trained(tmp_path_factory):
     train_activation_reward(reader, data[:12], epochs=5).save(folder / "tone.safetensors")
     rules = [Rule("gendered_subject", "steer", "gender.safetensors", 0.5, expert="tiny-llama"),
              Rule("hostile_tone", "reward", "tone.safetensors", 4.0, above=-100.0, expert="tiny-llama")]
-    fitted = train_router(reader, tasks, quality, TINY_EXPERTS, fingerprints=dict(zip(quality.expert, quality.fingerprint)),
+    router = train_router(reader, tasks, quality, TINY_EXPERTS, fingerprints=dict(zip(quality.expert, quality.fingerprint)),
                           costs=dict(zip(quality.expert, quality.n_params)), layer=1, rules=rules)
-    fitted.router.save(folder)
-    return folder, fitted, tasks, reader
+    router.save(folder)
+    return folder, router, tasks, reader
 
 
 def test_router_decisions_explain_themselves_and_round_trip(trained):
@@ -132,7 +132,7 @@ def test_router_decisions_explain_themselves_and_round_trip(trained):
     assert all(f.heldout_auroc is None or 0 <= f.heldout_auroc <= 1 for f in router.features.features)
     queries = [t.query for t in tasks[:6]]
     decisions = router.decide(reader, queries)
-    again = fitted.router.decide(reader, queries)
+    again = fitted.decide(reader, queries)
     assert [d.to_dict() for d in decisions] == [d.to_dict() for d in again]
     for d in decisions:
         assert d.expert in TINY_EXPERTS and abs(sum(d.probabilities.values()) - 1) < 1e-6
