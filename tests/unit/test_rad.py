@@ -320,3 +320,29 @@ def test_cli_external_reward_and_matched_fluency_comparison(tmp_path, capsys):
     assert "at matched fluency" in capsys.readouterr().out
     assert main(["rad", "compare", "--expert", "tiny-llama", "--out", str(out)]) == 2
     assert "nothing to compare" in capsys.readouterr().err
+
+
+def test_rad_composes_with_steering_and_the_external_reward_is_not_steered(tiny_llama):
+    from experts.expert import Expert
+    from steer.apply import Steering, apply
+    from steer.lookahead import ExternalScorer
+    from steer.vector import Provenance, SteeringVector
+
+    vector = SteeringVector({1: 3.0 * torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(4))},
+                            provenance=Provenance())
+    sampling = GenerationConfig(max_new_tokens=5, seed=2, top_k=4, do_sample=True)
+    plain = tiny_llama.generate(PROMPTS, max_new_tokens=5, do_sample=True, top_k=4, seed=2).token_ids
+    reward = _external(Expert.load("tiny-gemma"))
+    with apply(tiny_llama, Steering(vector, coef=1.0)):
+        steered = tiny_llama.generate(PROMPTS, max_new_tokens=5, do_sample=True, top_k=4, seed=2).token_ids
+        assert rad_generate(tiny_llama, PROMPTS, reward, beta=0.0, top_k=4, config=sampling).token_ids == steered
+        rad_steered = rad_generate(tiny_llama, PROMPTS, reward, beta=8.0, top_k=4, config=sampling).token_ids
+    assert steered != plain
+    assert count_forward_hooks(tiny_llama.model) == 0 and count_forward_hooks(reward.model.model) == 0
+    # the reward expert scores the same text identically with or without the generator's steering
+    state = type("S", (), {"step": 0, "input_ids": torch.zeros(2, 1, dtype=torch.long)})()
+    candidates = torch.tensor([[5, 6], [7, 8]])
+    unsteered = ExternalScorer(reward.model, reward.probe)(state, candidates)
+    with apply(tiny_llama, Steering(vector, coef=1.0)):
+        torch.testing.assert_close(ExternalScorer(reward.model, reward.probe)(state, candidates), unsteered)
+    assert len(rad_steered) == 2
