@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +28,18 @@ class Task:
     function: str = ""
     tests: str = ""
     split: str = ""
-    extra: dict = field(default_factory=dict, compare=False)
 
 
 def load_tasks(path: str | Path = DATA / "tasks.jsonl") -> list[Task]:
     """JSONL tasks (`id`, `domain`, `query`, `reference`, optional labels and `tests`)."""
-    known = set(Task.__dataclass_fields__) - {"extra"}
+    known = set(Task.__dataclass_fields__)
     tasks = []
     for number, line in enumerate(read_text(Path(path)).splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            task = Task(**{k: v for k, v in row.items() if k in known},
-                        extra={k: v for k, v in row.items() if k not in known})
+            task = Task(**{k: v for k, v in row.items() if k in known})  # other keys are notes for people
         except (json.JSONDecodeError, TypeError) as error:
             raise BadDataError(f"{path}:{number}: not a task ({error})") from None
         if not task.query.strip() or not task.reference.strip():
