@@ -16,6 +16,7 @@ rewards (B, k) in [0, 1]. Files are safetensors with JSON metadata (format, kind
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -66,12 +67,12 @@ def _check_expert(width: int, info: RewardInfo, expert: Expert, force: bool) -> 
             f"(weights {expert.fingerprint}); pass force=True to use it anyway")
 
 
-class HiddenStateReward:
-    """A reward computed from the step's final hidden state (B, d) and the candidates' embeddings:
-    subclasses define `score(hidden, candidates, embedding_matrix) -> (B, k)`."""
+class HiddenStateReward(ABC):
+    """A reward computed from the step's final hidden state (B, d) and the candidates' embeddings."""
 
+    @abstractmethod
     def score(self, hidden: Tensor, candidates: Tensor, embedding_matrix: Tensor) -> Tensor:
-        raise NotImplementedError
+        """(B, d) hidden states and (B, k) candidate ids -> (B, k) rewards in [0, 1]."""
 
     def check_compatible(self, expert: Expert, force: bool = False) -> None:
         """Any expert fits unless a subclass says otherwise."""
