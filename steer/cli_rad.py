@@ -61,15 +61,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from experts.files import atomic_path, provenance, write_json
     from steer.cli import _load
     from steer.cli_vector import _coefs
-    from steer.datasets import load_prompts
     from steer.rad_sweep import rad_sweep
     from steer.rewards import load_reward
     from steer.scorers import get_scorer
 
     expert = _load(args)
     reward = load_reward(args.reward, expert, force=args.force)
-    prompts = load_prompts(args.prompts)
-    prompts = prompts[: args.max_prompts] if args.max_prompts else prompts
+    prompts = _evaluation_prompts(args)
     rows, summary = rad_sweep(expert, reward, prompts, _coefs(args.betas), get_scorer(args.evaluator), top_k=args.top_k,
                               max_new_tokens=args.max_new_tokens, samples=args.samples, seed=args.seed,
                               batch_size=args.batch_size)
@@ -94,7 +92,6 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from experts.files import atomic_path, provenance, write_json
     from steer.cli import _load
     from steer.cli_vector import _coefs
-    from steer.datasets import load_prompts
     from steer.rad_sweep import compare, matched_fluency, rad_method, steering_method
     from steer.rewards import load_reward
     from steer.scorers import get_scorer
@@ -113,8 +110,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         strengths[name] = _coefs(args.coefs)
     if not methods:
         raise SteerlabError("nothing to compare: give at least one --reward or --vector")
-    prompts = load_prompts(args.prompts)
-    prompts = prompts[: args.max_prompts] if args.max_prompts else prompts
+    prompts = _evaluation_prompts(args)
     rows, summary = compare(expert, methods, strengths, prompts, get_scorer(args.evaluator), top_k=args.top_k,
                             max_new_tokens=args.max_new_tokens, samples=args.samples, seed=args.seed,
                             batch_size=args.batch_size)
@@ -139,6 +135,27 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(matched[["method", "strength", "diff", "ci_low", "ci_high", "median_perplexity", "dist_2"]]
           .to_string(index=False, float_format=fmt))
     print(f"rows, summaries and plot in {out}/ (rows.csv, summary.csv, matched_fluency.csv, frontier.png, compare.json)")
+
+
+def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `rad sweep` and `rad compare`: prompts, evaluator and decoding."""
+    parser.add_argument("--prompts", help="prompts file (default: shipped neutral prompts)")
+    parser.add_argument("--max-prompts", type=int, default=0)
+    parser.add_argument("--evaluator", default="sentiment", help="independent scorer: sentiment, formality, pronouns, lexicon:FILE")
+    parser.add_argument("--top-k", type=int, default=20)
+    parser.add_argument("--samples", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--out", required=True)
+
+
+def _evaluation_prompts(args: argparse.Namespace) -> list[str]:
+    from steer.datasets import load_prompts
+
+    prompts = load_prompts(args.prompts)
+    return prompts[: args.max_prompts] if args.max_prompts else prompts
 
 
 def add_rad_commands(sub, add_expert_options, add_prompt_options) -> None:
@@ -176,35 +193,17 @@ def add_rad_commands(sub, add_expert_options, add_prompt_options) -> None:
     sweep = rsub.add_parser("sweep", help="evaluate decoding over a grid of β")
     add_expert_options(sweep)
     sweep.add_argument("--reward", required=True)
-    sweep.add_argument("--prompts", help="prompts file (default: shipped neutral prompts)")
-    sweep.add_argument("--max-prompts", type=int, default=0)
     sweep.add_argument("--betas", default="0,5,10,20")
-    sweep.add_argument("--evaluator", default="sentiment", help="independent scorer: sentiment, formality, pronouns, lexicon:FILE")
-    sweep.add_argument("--top-k", type=int, default=20)
-    sweep.add_argument("--samples", type=int, default=1)
-    sweep.add_argument("--max-new-tokens", type=int, default=48)
-    sweep.add_argument("--batch-size", type=int, default=8)
-    sweep.add_argument("--seed", type=int, default=0)
-    sweep.add_argument("--force", action="store_true")
-    sweep.add_argument("--out", required=True)
+    _add_evaluation_options(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
     cmp = rsub.add_parser("compare", help="RAD reward kinds and steering vectors at matched fluency")
     add_expert_options(cmp)
     cmp.add_argument("--reward", action="append", default=[], help="reward file (repeatable)")
     cmp.add_argument("--vector", action="append", default=[], help="steering vector file (repeatable)")
-    cmp.add_argument("--prompts", help="prompts file (default: shipped neutral prompts)")
-    cmp.add_argument("--max-prompts", type=int, default=0)
     cmp.add_argument("--betas", default="5,10,20")
     cmp.add_argument("--coefs", default="1,2,4")
     cmp.add_argument("--max-perplexity", type=float, default=0.0, help="fluency budget (default: ratio x plain)")
     cmp.add_argument("--perplexity-ratio", type=float, default=1.5)
-    cmp.add_argument("--evaluator", default="sentiment")
-    cmp.add_argument("--top-k", type=int, default=20)
-    cmp.add_argument("--samples", type=int, default=1)
-    cmp.add_argument("--max-new-tokens", type=int, default=48)
-    cmp.add_argument("--batch-size", type=int, default=8)
-    cmp.add_argument("--seed", type=int, default=0)
-    cmp.add_argument("--force", action="store_true")
-    cmp.add_argument("--out", required=True)
+    _add_evaluation_options(cmp)
     cmp.set_defaults(func=cmd_compare)
