@@ -202,6 +202,13 @@ class Expert:
 
         return boot_bridge(self.model, self.tokenizer, self.folder, self.device)
 
+    def unembed(self, resid: Tensor) -> Tensor:
+        """Logits from residual-stream vectors (`..., d_model`): final norm, unembedding, any soft-capping."""
+        norm = self.model.get_submodule(hookpoints.layout_for(self.architecture).final_norm)
+        logits = self.model.get_output_embeddings()(norm(resid.to(device=self.device, dtype=self.dtype)))
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     # -- running -------------------------------------------------------------------------------
     def generate(self, prompts: str | Sequence[str], **kwargs: Any):
         """See `experts.generate.generate`; keyword arguments of `GenerationConfig` are accepted."""

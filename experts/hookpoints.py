@@ -76,6 +76,11 @@ def act_name(kind: str, layer: int | None = None) -> str:
     return f"blocks.{layer}.hook_{kind.removeprefix('hook_')}"
 
 
+def attn_name(kind: str, layer: int) -> str:
+    """A bridge-served name inside attention: `attn_name("pattern", 3)` -> `blocks.3.attn.hook_pattern`."""
+    return f"blocks.{layer}.attn.hook_{kind.removeprefix('hook_')}"
+
+
 def fast_hook_names(n_layers: int) -> list[str]:
     """Every name served by plain torch hooks on the HF model, in forward order."""
     names = ["hook_embed"]

@@ -1,0 +1,110 @@
+"""Layer-wise linear probes: how well each layer's residual stream separates two labeled prompt sets.
+
+One capture reads every layer; a standardised logistic regression per layer (scikit-learn) is scored on
+held-out prompts by AUROC with a stratified bootstrap CI. `groups` keeps every prompt of a group (a name,
+a template) on one side of the split, so a probe cannot pass by memorising a token it saw in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from scipy.stats import rankdata
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from analysis.tokens import check_layers
+from experts.errors import SteerlabError
+from experts.expert import Expert
+from experts.hookpoints import act_name
+
+POOLINGS = ("last", "mean", "an integer position (negative counts from the end)")
+
+
+def _pool(cache, name: str, position: str | int) -> torch.Tensor:
+    rows = cache.unpadded(name)
+    if position == "mean":
+        return torch.stack([row[1:].mean(0) if len(row) > 1 else row[0] for row in rows])  # skip the attention sink
+    index = -1 if position == "last" else int(position)
+    return torch.stack([row[index] for row in rows])
+
+
+def _split(labels: np.ndarray, groups: Sequence | None, test_fraction: float, seed: int):
+    if groups is None:
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
+        return next(splitter.split(np.zeros(len(labels)), labels))
+    splitter = GroupShuffleSplit(n_splits=20, test_size=test_fraction, random_state=seed)
+    for train, test in splitter.split(np.zeros(len(labels)), labels, groups=list(groups)):
+        if len(set(labels[train])) == 2 and len(set(labels[test])) == 2:
+            return train, test
+    raise SteerlabError("no group split puts both labels on both sides; add groups or raise test_fraction")
+
+
+def auroc_ci(labels: np.ndarray, scores: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """AUROC with a 95% percentile bootstrap CI, resampling positives and negatives separately.
+
+    Each resample's AUROC is its Mann–Whitney U over n_pos·n_neg (ties count half), computed for all
+    resamples at once from their ranks.
+    """
+    rng = np.random.default_rng(seed)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    both = np.concatenate([rng.choice(pos, (n_boot, len(pos))), rng.choice(neg, (n_boot, len(neg)))], axis=1)
+    u = rankdata(both, axis=1)[:, : len(pos)].sum(1) - len(pos) * (len(pos) + 1) / 2
+    low, high = np.percentile(u / (len(pos) * len(neg)), [2.5, 97.5])
+    return float(roc_auc_score(labels, scores)), float(low), float(high)
+
+
+def layer_probes(
+    expert: Expert,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    *,
+    layers: Sequence[int] | None = None,
+    position: str | int = "last",
+    chat: bool = False,
+    groups: Sequence | None = None,
+    test_fraction: float = 0.3,
+    c: float = 1.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per layer: held-out AUROC [95% CI], accuracy, and the split sizes (labels 0/1)."""
+    layers = check_layers(expert, layers)
+    y = np.asarray(labels, dtype=int)
+    if len(y) != len(texts) or set(np.unique(y)) != {0, 1}:
+        raise SteerlabError(f"labels must be 0/1, one per text, with both present; got {sorted(set(y.tolist()))} for {len(texts)} texts")
+    if position not in ("last", "mean") and not isinstance(position, int):
+        raise SteerlabError(f"unknown position {position!r}; choose one of {', '.join(POOLINGS)}")
+    train, test = _split(y, groups, test_fraction, seed)
+    cache = expert.run_with_cache(list(texts), [act_name("resid_post", layer) for layer in layers], chat=chat)
+    rows = []
+    for layer in layers:
+        x = _pool(cache, act_name("resid_post", layer), position).float().cpu().numpy()
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(x[train], y[train])
+        scores = probe.decision_function(x[test])
+        auroc, low, high = auroc_ci(y[test], scores, seed=seed)
+        rows.append({"layer": layer, "auroc": auroc, "auroc_low": low, "auroc_high": high,
+                     "accuracy": float(probe.score(x[test], y[test])), "n_train": len(train), "n_test": len(test)})
+    return pd.DataFrame(rows)
+
+
+def probe_plot(table: pd.DataFrame, title: str = "Layer-wise probes") -> Figure:
+    """Held-out AUROC per layer with its 95% CI band; 0.5 is chance."""
+    fig = Figure(figsize=(6.5, 3.6))
+    ax = fig.add_subplot()
+    ax.plot(table["layer"], table["auroc"], marker="o", label="held-out AUROC")
+    ax.fill_between(table["layer"], table["auroc_low"], table["auroc_high"], alpha=0.25, label="95% CI")
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_xlabel("layer (resid_post)")
+    ax.set_ylabel("AUROC")
+    ax.set_ylim(0.3, 1.02)
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
