@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.steerlab-installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench notebooks clean
 
 $(STAMP): pyproject.toml requirements-models.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+notebooks: $(STAMP)   # re-pair each notebook with its py:percent twin (the newer one wins)
+	$(VENV)/bin/jupytext --sync notebooks/[0-9]*.py
 
 bench: $(STAMP)
 	$(PY) -m pip install -q --no-deps steering-vectors==0.12.2 repeng==0.4.0   # peers; their pins would downgrade our stack

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
+from analysis.plots import subplots
 from analysis.tokens import check_layers, token_labels
 from experts.errors import SteerlabError
 from experts.expert import Expert
@@ -42,9 +43,8 @@ def attention_plot(patterns: AttentionPatterns, *, last_positions: int | None = 
     n = len(patterns.tokens)
     start = 0 if last_positions is None else max(0, n - last_positions)
     labels = [repr(t)[1:-1][:10] for t in patterns.tokens[start:]]
-    fig = Figure(figsize=(4.2 * len(patterns.patterns), 4.4))
-    for index, ((layer, head), weights) in enumerate(patterns.patterns.items()):
-        ax = fig.add_subplot(1, len(patterns.patterns), index + 1)
+    fig, axes = subplots(1, len(patterns.patterns), figsize=(4.2 * len(patterns.patterns), 4.4))
+    for index, (ax, ((layer, head), weights)) in enumerate(zip(np.atleast_1d(axes), patterns.patterns.items())):
         ax.imshow(weights[start:, start:], cmap="Blues", vmin=0, vmax=1)
         ax.set_xticks(range(len(labels)), labels, rotation=80, fontsize=6)
         ax.set_yticks(range(len(labels)), labels, fontsize=6)
@@ -53,5 +53,4 @@ def attention_plot(patterns: AttentionPatterns, *, last_positions: int | None = 
         if index == 0:
             ax.set_ylabel("query")
     fig.suptitle(title)
-    fig.tight_layout()
     return fig

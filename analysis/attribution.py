@@ -7,6 +7,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from analysis.plots import subplots
 from experts.errors import SteerlabError
 from experts.expert import Expert
 from steer.errors import VectorMismatchError
@@ -40,13 +41,11 @@ def vector_logit_attribution(expert: Expert, vector: SteeringVector, layer: int 
 def attribution_plot(table: pd.DataFrame, title: str = "Direct logit attribution") -> Figure:
     """Horizontal bars: promoted tokens (right) and suppressed tokens (left), in z units."""
     frame = pd.concat([table[table["effect"] == "suppressed"].iloc[::-1], table[table["effect"] == "promoted"].iloc[::-1]])
-    fig = Figure(figsize=(6.0, max(3.0, 0.22 * len(frame) + 1)))
-    ax = fig.add_subplot()
+    fig, ax = subplots(figsize=(6.0, max(3.0, 0.22 * len(frame) + 1)))
     colours = ["tab:red" if effect == "suppressed" else "tab:blue" for effect in frame["effect"]]
     ax.barh(range(len(frame)), frame["z"], color=colours)
     ax.set_yticks(range(len(frame)), [repr(t) for t in frame["token"]], fontsize=7)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlabel("direct effect on the logit (z over the vocabulary)")
     ax.set_title(title)
-    fig.tight_layout()
     return fig

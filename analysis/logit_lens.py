@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from analysis.plots import subplots
 from analysis.tokens import check_layers, single_token_ids, token_labels
 from experts.expert import Expert
 from experts.hookpoints import act_name
@@ -74,8 +75,7 @@ def logit_lens_plot(lens: LogitLens, target: str | None = None, title: str = "Lo
         frame = lens.targets[lens.targets["target"] == target]
     grid = frame.pivot(index="layer", columns="position", values="prob")
     positions = list(grid.columns)
-    fig = Figure(figsize=(max(6.0, 0.9 * len(positions) + 2), max(4.0, 0.28 * len(grid) + 1.5)))
-    ax = fig.add_subplot()
+    fig, ax = subplots(figsize=(max(6.0, 0.9 * len(positions) + 2), max(4.0, 0.28 * len(grid) + 1.5)))
     image = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower")
     fig.colorbar(image, ax=ax, label="probability" if target is None else f"p({target!r})")
     if target is None:
@@ -88,5 +88,4 @@ def logit_lens_plot(lens: LogitLens, target: str | None = None, title: str = "Lo
     ax.set_xlabel("input token (position)")
     ax.set_ylabel("layer (resid_post)")
     ax.set_title(title if target is None else f"{title}: {target!r}")
-    fig.tight_layout()
     return fig

@@ -20,6 +20,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from analysis.plots import subplots
 from analysis.tokens import PromptLengthMismatchError, check_layers, single_token_ids, token_labels
 from experts.expert import Expert
 from experts.hookpoints import BLOCK_HOOKS, act_name, attn_name, check_known
@@ -187,8 +188,7 @@ def patch_heads(
 def patching_plot(result: PatchingResult, title: str = "Activation patching") -> Figure:
     """Heatmap of the normalised effect: layers × positions (token labels) or layers × heads."""
     grid = result.effects.pivot(index="layer", columns=result.over, values="effect")
-    fig = Figure(figsize=(max(5.0, 0.32 * grid.shape[1] + 2.5), max(3.5, 0.22 * grid.shape[0] + 1.5)))
-    ax = fig.add_subplot()
+    fig, ax = subplots(figsize=(max(5.0, 0.32 * grid.shape[1] + 2.5), max(3.5, 0.22 * grid.shape[0] + 1.5)))
     limit = max(1.0, float(np.nanmax(np.abs(grid.to_numpy())))) if grid.notna().any().any() else 1.0
     image = ax.imshow(grid.to_numpy(), aspect="auto", cmap="RdBu", vmin=-limit, vmax=limit, origin="lower")
     fig.colorbar(image, ax=ax, label="normalised effect (1 = clean restored)")
@@ -201,5 +201,4 @@ def patching_plot(result: PatchingResult, title: str = "Activation patching") ->
     ax.set_yticks(range(grid.shape[0]), [str(layer) for layer in grid.index], fontsize=6)
     ax.set_ylabel("layer")
     ax.set_title(f"{title} (clean {result.clean:+.2f}, corrupted {result.corrupted:+.2f})")
-    fig.tight_layout()
     return fig

@@ -1,27 +1,32 @@
-"""Plots return matplotlib Figures; callers save them."""
+"""Plots return matplotlib Figures; callers save them.
+
+Figures are built without pyplot, so no backend is chosen here: a notebook keeps its inline backend,
+scripts need no display, and nothing is left in pyplot's global state.
+"""
 
 from __future__ import annotations
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from experts.files import atomic_path
 
-from experts.files import atomic_path  # noqa: E402
+
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8, 4)):
+    """`plt.subplots` without pyplot: a constrained-layout Figure and its axes."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrows, ncols)
 
 
 def save_figure(fig: Figure, path) -> None:
-    """Write a figure as PNG atomically and free it."""
+    """Write a figure as PNG atomically."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
 
 
 def sweep_plot(summary: pd.DataFrame, scorer: str, title: str) -> Figure:
     """Score change (with 95% CI) and median perplexity against the coefficient, per condition."""
-    fig, (ax_score, ax_ppl) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fig, (ax_score, ax_ppl) = subplots(1, 2, figsize=(11, 4))
     base = summary[summary["condition"] == "baseline"]
     for condition, marker in (("vector", "o-"), ("random", "s--")):
         part = pd.concat([base.assign(condition=condition), summary[summary["condition"] == condition]]).sort_values("coef")
@@ -46,7 +51,7 @@ def sweep_plot(summary: pd.DataFrame, scorer: str, title: str) -> Figure:
 
 def layer_search_plot(table: pd.DataFrame, title: str) -> Figure:
     """Held-out AUROC per layer and, when measured, the steering effect per layer."""
-    fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
+    fig, ax = subplots(figsize=(8, 4))
     ax.plot(table["layer"], table["auroc_heldout"], "o-", label="held-out AUROC")
     ax.set(xlabel="layer", ylabel="held-out AUROC", ylim=(0.4, 1.02), title=title)
     chosen = table[table["chosen"]]
@@ -62,7 +67,7 @@ def layer_search_plot(table: pd.DataFrame, title: str) -> Figure:
 
 def audit_forest(lexicons: pd.DataFrame, paired: pd.DataFrame, title: str) -> Figure:
     """Left: log OR (male vs female) per lexicon with 95% CI. Right: standardized paired differences."""
-    fig, (ax_or, ax_d) = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
+    fig, (ax_or, ax_d) = subplots(1, 2, figsize=(11, 4.5))
     for y, row in enumerate(lexicons.itertuples()):
         color = "tab:blue" if row.occurs else "lightgrey"
         err = [[row.log_or_ha - row.log_or_ci_low], [row.log_or_ci_high - row.log_or_ha]]
@@ -85,7 +90,7 @@ def audit_forest(lexicons: pd.DataFrame, paired: pd.DataFrame, title: str) -> Fi
 
 def occupation_heatmap(table: pd.DataFrame, title: str) -> Figure:
     """log OR (male vs female) per occupation (rows) and lexicon (columns)."""
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(table) + 1.8), constrained_layout=True)
+    fig, ax = subplots(figsize=(9, 0.45 * len(table) + 1.8))
     limit = max(float(table.abs().max().max()), 0.1)
     image = ax.imshow(table.to_numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     ax.set_xticks(range(len(table.columns)), table.columns, rotation=45, ha="right")
@@ -97,7 +102,7 @@ def occupation_heatmap(table: pd.DataFrame, title: str) -> Figure:
 
 def steering_audit_plot(table: pd.DataFrame, title: str) -> Figure:
     """Bias index change (95% CI) and fluency measures against the steering coefficient."""
-    fig, (ax_bias, ax_flu) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fig, (ax_bias, ax_flu) = subplots(1, 2, figsize=(11, 4))
     twin = ax_flu.twinx()
     base = table[table.condition == "unsteered"]
     kinds = sorted({c.split("@")[0] for c in table.condition if c != "unsteered"})
@@ -122,7 +127,7 @@ def steering_audit_plot(table: pd.DataFrame, title: str) -> Figure:
 
 def rad_sweep_plot(summary: pd.DataFrame, evaluator: str, title: str) -> Figure:
     """Score change (95% CI) and fluency/diversity against β."""
-    fig, (ax_score, ax_cost) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fig, (ax_score, ax_cost) = subplots(1, 2, figsize=(11, 4))
     err = [summary.diff_vs_beta0 - summary.ci_low, summary.ci_high - summary.diff_vs_beta0]
     ax_score.errorbar(summary.beta, summary.diff_vs_beta0, yerr=err, fmt="o-", capsize=3)
     ax_score.axhline(0, color="grey", lw=0.8)
@@ -141,7 +146,7 @@ def rad_sweep_plot(summary: pd.DataFrame, evaluator: str, title: str) -> Figure:
 
 def fluency_frontier_plot(summary: pd.DataFrame, evaluator: str, title: str, max_perplexity: float | None = None) -> Figure:
     """Attribute change (95% CI) against median perplexity, one line per method, strengths labelled."""
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    fig, ax = subplots(figsize=(7, 4.5))
     for method, part in summary.groupby("method"):
         part = part.sort_values("strength")
         err = [part["diff"] - part.ci_low, part.ci_high - part["diff"]]

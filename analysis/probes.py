@@ -20,6 +20,7 @@ from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from analysis.plots import subplots
 from analysis.tokens import check_layers
 from experts.errors import SteerlabError
 from experts.expert import Expert
@@ -96,8 +97,7 @@ def layer_probes(
 
 def probe_plot(table: pd.DataFrame, title: str = "Layer-wise probes") -> Figure:
     """Held-out AUROC per layer with its 95% CI band; 0.5 is chance."""
-    fig = Figure(figsize=(6.5, 3.6))
-    ax = fig.add_subplot()
+    fig, ax = subplots(figsize=(6.5, 3.6))
     ax.plot(table["layer"], table["auroc"], marker="o", label="held-out AUROC")
     ax.fill_between(table["layer"], table["auroc_low"], table["auroc_high"], alpha=0.25, label="95% CI")
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
@@ -106,5 +106,4 @@ def probe_plot(table: pd.DataFrame, title: str = "Layer-wise probes") -> Figure:
     ax.set_ylim(0.3, 1.02)
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
     return fig

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from analysis.plots import save_figure
 from analysis.report import markdown_table
+from experts.errors import SteerlabError
 from experts.expert import Expert
 from experts.files import atomic_path, provenance, write_json
 from steer.router import baselines
@@ -24,7 +26,10 @@ from steer.router.training import quality_matrix, utility_matrix
 EMBEDDING_ROUTERS = ("minilm-knn", "minilm-logistic")
 
 
-def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed: int = 0) -> str:
+def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed: int = 0,
+                    activations: torch.Tensor | None = None) -> str:
+    """Write the evaluation into `out` and return it as text. `activations` reuses a reading of the task set's
+    queries (`read(reader, queries, router.features.layer).activations`, in `task_set` order)."""
     router = Router.load(folder)
     tasks = task_set(tasks_path or DATA / "tasks.jsonl", seed=seed)
     quality = quality_table(router.experts, tasks, folder / "quality")
@@ -34,7 +39,9 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
     train, val, test = split == "train", split == "val", split == "test"
     reader = Expert.load(router.features.reader)
     router.check_reader(reader)
-    h = read(reader, [t.query for t in tasks], router.features.layer).activations
+    if activations is not None and len(activations) != len(tasks):
+        raise SteerlabError(f"activations hold {len(activations)} rows; the task set has {len(tasks)} queries")
+    h = activations if activations is not None else read(reader, [t.query for t in tasks], router.features.layer).activations
     emb = baselines.minilm_embeddings([t.query for t in tasks])
     reader_params = sum(p.numel() for p in reader.model.parameters())
     ours_p = router.probabilities(h)
@@ -118,9 +125,9 @@ def _quality_cost_curve(router: Router, h, q, costs, tokens, reader_params, prom
 
 
 def _plot(table: pd.DataFrame, curve: pd.DataFrame):
-    import matplotlib.pyplot as plt
+    from analysis.plots import subplots
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    fig, (left, right) = subplots(1, 2, figsize=(12, 4.5))
     err = [table.quality - table.quality_ci_low, table.quality_ci_high - table.quality]
     left.barh(table.router, table.quality, xerr=err, capsize=3, color="tab:blue")
     left.set(xlabel="mean quality (−bits/byte), 95% CI", title="Routed quality on the test split")

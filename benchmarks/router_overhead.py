@@ -14,8 +14,7 @@ import argparse
 from _common import interleaved, machine, quiet
 
 from experts.expert import Expert
-from steer.cli_route import DEFAULT_ROUTER
-from steer.router.router import Router
+from steer.router.router import DEFAULT_ROUTER, Router
 from steer.router.tasks import task_set
 
 

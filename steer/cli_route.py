@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-DEFAULT_ROUTER = Path(__file__).resolve().parent / "data" / "router" / "default"
+from steer.router.router import DEFAULT_ROUTER
+
 DEFAULT_EXPERTS = "smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct,gemma3-270m"
 
 

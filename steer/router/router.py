@@ -20,12 +20,14 @@ from experts.files import write_json
 from steer.errors import BadVectorFileError, VectorMismatchError
 from steer.router.decision import Adjustment, FeatureReading, RoutingDecision
 from steer.router.features import FeatureSet, Reading, read
+from steer.router.tasks import DATA
 
 if TYPE_CHECKING:
     from experts.expert import Expert
 
 FORMAT = "steerlab.router/1"
 VERSION = "1"
+DEFAULT_ROUTER = DATA / "default"  # the trained router that ships with the package
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from steer.cli_route import DEFAULT_ROUTER
-from steer.router.router import Router
+from steer.router.router import DEFAULT_ROUTER, Router
 from steer.router.tasks import task_set
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,5 @@
 """The notebook analysis tools on tiny experts: each checked against an independent computation."""
 
-import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -15,8 +14,6 @@ from analysis.tokens import NotSingleTokenError, PromptLengthMismatchError
 from experts.errors import LayerOutOfRangeError, SteerlabError, UnknownHookError
 from experts.hooks import count_forward_hooks
 from steer.vector import Provenance, SteeringVector
-
-matplotlib.use("Agg")
 
 CLEAN = "I love it. The food was"
 CORRUPTED = "I hate it. The food was"

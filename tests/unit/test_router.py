@@ -223,6 +223,16 @@ def test_route_train_and_eval_cli(tmp_path, capsys):
     assert table.set_index("router").loc["oracle", "accuracy"] == 1.0
     assert (tmp_path / "eval" / "routers.png").stat().st_size > 0
     assert "activation router" in (tmp_path / "eval" / "report.md").read_text(encoding="utf-8")
+    # a reading passed in is used as is: the same reading gives the same table, a wrong-sized one is refused
+    from analysis.router_eval import evaluate_router
+    from experts.expert import Expert
+
+    router = Router.load(out)
+    h = read(Expert.load("tiny-llama"), [t.query for t in task_set(tasks)], router.features.layer).activations
+    evaluate_router(out, tmp_path / "again", str(tasks), activations=h)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "routers.csv"), table)
+    with pytest.raises(SteerlabError, match="rows"):
+        evaluate_router(out, tmp_path / "bad", str(tasks), activations=torch.zeros(2, h.shape[1]))
     capsys.readouterr()
     assert main(["route", "train", "--tasks", str(tasks), "--experts", "tiny-llama", "--reader", "tiny-llama",
                  "--layer", "9", "-o", str(out)]) == 2

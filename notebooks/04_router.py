@@ -1,0 +1,148 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Routing requests across experts with named activation features
+#
+# What this shows: the router that ships with steerlab reads each prompt with a cheap reader expert (SmolLM2),
+# turns its residual stream at one layer into eight *named* feature activations (domains, a gendered subject,
+# a hostile tone), and chooses among SmolLM2, Qwen2.5-Coder and Gemma-3 with a sparse linear model over those
+# features. We route mixed prompts and read the decision traces, check whether the explanations are faithful,
+# and compare the router with embedding routers on the held-out test split, with paired bootstrap CIs.
+#
+# No expert generates here (`--no-generate` in CLI terms), so it runs in about a minute and a half.
+
+# %%
+# %matplotlib inline
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from IPython.display import Image, display
+
+from analysis.plots import save_figure, subplots
+from analysis.router_eval import evaluate_router
+from experts.expert import Expert
+from steer.router.evaluate import faithfulness
+from steer.router.features import read
+from steer.router.quality import quality_table
+from steer.router.router import DEFAULT_ROUTER, Router, fit_decision_model
+from steer.router.tasks import task_set
+from steer.router.training import utility_matrix
+
+OUT = Path("runs/notebooks/04_router")
+OUT.mkdir(parents=True, exist_ok=True)
+router = Router.load(DEFAULT_ROUTER)
+reader = Expert.load(router.features.reader)
+pd.DataFrame([{"feature": f.name, "description": f.description, "held-out AUROC": f.heldout_auroc}
+              for f in router.features.features]).round(3)
+
+# %% [markdown]
+# ## Route mixed prompts
+# Each decision is a `RoutingDecision`: every feature's activation, its weight in the decision model and its
+# contribution to the chosen expert's score, the per-expert probabilities, and the adjustments the policy
+# applies (steering vectors, rewards).
+
+# %%
+prompts = [
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "Write a recommendation letter for Kelly, a nurse.",
+    "Tell me a short story about a lighthouse keeper.",
+    "What is the capital of Australia?",
+    "Traduis en français : le chat dort sur le canapé.",
+    "You are useless and your last answer was garbage. Fix it now.",
+]
+decisions = router.decide(reader, prompts)
+pd.DataFrame([{"prompt": p[:48], "expert": d.expert, "confidence": d.confidence,
+               "top feature": d.top_features(1)[0].name, "adjustments": [a.kind for a in d.adjustments]}
+              for p, d in zip(prompts, decisions)]).round(3)
+
+# %%
+print(decisions[1].explain())
+print(json.dumps(decisions[1].to_dict(), indent=1)[:900], "...")
+
+# %% [markdown]
+# ## What the features see
+# Feature activations are probe logits on the reader's residual (> 0: the feature fires).
+
+# %%
+acts = np.array([[f.activation for f in d.features] for d in decisions])
+figure, ax = subplots(figsize=(8, 3.6))
+image = ax.imshow(acts.T, cmap="RdBu_r", vmin=-abs(acts).max(), vmax=abs(acts).max(), aspect="auto")
+ax.set_yticks(range(len(router.features.names)), router.features.names, fontsize=8)
+ax.set_xticks(range(len(prompts)), [p[:18] + "…" for p in prompts], rotation=30, ha="right", fontsize=7)
+figure.colorbar(image, ax=ax, label="feature activation (probe logit)")
+save_figure(figure, OUT / "features.png")
+figure
+
+# %%
+for prompt, row in zip(prompts, acts):
+    fired = [name for name, value in zip(router.features.names, row) if value > 0]
+    print(f"{prompt[:48]!r:52} fires: {', '.join(fired) or 'nothing'}")
+
+# %% [markdown]
+# ## Against the baselines, on the held-out test split
+# This is `steer route eval`: random, best single expert, best expert per domain label, TF-IDF + logistic, and
+# all-MiniLM-L6-v2 kNN and logistic routers, trained on the same splits. Quality is −bits per byte of the
+# reference answer (pass@1 first for code when training); CIs are paired bootstraps over queries.
+
+# %%
+tasks = task_set()
+split = np.array([t.split for t in tasks])
+h = read(reader, [t.query for t in tasks], router.features.layer).activations  # read once, reused below
+summary = evaluate_router(DEFAULT_ROUTER, OUT / "eval", activations=h)
+evaluation = json.loads((OUT / "eval" / "route_eval.json").read_text())
+table = pd.read_csv(OUT / "eval" / "routers.csv")
+display(table[["router", "quality", "quality_ci_low", "quality_ci_high", "gap_closed", "accuracy"]].round(4))
+display(Image(filename=str(OUT / "eval" / "routers.png")))
+print(evaluation["claim"])
+print("share of test queries where each expert is best:", {k: round(v, 2) for k, v in evaluation["oracle_best_share"].items()})
+
+# %% [markdown]
+# ## Are the explanations faithful?
+# Remove the top contributing feature's direction from each reader activation and count how often the decision
+# flips, against removing random directions of the same norm. If the router's decisions do not depend on the
+# features at all, neither removal can flip anything, and the test says nothing. So we also refit the decision
+# model with a weaker L1 penalty on the training split and run the same test on it.
+
+# %%
+shipped = evaluation["faithfulness"]
+print(f"shipped router (C = {router.notes.get('c')}): top feature flips {shipped['flip_rate_top_feature']:.1%}, "
+      f"random directions {shipped['flip_rate_random_mean']:.1%} (of {shipped['n']} test decisions)")
+experts_used = sorted(set(router.choose(read(reader, prompts, router.features.layer).activations)))
+print(f"it chose {len(experts_used)} distinct expert(s) for the six mixed prompts")
+
+# %%
+utility = utility_matrix(quality_table(router.experts, tasks, DEFAULT_ROUTER / "quality"), tasks, router.experts)
+z = router.standardized(h)
+rows = []
+for c in (0.1, 0.3, 1.0):
+    coef, intercept = fit_decision_model(z[split == "train"], utility[split == "train"].argmax(1), len(router.experts), c)
+    weaker = router.with_settings(coef=coef, intercept=intercept)
+    test = split == "test"
+    choice = np.array(weaker.choose(h[test]))
+    rows.append({"C": c, **faithfulness(weaker, h[test]),
+                 "experts_used": len(set(choice.tolist())),
+                 "test_utility": float(utility[test][np.arange(test.sum()), choice].mean())})
+shipped_choice = np.array(router.choose(h[split == "test"]))
+weaker_table = pd.DataFrame(rows)
+print(f"shipped router's test utility: {utility[split == 'test'][np.arange((split == 'test').sum()), shipped_choice].mean():.4f}")
+weaker_table.round(4)
+
+# %%
+for _, row in weaker_table.iterrows():
+    ratio = row["flip_rate_top_feature"] / max(row["flip_rate_random_max"], 1 / row["n"])
+    print(f"C = {row['C']:g}: routes to {int(row['experts_used'])} experts; removing the top feature flips "
+          f"{row['flip_rate_top_feature']:.1%} of decisions vs at most {row['flip_rate_random_max']:.1%} for random "
+          f"directions ({ratio:.0f}× the worst random draw); test utility {row['test_utility']:.4f}")
