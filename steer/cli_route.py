@@ -77,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         shutil.copyfile(policy_folder / rule.file, out / rule.file)
     router.save(out)
     for f in router.features.features:
-        print(f"feature {f.name:<20} held-out AUROC {f.heldout_auroc:.3f}" if f.heldout_auroc is not None else f.name)
+        print(f"feature {f.name:<32} held-out AUROC {f.heldout_auroc:.3f}" if f.heldout_auroc is not None else f.name)
     print(f"router for {', '.join(experts)} (reader {reader.name}, layer {args.layer}, L1 C = "
           f"{router.notes['c']}) in {out}")
 

@@ -51,34 +51,64 @@ def utility_matrix(quality: pd.DataFrame, tasks: Sequence[Task], experts: Sequen
     return -quality_matrix(quality, tasks, experts) + 10.0 * passed
 
 
+def advantage_labels(utility: np.ndarray, experts: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
+    """Named labels `best:<expert>`: the expert is the best one for the query (pass@1 first, then bits per byte)."""
+    best = utility.argmax(1)
+    return {f"best:{e}": (f"{e} is the best expert for the query", (best == i).astype(int)) for i, e in enumerate(experts)}
+
+
+def choose_penalty(z: np.ndarray, utility: np.ndarray, rows: np.ndarray, c_grid: Sequence[float], folds: int = 5,
+                   seed: int = 0) -> tuple[float, dict[float, float]]:
+    """The L1 strength with the best mean routed utility over stratified k-fold cross-validation on `rows`
+    (ties go to the stronger penalty, the sparser model), and every candidate's score."""
+    from sklearn.model_selection import StratifiedKFold
+
+    best = utility.argmax(1)
+    n_splits = min(folds, int(np.bincount(best[rows]).max()))
+    splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    scores = {}
+    for c in c_grid:
+        routed = []
+        for fit, held in splitter.split(rows, best[rows]):
+            fit, held = rows[fit], rows[held]
+            coef, intercept = _decision_model(z[fit], best[fit], utility.shape[1], c, seed)
+            choice = (z[held] @ coef.T + intercept).argmax(1)
+            routed.append(utility[held, choice])
+        scores[float(c)] = float(np.concatenate(routed).mean())
+    chosen = max(scores, key=lambda c: (round(scores[c], 9), -c))
+    return chosen, scores
+
+
+def _decision_model(z: np.ndarray, best: np.ndarray, n_experts: int, c: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(set(best.tolist())) < 2:  # one expert is always best: a constant decision
+        return np.zeros((n_experts, z.shape[1])), np.where(np.arange(n_experts) == best[0], 0.0, -30.0)
+    return fit_decision_model(z, best, n_experts, c, seed)
+
+
 def train_router(reader: Expert, tasks: Sequence[Task], quality: pd.DataFrame, experts: Sequence[str], *,
                  fingerprints: dict[str, str], costs: dict[str, float], layer: int = 12, seed: int = 0,
                  rules: Sequence[Rule] = (), threshold: float = 0.0,
-                 c_grid: Sequence[float] = (0.03, 0.1, 0.3, 1.0, 3.0)) -> Router:
-    """Features on the train split (AUROC on val); the decision model's L1 strength chosen on val by routed quality."""
+                 c_grid: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0)) -> Router:
+    """Named features on the train split (AUROC on val): the domains, the properties, and one `best:<expert>`
+    advantage probe per expert. The decision model's L1 strength is chosen by cross-validated routed utility on
+    train + val, then fitted on train + val; the test split is never seen."""
     if not 0 <= layer < reader.n_layers:
         raise SteerlabError(f"reader layer {layer} is out of range; {reader.name} has layers 0..{reader.n_layers - 1}")
     h = read(reader, [t.query for t in tasks], layer).activations
     split = np.array([t.split for t in tasks])
     train, val = split == "train", split == "val"
+    q = utility_matrix(quality, tasks, experts)
     labels = feature_labels(tasks)
+    labels |= {name: (desc, y) for name, (desc, y) in advantage_labels(q, experts).items() if len(set(y[train])) == 2}
     features = train_features(reader, layer, h[train], h[val],
                               {name: (desc, y[train], y[val]) for name, (desc, y) in labels.items()}, seed=seed)
     acts = features.activations(h).double().numpy()
-    mean, scale = acts[train].mean(0), acts[train].std(0) + 1e-6
+    fit = np.flatnonzero(train | val)
+    mean, scale = acts[fit].mean(0), acts[fit].std(0) + 1e-6
     z = (acts - mean) / scale
-    q = utility_matrix(quality, tasks, experts)
-    best = q.argmax(1)
-    fallback = list(experts)[int(q[train].mean(0).argmax())]
-    candidates = []
-    for c in c_grid:
-        if len(set(best[train])) < 2:
-            coef, intercept = np.zeros((len(experts), z.shape[1])), np.where(np.arange(len(experts)) == best[train][0], 0.0, -30.0)
-        else:
-            coef, intercept = fit_decision_model(z[train], best[train], len(experts), c, seed)
-        router = Router(features, list(experts), dict(fingerprints), coef, intercept, mean, scale, fallback,
-                        threshold=threshold, costs=dict(costs), rules=list(rules),
-                        notes={"c": c, "seed": seed, "n_train": int(train.sum()), "layer": layer})
-        choice = np.array(router.choose(h[val]))
-        candidates.append((float(q[val][np.arange(val.sum()), choice].mean()), -c, router))
-    return max(candidates, key=lambda x: (x[0], x[1]))[2]
+    c, scores = choose_penalty(z, q, fit, c_grid, seed=seed)
+    coef, intercept = _decision_model(z[fit], q[fit].argmax(1), len(experts), c, seed)
+    fallback = list(experts)[int(q[fit].mean(0).argmax())]
+    return Router(features, list(experts), dict(fingerprints), coef, intercept, mean, scale, fallback,
+                  threshold=threshold, costs=dict(costs), rules=list(rules),
+                  notes={"c": c, "cv_utility": scores, "seed": seed, "n_fit": int(len(fit)), "layer": layer})

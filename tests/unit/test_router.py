@@ -237,3 +237,19 @@ def test_route_train_and_eval_cli(tmp_path, capsys):
     assert main(["route", "train", "--tasks", str(tasks), "--experts", "tiny-llama", "--reader", "tiny-llama",
                  "--layer", "9", "-o", str(out)]) == 2
     assert "reader layer 9 is out of range" in capsys.readouterr().err
+
+
+def test_advantage_labels_and_cross_validated_penalty():
+    from steer.router.training import advantage_labels, choose_penalty
+
+    utility = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0], [0.0, 0.5]] * 10)
+    labels = advantage_labels(utility, ["a", "b"])
+    assert list(labels) == ["best:a", "best:b"]
+    assert labels["best:a"][1].tolist() == [1, 0, 1, 0] * 10 and labels["best:b"][1].tolist() == [0, 1, 0, 1] * 10
+    rng = np.random.default_rng(0)
+    z = np.c_[np.where(utility[:, 0] > utility[:, 1], 1.0, -1.0) + 0.1 * rng.normal(size=40), rng.normal(size=40)]
+    rows = np.arange(40)
+    chosen, scores = choose_penalty(z, utility, rows, (1e-4, 1.0))
+    assert chosen == 1.0  # the penalty that lets the informative feature in routes every fold correctly
+    assert scores[1.0] == pytest.approx(utility.max(1).mean())
+    assert scores[1e-4] < scores[1.0]
