@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/audit_throughput.py
 	$(PY) benchmarks/rad_cost.py
 	$(PY) benchmarks/router_overhead.py
+	$(PY) benchmarks/ray_overhead.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

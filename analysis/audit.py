@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from experts.files import provenance, write_json
 from experts.generate import GenerationConfig, generate_batch, row_seed
 from experts.likelihood import continuation_nll
 from steer.apply import Steering, apply
+from steer.executor import Executor, LocalExecutor, Shard
 from steer.rad import reward_decoding
 from steer.rewards import Reward, load_reward
 from steer.vector import SteeringVector
@@ -143,44 +145,90 @@ def _coefs_for(rows: Sequence[tuple[LetterPrompt, int]], coef: float, operator: 
     return [coef] * len(rows)
 
 
-def generate_letters(expert: Expert, run: AuditRun, vector: SteeringVector | None, batch_size: int = 16,
-                     progress: bool = True, reward: Reward | None = None) -> None:
-    """Generate every missing (condition, prompt, sample) letter, appending as batches finish."""
+def plan_shards(run: AuditRun, batch_size: int = 16) -> list[Shard]:
+    """Every missing (condition, prompt, sample) letter, in batches of one condition and one decoding mode."""
     config = run.config
     done = {(r["condition"], r["prompt_id"], r["sample"]) for r in read_letters(run.letters_path)}
     sample_ids = ([GREEDY] if config.greedy else []) + list(range(config.samples))
-    todo = [(label, coef, p, s) for label, coef in config.conditions() for s in sample_ids for p in run.prompts
+    todo = [(label, coef, p.prompt_id, s) for label, coef in config.conditions() for s in sample_ids for p in run.prompts
             if (label, p.prompt_id, s) not in done]
     if done:
         log.info("resuming: %d letters written, %d to go", len(done), len(todo))
-    formatted = dict(zip([p.prompt_id for p in run.prompts], expert.format_prompts([p.text for p in run.prompts])))
     groups: dict[tuple[str, float, bool], list] = {}
-    for item in todo:  # one condition and one decoding mode per batch
-        groups.setdefault((item[0], item[1], item[3] == GREEDY), []).append(item)
-    bar = tqdm(total=len(todo), disable=not progress, desc="letters", unit="letter")
-    for (label, coef, greedy), items in groups.items():
-        settings = GenerationConfig(max_new_tokens=config.max_new_tokens, do_sample=not greedy,
+    for label, coef, prompt_id, sample in todo:
+        groups.setdefault((label, coef, sample == GREEDY), []).append([prompt_id, sample])
+    return [{"condition": label, "coef": coef, "greedy": greedy, "letters": items[start : start + batch_size]}
+            for (label, coef, greedy), items in groups.items() for start in range(0, len(items), batch_size)]
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    expert: Expert
+    vector: SteeringVector | None
+    reward: Reward | None
+    prompts: dict[str, LetterPrompt]
+    formatted: dict[str, str]
+
+
+@dataclass(frozen=True)
+class LetterJob:
+    """Letter generation as a job for any executor. It carries the vector and reward files' bytes, so a worker on
+    another machine needs only the package and the expert."""
+
+    config: AuditConfig
+    prompts: tuple[LetterPrompt, ...]
+    files: dict[str, bytes] = field(default_factory=dict)  # "vector" / "reward" -> file contents
+
+    @classmethod
+    def for_run(cls, run: AuditRun) -> LetterJob:
+        paths = {"vector": run.config.vector, "reward": run.config.reward}
+        return cls(run.config, tuple(run.prompts), {k: Path(v).read_bytes() for k, v in paths.items() if v})
+
+    def setup(self, expert: Expert | None = None) -> _Loaded:
+        expert = expert or Expert.load(self.config.expert)
+        with tempfile.TemporaryDirectory(prefix="steerlab-job-") as folder:
+            paths = {}
+            for kind, data in self.files.items():
+                paths[kind] = Path(folder) / f"{kind}.safetensors"
+                paths[kind].write_bytes(data)
+            vector = SteeringVector.load(paths["vector"], expert) if "vector" in paths else None
+            reward = load_reward(paths["reward"], expert) if "reward" in paths else None
+        formatted = expert.format_prompts([p.text for p in self.prompts])
+        return _Loaded(expert, vector, reward, {p.prompt_id: p for p in self.prompts},
+                       dict(zip([p.prompt_id for p in self.prompts], formatted)))
+
+    def run(self, state: _Loaded, shard: Shard) -> list[dict[str, Any]]:
+        config, expert = self.config, state.expert
+        label, coef = shard["condition"], shard["coef"]
+        chunk = [(state.prompts[prompt_id], sample) for prompt_id, sample in shard["letters"]]
+        settings = GenerationConfig(max_new_tokens=config.max_new_tokens, do_sample=not shard["greedy"],
                                     temperature=config.temperature, top_p=config.top_p, seed=config.seed)
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            seeds = [row_seed(config.seed, p.text, s) for _, _, p, s in chunk]
-            texts_in = [formatted[p.prompt_id] for _, _, p, _ in chunk]
-            if label.startswith("rad@"):
-                with reward_decoding(expert, reward, coef, config.top_k) as hook:
-                    ids, reasons = generate_batch(expert, texts_in, settings, seeds, logits_hook=hook)
-            elif coef and vector is not None:
-                operator = "add" if config.operator == "counter" else config.operator
-                coefs = _coefs_for([(p, s) for _, _, p, s in chunk], coef, config.operator)
-                with apply(expert, Steering(vector, coef=coefs, operator=operator, positions=config.positions), force=True):
-                    ids, reasons = generate_batch(expert, texts_in, settings, seeds)
-            else:
+        seeds = [row_seed(config.seed, p.text, s) for p, s in chunk]
+        texts_in = [state.formatted[p.prompt_id] for p, _ in chunk]
+        if label.startswith("rad@"):
+            with reward_decoding(expert, state.reward, coef, config.top_k) as hook:
+                ids, reasons = generate_batch(expert, texts_in, settings, seeds, logits_hook=hook)
+        elif coef and state.vector is not None:
+            operator = "add" if config.operator == "counter" else config.operator
+            steering = Steering(state.vector, coef=_coefs_for(chunk, coef, config.operator), operator=operator,
+                                positions=config.positions)
+            with apply(expert, steering, force=True):
                 ids, reasons = generate_batch(expert, texts_in, settings, seeds)
-            rows = [{"condition": lab, "coef": c, **p.to_dict(), "sample": s, "seed": seed,
-                     "letter": expert.tokenizer.decode(t, skip_special_tokens=True), "token_ids": t,
-                     "finish_reason": why}
-                    for (lab, c, p, s), seed, t, why in zip(chunk, seeds, ids, reasons)]
-            _append(run.letters_path, rows)
-            bar.update(len(rows))
+        else:
+            ids, reasons = generate_batch(expert, texts_in, settings, seeds)
+        return [{"condition": label, "coef": coef, **p.to_dict(), "sample": s, "seed": seed,
+                 "letter": expert.tokenizer.decode(t, skip_special_tokens=True), "token_ids": t, "finish_reason": why}
+                for (p, s), seed, t, why in zip(chunk, seeds, ids, reasons)]
+
+
+def generate_letters(expert: Expert | None, run: AuditRun, batch_size: int = 16, progress: bool = True,
+                     executor: Executor | None = None) -> None:
+    """Generate every missing letter on `executor` (default: this process), appending rows as shards finish."""
+    shards = plan_shards(run, batch_size)
+    bar = tqdm(total=sum(len(s["letters"]) for s in shards), disable=not progress, desc="letters", unit="letter")
+    for rows in (executor or LocalExecutor()).run(LetterJob.for_run(run), shards, expert):
+        _append(run.letters_path, rows)
+        bar.update(len(rows))
     bar.close()
 
 
@@ -195,15 +243,17 @@ def score_letters(expert: Expert | None, rows: list[dict[str, Any]], mode: str =
 
 
 def run_audit(config: AuditConfig, out: Path, *, batch_size: int = 16, progress: bool = True,
-              expert: Expert | None = None) -> Path:
-    """Generate (or resume), score and report; returns the path of report.md."""
+              expert: Expert | None = None, executor: Executor | None = None) -> Path:
+    """Generate (or resume) on `executor` (default: this process), score and report; returns report.md's path."""
     from analysis.report import build_report
 
     expert = expert or Expert.load(config.expert)
-    vector = SteeringVector.load(config.vector, expert) if config.vector else None
-    reward = load_reward(config.reward, expert) if config.reward else None
+    if config.vector:  # a vector or reward made for another expert is refused before anything is written
+        SteeringVector.load(config.vector, expert)
+    if config.reward:
+        load_reward(config.reward, expert)
     run = open_run(config, out, expert)
-    generate_letters(expert, run, vector, batch_size=batch_size, progress=progress, reward=reward)
+    generate_letters(expert, run, batch_size=batch_size, progress=progress, executor=executor)
     frame = score_letters(expert, read_letters(run.letters_path))
     manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     return build_report(out, frame, manifest, seed=config.seed)

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from analysis.plots import subplots
-from analysis.tokens import PromptLengthMismatchError, check_layers, single_token_ids, token_labels
+from analysis.tokens import UnalignedPromptsError, check_layers, single_token_ids, token_labels
 from experts.expert import Expert
 from experts.hookpoints import BLOCK_HOOKS, act_name, attn_name, check_known
 from experts.hooks import hook_context
@@ -56,7 +56,7 @@ def _aligned(expert: Expert, clean: str, corrupted: str, chat: bool) -> tuple[st
     texts = expert.format_prompts([clean, corrupted], chat=chat)
     ids = [expert.encode(text) for text in texts]
     if len(ids[0]) != len(ids[1]):
-        raise PromptLengthMismatchError(
+        raise UnalignedPromptsError(
             f"clean prompt is {len(ids[0])} tokens and corrupted is {len(ids[1])}; patching needs equal lengths "
             "(swap words that are one token each, e.g. ' Kelly' and ' Joseph')"
         )
@@ -79,7 +79,7 @@ def first_difference(clean_ids: Tensor, corrupt_ids: Tensor) -> int:
     """The first position where the two prompts differ; earlier positions are identical in both runs."""
     differs = (clean_ids[0] != corrupt_ids[0]).nonzero()
     if len(differs) == 0:
-        raise PromptLengthMismatchError("clean and corrupted prompts are the same tokens; nothing to patch")
+        raise UnalignedPromptsError("clean and corrupted prompts are the same tokens; nothing to patch")
     return int(differs[0])
 
 

@@ -34,10 +34,15 @@ def _pool(cache, name: str, position: str | int) -> torch.Tensor:
     if position == "mean":
         return torch.stack([row[1:].mean(0) if len(row) > 1 else row[0] for row in rows])  # skip the attention sink
     index = -1 if position == "last" else int(position)
+    shortest = min(len(row) for row in rows)
+    if not -shortest <= index < shortest:
+        raise SteerlabError(f"position {index} is outside the shortest prompt ({shortest} tokens); "
+                            f"choose one of {', '.join(POOLINGS)}")
     return torch.stack([row[index] for row in rows])
 
 
-def _split(labels: np.ndarray, groups: Sequence | None, test_fraction: float, seed: int):
+def heldout_split(labels: np.ndarray, groups: Sequence | None, test_fraction: float, seed: int):
+    """Train and test indices, stratified by label; with `groups`, no group on both sides."""
     if groups is None:
         splitter = StratifiedShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
         return next(splitter.split(np.zeros(len(labels)), labels))
@@ -82,7 +87,7 @@ def layer_probes(
         raise SteerlabError(f"labels must be 0/1, one per text, with both present; got {sorted(set(y.tolist()))} for {len(texts)} texts")
     if position not in ("last", "mean") and not isinstance(position, int):
         raise SteerlabError(f"unknown position {position!r}; choose one of {', '.join(POOLINGS)}")
-    train, test = _split(y, groups, test_fraction, seed)
+    train, test = heldout_split(y, groups, test_fraction, seed)
     cache = expert.run_with_cache(list(texts), [act_name("resid_post", layer) for layer in layers], chat=chat)
     rows = []
     for layer in layers:

@@ -12,8 +12,8 @@ class NotSingleTokenError(SteerlabError, ValueError):
     """A target string that the expert's tokenizer splits into several tokens (or none)."""
 
 
-class PromptLengthMismatchError(SteerlabError, ValueError):
-    """Clean and corrupted prompts that tokenize to different lengths (patching needs them aligned)."""
+class UnalignedPromptsError(SteerlabError, ValueError):
+    """Clean and corrupted prompts that patching cannot align: different token lengths, or no token differs."""
 
 
 def single_token_ids(expert: Expert, texts: Sequence[str]) -> list[int]:

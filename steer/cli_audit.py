@@ -7,18 +7,20 @@ import json
 from pathlib import Path
 
 from experts.errors import SteerlabError
+from steer.executor import add_backend_arguments
 
 
 def cmd_letters(args: argparse.Namespace) -> None:
     from analysis.audit import AuditConfig, run_audit
     from steer.cli_vector import _coefs
+    from steer.executor import executor_from_args
 
     config = AuditConfig(expert=args.expert, size=args.size, samples=args.samples, greedy=not args.no_greedy,
                          seed=args.seed, max_new_tokens=args.max_new_tokens, template=args.template,
                          names_per_gender=args.names_per_gender, vector=args.vector, coefs=_coefs(args.coefs),
                          operator=args.operator, positions=args.positions, reward=args.reward,
                          betas=_coefs(args.beta) if args.beta else (), top_k=args.top_k)
-    report = run_audit(config, Path(args.out), batch_size=args.batch_size)
+    report = run_audit(config, Path(args.out), batch_size=args.batch_size, executor=executor_from_args(args))
     print(f"report: {report}")
 
 
@@ -90,6 +92,7 @@ def add_audit_commands(sub, add_expert_options) -> None:
     letters.add_argument("--max-new-tokens", type=int, default=160)
     letters.add_argument("--batch-size", type=int, default=16)
     letters.add_argument("--seed", type=int, default=0)
+    add_backend_arguments(letters)
     letters.set_defaults(func=cmd_letters)
 
     lexicon = asub.add_parser("lexicon", help="Wan et al. lexicon odds ratios of any letters in a CSV")

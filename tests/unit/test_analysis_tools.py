@@ -9,8 +9,8 @@ from analysis.attention import attention_patterns, attention_plot
 from analysis.attribution import attribution_plot, vector_logit_attribution
 from analysis.logit_lens import logit_lens, logit_lens_plot
 from analysis.patching import LogitDiff, patch_heads, patch_residual, patching_plot
-from analysis.probes import auroc_ci, layer_probes, probe_plot
-from analysis.tokens import NotSingleTokenError, PromptLengthMismatchError
+from analysis.probes import auroc_ci, heldout_split, layer_probes, probe_plot
+from analysis.tokens import NotSingleTokenError, UnalignedPromptsError
 from experts.errors import LayerOutOfRangeError, SteerlabError, UnknownHookError
 from experts.hooks import count_forward_hooks
 from steer.vector import Provenance, SteeringVector
@@ -123,9 +123,9 @@ def test_head_patching_through_the_bridge_matches_a_hook_on_the_output_projectio
 
 
 def test_patching_bad_input(tiny):
-    with pytest.raises(PromptLengthMismatchError, match="tokens"):
+    with pytest.raises(UnalignedPromptsError, match="tokens"):
         patch_residual(tiny, CLEAN, CLEAN + " and more", METRIC)
-    with pytest.raises(PromptLengthMismatchError, match="same tokens"):
+    with pytest.raises(UnalignedPromptsError, match="same tokens"):
         patch_residual(tiny, CLEAN, CLEAN, METRIC)
     with pytest.raises(UnknownHookError):
         patch_residual(tiny, CLEAN, CORRUPTED, METRIC, hook="resid_sideways")
@@ -155,6 +155,10 @@ def test_layer_probes_find_a_planted_word_and_keep_groups_apart(tiny, tmp_path):
     assert (table["auroc"] > 0.95).all()  # the last token says the label
     assert (table["auroc_low"] <= table["auroc"]).all() and (table["auroc"] <= table["auroc_high"]).all()
     probe_plot(table).savefig(tmp_path / "probes.png")
+    train, test = heldout_split(np.array(labels), groups, 0.25, seed=0)
+    assert not {groups[i] for i in train} & {groups[i] for i in test}
+    with pytest.raises(SteerlabError, match="outside the shortest prompt"):
+        layer_probes(tiny, texts, labels, position=500)
     with pytest.raises(SteerlabError, match="labels"):
         layer_probes(tiny, texts, [0] * len(texts))
     with pytest.raises(SteerlabError, match="position"):

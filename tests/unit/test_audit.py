@@ -14,7 +14,7 @@ CONFIG = AuditConfig(expert="tiny-llama", names_per_gender=1, max_new_tokens=6)
 
 def test_resume_after_a_kill_has_no_duplicates_or_losses(tiny_llama, tmp_path):
     run = open_run(CONFIG, tmp_path, tiny_llama)
-    generate_letters(tiny_llama, run, None, batch_size=4, progress=False)
+    generate_letters(tiny_llama, run, batch_size=4, progress=False)
     complete = read_letters(run.letters_path)
     expected = len(run.prompts) * 2  # greedy + one sample
     assert len(complete) == expected
@@ -22,7 +22,7 @@ def test_resume_after_a_kill_has_no_duplicates_or_losses(tiny_llama, tmp_path):
     lines = run.letters_path.read_text(encoding="utf-8").splitlines(keepends=True)
     run.letters_path.write_text("".join(lines[:5]) + lines[5][:20], encoding="utf-8")
     resumed = open_run(CONFIG, tmp_path, tiny_llama)
-    generate_letters(tiny_llama, resumed, None, batch_size=4, progress=False)
+    generate_letters(tiny_llama, resumed, batch_size=4, progress=False)
     rows = read_letters(run.letters_path)
     keys = [(r["condition"], r["prompt_id"], r["sample"]) for r in rows]
     assert len(keys) == len(set(keys)) == expected
@@ -32,7 +32,7 @@ def test_resume_after_a_kill_has_no_duplicates_or_losses(tiny_llama, tmp_path):
 
 def test_a_folder_with_another_run_is_refused_and_kept(tiny_llama, tmp_path):
     run = open_run(CONFIG, tmp_path, tiny_llama)
-    generate_letters(tiny_llama, run, None, progress=False)
+    generate_letters(tiny_llama, run, progress=False)
     before = run.letters_path.read_bytes()
     with pytest.raises(SteerlabError, match="holds another run's results \\(differs in seed\\)"):
         open_run(AuditConfig(expert="tiny-llama", names_per_gender=1, max_new_tokens=6, seed=1), tmp_path, tiny_llama)

@@ -1,0 +1,64 @@
+"""The Ray backend's overhead against the local backend on one machine: the same letters audit generation
+(same prompts, seeds and batches), local in this process vs a local Ray cluster's actor pool. Ray's cost is
+cluster start-up, actor start-up (each re-imports torch and loads the expert) and moving rows back; the
+rows themselves must be identical.
+
+Run: python benchmarks/ray_overhead.py [--expert NAME] [--names-per-gender N] [--new-tokens N] [--workers W]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from _common import machine, quiet
+
+from analysis.audit import LETTERS, AuditConfig, generate_letters, open_run
+from experts import registry
+from experts.expert import Expert
+from steer.ray_backend import RayExecutor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--expert", default=registry.DEFAULT_EXPERT)
+    parser.add_argument("--names-per-gender", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    quiet()
+    import ray
+
+    print(f"machine: {machine()}")
+    config = AuditConfig(expert=args.expert, names_per_gender=args.names_per_gender, samples=1,
+                         max_new_tokens=args.new_tokens)
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        expert = Expert.load(args.expert)
+        local = open_run(config, Path(folder) / "local", expert)
+        generate_letters(expert, local, batch_size=args.batch_size, progress=False)
+        local_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        started_s = time.perf_counter() - start
+        remote = open_run(config, Path(folder) / "ray", expert)
+        cpus = 2 / args.workers
+        generate_letters(None, remote, batch_size=args.batch_size, progress=False,
+                         executor=RayExecutor(workers=args.workers, cpus_per_worker=cpus))
+        ray_s = time.perf_counter() - start
+        ray.shutdown()
+        same = (Path(folder) / "local" / LETTERS).read_bytes() == (Path(folder) / "ray" / LETTERS).read_bytes()
+        letters = len((Path(folder) / "local" / LETTERS).read_text().splitlines())
+    print(f"{args.expert}: {letters} letters of {args.new_tokens} tokens, batch {args.batch_size}; "
+          f"{args.workers} Ray worker(s) with {cpus:g} CPUs each")
+    print(f"local backend (expert load included)         {local_s:7.1f} s")
+    print(f"ray backend (cluster and actor start included) {ray_s:7.1f} s  (cluster start {started_s:.1f} s)")
+    print(f"ratio ray / local {ray_s / local_s:.2f}x; rows identical: {same}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Where batch work runs. A job is split into shards (plain JSON dicts); an executor runs each shard on a
+worker that set the job up once (loaded the expert, its vector or reward) and yields the rows of every shard
+in shard order. The caller writes the rows, so both backends fill the same files and resume alike.
+
+`LocalExecutor` runs in this process (the default). `RayExecutor` (`steer.ray_backend`, the optional
+`steerlab[ray]` extra) runs the shards on a Ray cluster's actor pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from experts.errors import SteerlabError
+
+if TYPE_CHECKING:
+    from experts.expert import Expert
+
+BACKENDS = ("local", "ray")
+Shard = dict[str, Any]
+
+
+class ShardJob(Protocol):
+    """Picklable: it travels to every worker. `setup` runs once per worker; `run` once per shard."""
+
+    def setup(self, expert: Expert | None = None) -> Any: ...
+
+    def run(self, state: Any, shard: Shard) -> list[dict[str, Any]]: ...
+
+
+class Executor(Protocol):
+    def run(self, job: ShardJob, shards: Sequence[Shard], expert: Expert | None = None) -> Iterator[list[dict[str, Any]]]:
+        """The rows of each shard, in shard order; `expert` is an already loaded expert a local worker may reuse."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalExecutor:
+    """Every shard in this process, one after another."""
+
+    def run(self, job: ShardJob, shards: Sequence[Shard], expert: Expert | None = None) -> Iterator[list[dict[str, Any]]]:
+        if not shards:
+            return
+        state = job.setup(expert)
+        for shard in shards:
+            yield job.run(state, shard)
+
+
+def add_backend_arguments(parser) -> None:
+    """`--backend local|ray`, `--address`, `--workers`, `--cpus-per-worker`, `--gpus-per-worker` on a command."""
+    group = parser.add_argument_group("where the work runs")
+    group.add_argument("--backend", default="local", choices=BACKENDS, help="local (this process) or ray (an actor pool)")
+    group.add_argument("--address", help="Ray cluster to join (auto, ray://host:10001); default: RAY_ADDRESS or a new local one")
+    group.add_argument("--workers", type=int, default=2, help="Ray actors, each loading the expert once")
+    group.add_argument("--cpus-per-worker", type=float, default=0.5, help="fractional CPUs per actor")
+    group.add_argument("--gpus-per-worker", type=float, help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
+
+
+def executor_from_args(args) -> Executor:
+    return executor_for(args.backend, address=args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                        gpus_per_worker=args.gpus_per_worker)
+
+
+def executor_for(backend: str = "local", *, address: str | None = None, workers: int = 2,
+                 cpus_per_worker: float = 0.5, gpus_per_worker: float | None = None) -> Executor:
+    """The executor a command asked for (`--backend`, `--address`, `--workers`, `--gpus-per-worker`)."""
+    if backend == "local":
+        if address:
+            raise SteerlabError("--address names a Ray cluster; it needs --backend ray")
+        return LocalExecutor()
+    if backend == "ray":
+        from steer.ray_backend import RayExecutor
+
+        return RayExecutor(address=address, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
+    raise SteerlabError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
