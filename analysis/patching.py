@@ -84,10 +84,13 @@ def first_difference(clean_ids: Tensor, corrupt_ids: Tensor) -> int:
 
 
 @torch.inference_mode()
-def _prefix_cache(expert: Expert, input_ids: Tensor, prefix: int):
+def _run_keeping_prefix(expert: Expert, input_ids: Tensor, prefix: int):
+    """Last-position logits of a full run, and its KV cache cut to the first `prefix` positions (None for 0)."""
+    out = expert.model(input_ids=input_ids, use_cache=prefix > 0, logits_to_keep=1)
     if prefix == 0:
-        return None
-    return expert.model(input_ids=input_ids[:, :prefix], use_cache=True, logits_to_keep=1).past_key_values
+        return out.logits[:, -1], None
+    out.past_key_values.crop(prefix - input_ids.shape[1])  # negative: drop that many final positions
+    return out.logits[:, -1], out.past_key_values
 
 
 @torch.inference_mode()
@@ -117,9 +120,9 @@ def patch_residual(
     names = [act_name(hook, layer) for layer in layers]
     clean_cache = expert.run_with_cache(clean_text, names)
     clean_value = float(metric(expert, _last_logits(expert, clean_ids))[0])
-    corrupted_value = float(metric(expert, _last_logits(expert, corrupt_ids))[0])
     prefix = min(positions)
-    prefix_cache = _prefix_cache(expert, corrupt_ids, prefix)
+    corrupted_logits, prefix_cache = _run_keeping_prefix(expert, corrupt_ids, prefix)
+    corrupted_value = float(metric(expert, corrupted_logits)[0])
     suffix = corrupt_ids[:, prefix:].expand(len(positions), -1)
     position_ids = torch.arange(prefix, n_positions, device=expert.device).expand(len(positions), -1)
     rows_index = torch.arange(len(positions), device=expert.device)
