@@ -179,9 +179,11 @@ class Router:
 
 def fit_decision_model(z_train: np.ndarray, best_train: np.ndarray, n_experts: int, c: float, seed: int = 0):
     """L1 multinomial logistic regression: (coef (E, F), intercept (E,)) for all E experts, also
-    those never best in training (they get -inf-like intercepts)."""
+    those never best in training (they get -inf-like intercepts). One expert always best: a constant decision."""
     from sklearn.linear_model import LogisticRegression
 
+    if len(set(best_train.tolist())) < 2:
+        return np.zeros((n_experts, z_train.shape[1])), np.where(np.arange(n_experts) == best_train[0], 0.0, -30.0)
     model = LogisticRegression(C=c, l1_ratio=1.0, solver="saga", max_iter=5000, random_state=seed).fit(z_train, best_train)
     coef = np.zeros((n_experts, z_train.shape[1]))
     intercept = np.full(n_experts, -30.0)

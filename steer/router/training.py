@@ -71,18 +71,12 @@ def choose_penalty(z: np.ndarray, utility: np.ndarray, rows: np.ndarray, c_grid:
         routed = []
         for fit, held in splitter.split(rows, best[rows]):
             fit, held = rows[fit], rows[held]
-            coef, intercept = _decision_model(z[fit], best[fit], utility.shape[1], c, seed)
+            coef, intercept = fit_decision_model(z[fit], best[fit], utility.shape[1], c, seed)
             choice = (z[held] @ coef.T + intercept).argmax(1)
             routed.append(utility[held, choice])
         scores[float(c)] = float(np.concatenate(routed).mean())
     chosen = max(scores, key=lambda c: (round(scores[c], 9), -c))
     return chosen, scores
-
-
-def _decision_model(z: np.ndarray, best: np.ndarray, n_experts: int, c: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    if len(set(best.tolist())) < 2:  # one expert is always best: a constant decision
-        return np.zeros((n_experts, z.shape[1])), np.where(np.arange(n_experts) == best[0], 0.0, -30.0)
-    return fit_decision_model(z, best, n_experts, c, seed)
 
 
 def train_router(reader: Expert, tasks: Sequence[Task], quality: pd.DataFrame, experts: Sequence[str], *,
@@ -107,7 +101,7 @@ def train_router(reader: Expert, tasks: Sequence[Task], quality: pd.DataFrame, e
     mean, scale = acts[fit].mean(0), acts[fit].std(0) + 1e-6
     z = (acts - mean) / scale
     c, scores = choose_penalty(z, q, fit, c_grid, seed=seed)
-    coef, intercept = _decision_model(z[fit], q[fit].argmax(1), len(experts), c, seed)
+    coef, intercept = fit_decision_model(z[fit], q[fit].argmax(1), len(experts), c, seed)
     fallback = list(experts)[int(q[fit].mean(0).argmax())]
     return Router(features, list(experts), dict(fingerprints), coef, intercept, mean, scale, fallback,
                   threshold=threshold, costs=dict(costs), rules=list(rules),
