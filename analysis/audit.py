@@ -10,32 +10,28 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from analysis.letters import LetterPrompt, build_prompts
 from analysis.metrics import letter_metrics
 from experts.errors import SteerlabError
 from experts.expert import Expert
-from experts.files import provenance, write_json
 from experts.generate import GenerationConfig, generate_batch, row_seed
 from experts.likelihood import continuation_nll
 from steer.apply import Steering, apply
-from steer.executor import Executor, LocalExecutor, Shard
+from steer.checkpoint import MANIFEST, claim_folder, read_rows, run_shards
+from steer.executor import Executor, Shard, carried_files, worker_expert
 from steer.rad import reward_decoding
 from steer.rewards import Reward, load_reward
 from steer.vector import SteeringVector
 
 log = logging.getLogger(__name__)
 LETTERS = "letters.jsonl"
-MANIFEST = "run.json"
 GREEDY = -1  # sample index of the greedy letter
 OPERATORS = ("ablate", "counter")  # project the direction out, or push each gender towards the other
 
@@ -83,7 +79,8 @@ class AuditConfig:
 class AuditRun:
     config: AuditConfig
     out: Path
-    prompts: list[LetterPrompt] = field(default_factory=list)
+    prompts: list[LetterPrompt]
+    fingerprint: str  # of the expert the run was opened with; every worker must have these weights
 
     @property
     def letters_path(self) -> Path:
@@ -97,44 +94,8 @@ def _identity(config: AuditConfig) -> dict[str, Any]:
 def open_run(config: AuditConfig, out: Path, expert: Expert) -> AuditRun:
     """Create or resume the run in `out`; refuse a folder holding another run's results."""
     prompts = build_prompts(config.size, config.template, config.names_per_gender)  # bad settings fail before any write
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = out / MANIFEST
-    identity = _identity(config)
-    if manifest.exists():
-        previous = json.loads(manifest.read_text(encoding="utf-8"))
-        if previous.get("config") != identity or previous.get("fingerprint") != expert.fingerprint:
-            differing = sorted(k for k in identity if previous.get("config", {}).get(k) != identity[k])
-            raise SteerlabError(
-                f"{out} holds another run's results (differs in {', '.join(differing) or 'expert weights'}); "
-                "choose another --out, or repeat that run's settings to resume it"
-            )
-    elif (out / LETTERS).exists():
-        raise SteerlabError(f"{out} holds letters without a {MANIFEST}; choose another --out")
-    else:
-        write_json(manifest, {"config": identity, "fingerprint": expert.fingerprint,
-                              **provenance(**identity, fingerprint=expert.fingerprint)})
-    return AuditRun(config, out, prompts)
-
-
-def read_letters(path: Path) -> list[dict[str, Any]]:
-    """Rows written so far; a torn last line (a run killed mid-write) is cut off the file."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        keep = raw.rfind(b"\n") + 1
-        with path.open("r+b") as f:
-            f.truncate(keep)
-        log.warning("cut a torn last line off %s", path)
-        raw = raw[:keep]
-    return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
-
-
-def _append(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
+    claim_folder(out, _identity(config), expert.fingerprint, LETTERS)
+    return AuditRun(config, out, prompts, expert.fingerprint)
 
 
 def _coefs_for(rows: Sequence[tuple[LetterPrompt, int]], coef: float, operator: str) -> list[float]:
@@ -148,7 +109,7 @@ def _coefs_for(rows: Sequence[tuple[LetterPrompt, int]], coef: float, operator: 
 def plan_shards(run: AuditRun, batch_size: int = 16) -> list[Shard]:
     """Every missing (condition, prompt, sample) letter, in batches of one condition and one decoding mode."""
     config = run.config
-    done = {(r["condition"], r["prompt_id"], r["sample"]) for r in read_letters(run.letters_path)}
+    done = {(r["condition"], r["prompt_id"], r["sample"]) for r in read_rows(run.letters_path)}
     sample_ids = ([GREEDY] if config.greedy else []) + list(range(config.samples))
     todo = [(label, coef, p.prompt_id, s) for label, coef in config.conditions() for s in sample_ids for p in run.prompts
             if (label, p.prompt_id, s) not in done]
@@ -157,7 +118,7 @@ def plan_shards(run: AuditRun, batch_size: int = 16) -> list[Shard]:
     groups: dict[tuple[str, float, bool], list] = {}
     for label, coef, prompt_id, sample in todo:
         groups.setdefault((label, coef, sample == GREEDY), []).append([prompt_id, sample])
-    return [{"condition": label, "coef": coef, "greedy": greedy, "letters": items[start : start + batch_size]}
+    return [{"condition": label, "coef": coef, "greedy": greedy, "items": items[start : start + batch_size]}
             for (label, coef, greedy), items in groups.items() for start in range(0, len(items), batch_size)]
 
 
@@ -177,20 +138,17 @@ class LetterJob:
 
     config: AuditConfig
     prompts: tuple[LetterPrompt, ...]
+    fingerprint: str
     files: dict[str, bytes] = field(default_factory=dict)  # "vector" / "reward" -> file contents
 
     @classmethod
     def for_run(cls, run: AuditRun) -> LetterJob:
         paths = {"vector": run.config.vector, "reward": run.config.reward}
-        return cls(run.config, tuple(run.prompts), {k: Path(v).read_bytes() for k, v in paths.items() if v})
+        return cls(run.config, tuple(run.prompts), run.fingerprint, {k: Path(v).read_bytes() for k, v in paths.items() if v})
 
     def setup(self, expert: Expert | None = None) -> _Loaded:
-        expert = expert or Expert.load(self.config.expert)
-        with tempfile.TemporaryDirectory(prefix="steerlab-job-") as folder:
-            paths = {}
-            for kind, data in self.files.items():
-                paths[kind] = Path(folder) / f"{kind}.safetensors"
-                paths[kind].write_bytes(data)
+        expert = worker_expert(self.config.expert, self.fingerprint, expert)
+        with carried_files(self.files) as paths:
             vector = SteeringVector.load(paths["vector"], expert) if "vector" in paths else None
             reward = load_reward(paths["reward"], expert) if "reward" in paths else None
         formatted = expert.format_prompts([p.text for p in self.prompts])
@@ -200,7 +158,7 @@ class LetterJob:
     def run(self, state: _Loaded, shard: Shard) -> list[dict[str, Any]]:
         config, expert = self.config, state.expert
         label, coef = shard["condition"], shard["coef"]
-        chunk = [(state.prompts[prompt_id], sample) for prompt_id, sample in shard["letters"]]
+        chunk = [(state.prompts[prompt_id], sample) for prompt_id, sample in shard["items"]]
         settings = GenerationConfig(max_new_tokens=config.max_new_tokens, do_sample=not shard["greedy"],
                                     temperature=config.temperature, top_p=config.top_p, seed=config.seed)
         seeds = [row_seed(config.seed, p.text, s) for p, s in chunk]
@@ -224,12 +182,8 @@ class LetterJob:
 def generate_letters(expert: Expert | None, run: AuditRun, batch_size: int = 16, progress: bool = True,
                      executor: Executor | None = None) -> None:
     """Generate every missing letter on `executor` (default: this process), appending rows as shards finish."""
-    shards = plan_shards(run, batch_size)
-    bar = tqdm(total=sum(len(s["letters"]) for s in shards), disable=not progress, desc="letters", unit="letter")
-    for rows in (executor or LocalExecutor()).run(LetterJob.for_run(run), shards, expert):
-        _append(run.letters_path, rows)
-        bar.update(len(rows))
-    bar.close()
+    run_shards(executor, LetterJob.for_run(run), plan_shards(run, batch_size), expert, run.letters_path,
+               progress=progress, desc="letters")
 
 
 def score_letters(expert: Expert | None, rows: list[dict[str, Any]], mode: str = "words") -> pd.DataFrame:
@@ -254,6 +208,6 @@ def run_audit(config: AuditConfig, out: Path, *, batch_size: int = 16, progress:
         load_reward(config.reward, expert)
     run = open_run(config, out, expert)
     generate_letters(expert, run, batch_size=batch_size, progress=progress, executor=executor)
-    frame = score_letters(expert, read_letters(run.letters_path))
+    frame = score_letters(expert, read_rows(run.letters_path))
     manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     return build_report(out, frame, manifest, seed=config.seed)

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -72,7 +74,7 @@ for beta in (0.0, 20.0):
 # %%
 pairs, pairs_sha = load_pairs("sentiment")
 vector = compute_vector(expert, pairs, [24], dataset="sentiment", dataset_sha256=pairs_sha)
-methods = [rad_method(expert, reward, top_k=20, name="activation reward"), steering_method(expert, vector)]
+methods = [rad_method(reward, top_k=20, name="activation reward"), steering_method(vector)]
 strengths = {"activation reward": [10, 20], "steering": [1, 2]}
 rows, summary = compare(expert, methods, strengths, load_prompts()[:8], sentiment, top_k=20, max_new_tokens=32,
                         progress=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from steer.executor import add_backend_arguments
+
 
 def cmd_train(args: argparse.Namespace) -> None:
     from experts.expert import Expert
@@ -61,6 +63,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from experts.files import atomic_path, provenance, write_json
     from steer.cli import _load
     from steer.cli_vector import _coefs
+    from steer.executor import executor_from_args
     from steer.rad_sweep import rad_sweep
     from steer.rewards import load_reward
     from steer.scorers import get_scorer
@@ -68,10 +71,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     expert = _load(args)
     reward = load_reward(args.reward, expert, force=args.force)
     prompts = _evaluation_prompts(args)
+    out = Path(args.out)
     rows, summary = rad_sweep(expert, reward, prompts, _coefs(args.betas), get_scorer(args.evaluator), top_k=args.top_k,
                               max_new_tokens=args.max_new_tokens, samples=args.samples, seed=args.seed,
-                              batch_size=args.batch_size)
-    out = Path(args.out)
+                              batch_size=args.batch_size, out=out, executor=executor_from_args(args),
+                              settings={"evaluator": args.evaluator, "reward": str(args.reward)})
     for name, frame in (("rad_sweep.csv", rows), ("summary.csv", summary)):
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False)
@@ -92,6 +96,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from experts.files import atomic_path, provenance, write_json
     from steer.cli import _load
     from steer.cli_vector import _coefs
+    from steer.executor import executor_from_args
     from steer.rad_sweep import compare, matched_fluency, rad_method, steering_method
     from steer.rewards import load_reward
     from steer.scorers import get_scorer
@@ -102,22 +107,23 @@ def cmd_compare(args: argparse.Namespace) -> None:
     for path in args.reward:
         reward = load_reward(path, expert, force=args.force)
         name = reward.kind if reward.kind not in strengths else f"{reward.kind}:{Path(path).stem}"
-        methods.append(rad_method(expert, reward, args.top_k, name))
+        methods.append(rad_method(reward, args.top_k, name))
         strengths[name] = _coefs(args.betas)
     for path in args.vector:
         name = "steering" if "steering" not in strengths else f"steering:{Path(path).stem}"
-        methods.append(steering_method(expert, SteeringVector.load(path, expert=expert, force=args.force), name))
+        methods.append(steering_method(SteeringVector.load(path, expert=expert, force=args.force), name))
         strengths[name] = _coefs(args.coefs)
     if not methods:
         raise SteerlabError("nothing to compare: give at least one --reward or --vector")
     prompts = _evaluation_prompts(args)
+    out = Path(args.out)
     rows, summary = compare(expert, methods, strengths, prompts, get_scorer(args.evaluator), top_k=args.top_k,
                             max_new_tokens=args.max_new_tokens, samples=args.samples, seed=args.seed,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, out=out, executor=executor_from_args(args),
+                            settings={"evaluator": args.evaluator})
     plain = float(summary[summary.strength == 0].median_perplexity.iloc[0])
     budget = args.max_perplexity or plain * args.perplexity_ratio
     matched = matched_fluency(summary, budget)
-    out = Path(args.out)
     for name, frame in (("rows.csv", rows), ("summary.csv", summary), ("matched_fluency.csv", matched)):
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False)
@@ -148,7 +154,8 @@ def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="folder; a killed run resumes there")
+    add_backend_arguments(parser)
 
 
 def _evaluation_prompts(args: argparse.Namespace) -> list[str]:

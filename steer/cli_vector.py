@@ -8,6 +8,7 @@ from pathlib import Path
 
 from experts.errors import SteerlabError
 from experts.files import atomic_path, provenance, write_json
+from steer.executor import add_backend_arguments
 
 
 def _layers(text: str | None) -> list[int] | None:
@@ -76,6 +77,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from analysis.plots import save_figure, sweep_plot
     from steer.cli import _load
     from steer.datasets import builtin_datasets, load_prompts
+    from steer.executor import executor_from_args
     from steer.scorers import get_scorer
     from steer.sweep import SweepConfig, config_dict, sweep
     from steer.vector import SteeringVector
@@ -89,8 +91,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     config = SweepConfig(coefs=_coefs(args.coefs), max_new_tokens=args.max_new_tokens, samples=args.samples,
                          seed=args.seed, positions=args.positions, operator=args.operator,
                          batch_size=args.batch_size, instructions=instructions if all(instructions) else None)
-    rows, summary = sweep(expert, vector, prompts, get_scorer(args.scorer, expert, vector), config)
     out = Path(args.out)
+    rows, summary = sweep(expert, vector, prompts, get_scorer(args.scorer, expert, vector), config, out=out,
+                          executor=executor_from_args(args), settings={"scorer": args.scorer, "vector": str(args.vector)})
     _save_frame(rows, out / "sweep.csv")
     _save_frame(summary, out / "summary.csv")
     save_figure(sweep_plot(summary, args.scorer, f"{expert.name}: {Path(args.vector).name}"), out / "sweep.png")
@@ -163,7 +166,8 @@ def add_vector_commands(sub, add_expert_options) -> None:
     sw.add_argument("--instruction-negative")
     sw.add_argument("--seed", type=int, default=0)
     sw.add_argument("--force", action="store_true", help="use a vector made for another expert")
-    sw.add_argument("--out", required=True)
+    sw.add_argument("--out", required=True, help="folder; a killed sweep resumes there (sweep_rows.jsonl)")
+    add_backend_arguments(sw)
     sw.set_defaults(func=cmd_sweep)
 
     export = vsub.add_parser("export-gguf", help="write a llama.cpp control vector")

@@ -8,8 +8,11 @@ in shard order. The caller writes the rows, so both backends fill the same files
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from experts.errors import SteerlabError
@@ -47,6 +50,36 @@ class LocalExecutor:
             yield job.run(state, shard)
 
 
+def worker_expert(name: str, fingerprint: str, expert: Expert | None = None) -> Expert:
+    """The expert a worker runs: the caller's own (local) or loaded by name, and checked to be the same weights
+    the run's manifest names (a cluster node with other weights under that name is refused)."""
+    from experts.expert import Expert
+
+    expert = expert or Expert.load(name)
+    if expert.fingerprint != fingerprint:
+        raise SteerlabError(f"this worker's {name!r} has weights {expert.fingerprint}; the run was planned with {fingerprint}")
+    return expert
+
+
+@contextmanager
+def carried_files(files: dict[str, bytes]) -> Iterator[dict[str, Path]]:
+    """A job's files (vectors, rewards: their bytes travel with the job) written to a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="steerlab-job-") as folder:
+        paths = {}
+        for name, data in files.items():
+            paths[name] = Path(folder) / f"{len(paths)}.safetensors"
+            paths[name].write_bytes(data)
+        yield paths
+
+
+def saved_bytes(artefact: Any) -> bytes:
+    """A vector's or reward's file contents (anything with `.save(path)`), to travel with a job."""
+    with tempfile.TemporaryDirectory(prefix="steerlab-job-") as folder:
+        path = Path(folder) / "artefact.safetensors"
+        artefact.save(path)
+        return path.read_bytes()
+
+
 def add_backend_arguments(parser) -> None:
     """`--backend local|ray`, `--address`, `--workers`, `--cpus-per-worker`, `--gpus-per-worker` on a command."""
     group = parser.add_argument_group("where the work runs")
@@ -55,16 +88,18 @@ def add_backend_arguments(parser) -> None:
     group.add_argument("--workers", type=int, default=2, help="Ray actors, each loading the expert once")
     group.add_argument("--cpus-per-worker", type=float, default=0.5, help="fractional CPUs per actor")
     group.add_argument("--gpus-per-worker", type=float, help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
+    group.add_argument("--threads-per-worker", type=int,
+                       help="torch threads per actor (default: this process's, for rows bit-identical to --backend local)")
 
 
 def executor_from_args(args) -> Executor:
     return executor_for(args.backend, address=args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                        gpus_per_worker=args.gpus_per_worker)
+                        gpus_per_worker=args.gpus_per_worker, threads_per_worker=args.threads_per_worker)
 
 
-def executor_for(backend: str = "local", *, address: str | None = None, workers: int = 2,
-                 cpus_per_worker: float = 0.5, gpus_per_worker: float | None = None) -> Executor:
-    """The executor a command asked for (`--backend`, `--address`, `--workers`, `--gpus-per-worker`)."""
+def executor_for(backend: str = "local", *, address: str | None = None, workers: int = 2, cpus_per_worker: float = 0.5,
+                 gpus_per_worker: float | None = None, threads_per_worker: int | None = None) -> Executor:
+    """The executor a command asked for (`--backend`, `--address`, `--workers`, `--*-per-worker`)."""
     if backend == "local":
         if address:
             raise SteerlabError("--address names a Ray cluster; it needs --backend ray")
@@ -72,5 +107,6 @@ def executor_for(backend: str = "local", *, address: str | None = None, workers:
     if backend == "ray":
         from steer.ray_backend import RayExecutor
 
-        return RayExecutor(address=address, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
+        return RayExecutor(address=address, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                           threads_per_worker=threads_per_worker)
     raise SteerlabError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

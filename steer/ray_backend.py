@@ -34,7 +34,10 @@ def _ray():
 class _Worker:
     """One actor: the job set up once, then one shard per call."""
 
-    def __init__(self, job: ShardJob):
+    def __init__(self, job: ShardJob, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)  # Ray gives an actor one thread per whole CPU it holds (at least one)
         self.job = job
         self.state = job.setup(None)
 
@@ -46,18 +49,31 @@ class _Worker:
 @dataclass(frozen=True)
 class RayExecutor:
     """`address=None` joins the cluster of `RAY_ADDRESS` or starts a local one; `"auto"` or `ray://host:port`
-    joins an existing one. `gpus_per_worker=None` gives each actor a whole GPU when the cluster has GPUs."""
+    joins an existing one. `gpus_per_worker=None` gives each actor a whole GPU when the cluster has GPUs.
+    `threads_per_worker=None` gives each actor this process's torch thread count, so that its rows equal the
+    local backend's bit for bit; on a cluster, set it to the CPUs each worker has (metrics then agree to float
+    precision)."""
 
     address: str | None = None
     workers: int = 2
     cpus_per_worker: float = 0.5
     gpus_per_worker: float | None = None
+    threads_per_worker: int | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise SteerlabError(f"--workers must be at least 1, got {self.workers}")
         if self.cpus_per_worker <= 0:
             raise SteerlabError(f"CPUs per worker must be positive, got {self.cpus_per_worker}")
+        if self.threads_per_worker is not None and self.threads_per_worker < 1:
+            raise SteerlabError(f"--threads-per-worker must be at least 1, got {self.threads_per_worker}")
+
+    def _threads(self) -> int:
+        """This process's torch thread count unless told otherwise: a float sum split over another number of
+        threads differs in its last bits, and rows must equal the local backend's bit for bit."""
+        import torch
+
+        return self.threads_per_worker or torch.get_num_threads()
 
     def _connect(self):
         ray = _ray()
@@ -77,7 +93,7 @@ class RayExecutor:
         context.enable_progress_bars = False
         items = [{"index": i, "shard": json.dumps(shard)} for i, shard in enumerate(shards)]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _Worker, fn_constructor_args=(job,), batch_size=1, concurrency=min(self.workers, len(items)),
+            _Worker, fn_constructor_args=(job, self._threads()), batch_size=1, concurrency=min(self.workers, len(items)),
             num_cpus=self.cpus_per_worker, num_gpus=gpus or None)
         expected = 0
         for row in dataset.iter_rows():

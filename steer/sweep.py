@@ -9,18 +9,27 @@ each layer, and prompting (an instruction prefix for each direction).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import tempfile
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from experts.errors import EmptyPromptsError
 from experts.expert import Expert
+from experts.generate import GenerationConfig, generate_batch, row_seed
 from experts.likelihood import continuation_nll, next_token_logprobs
 from steer.apply import Steering, apply
+from steer.checkpoint import claim_folder, in_plan_order, missing_shards, read_rows, run_shards
+from steer.executor import Executor, Shard, carried_files, saved_bytes, worker_expert
 from steer.scorers import Scorer
 from steer.stats import paired_summary
 from steer.vector import SteeringVector
@@ -52,54 +61,111 @@ def random_like(vector: SteeringVector, seed: int) -> SteeringVector:
     return replace(vector, directions=directions, provenance=replace(vector.provenance, method=f"random(seed={seed})"))
 
 
-def _run(expert: Expert, prompts: list[str], run_prompts: list[str], config: SweepConfig, steering: Steering | None,
-         label: str, coef: float, scorer: Scorer, base_formatted: list[str], base_logprobs: torch.Tensor) -> list[dict]:
-    """Generate for `run_prompts` (the prompts, or the prompts with an instruction) and score."""
-    settings = dict(max_new_tokens=config.max_new_tokens, seed=config.seed, do_sample=config.do_sample,
-                    temperature=config.temperature, top_p=config.top_p, num_samples=config.samples,
-                    batch_size=config.batch_size)
-    formatted = expert.format_prompts(run_prompts)
-    if steering is None:
-        result = expert.generate(run_prompts, **settings)
-        logprobs = next_token_logprobs(expert, formatted)
-    else:
-        with apply(expert, steering, force=True):
-            result = expert.generate(run_prompts, **settings)
-            logprobs = next_token_logprobs(expert, formatted)
-    kl = (base_logprobs.exp() * (base_logprobs - logprobs)).sum(-1).clamp_min(0).tolist()
-    per_row_prompt = [i for i in range(len(prompts)) for _ in range(config.samples)]
-    nll = continuation_nll(expert, [base_formatted[i] for i in per_row_prompt], result.token_ids)
-    scores = scorer(result.texts)
-    return [
-        {"condition": label, "coef": coef, "prompt_id": i, "prompt": prompts[i], "sample": result.sample_index[r],
-         "score": scores[r], "perplexity": math.exp(nll[r]) if not math.isnan(nll[r]) else float("nan"),
-         "kl_first_token": kl[i], "n_tokens": len(result.token_ids[r]), "text": result.texts[r]}
-        for r, i in enumerate(per_row_prompt)
-    ]
+ROWS = "sweep_rows.jsonl"  # the checkpoint: rows as their shards finish, in a resumable folder
+COLUMNS = ["condition", "coef", "prompt_id", "prompt", "sample", "score", "perplexity", "kl_first_token", "n_tokens", "text"]
+
+
+def sweep_settings(config: SweepConfig) -> list[dict[str, Any]]:
+    """Every (condition, coef) run: the unsteered baseline, the vector and a random vector at each coefficient
+    other than 0, and prompting towards each direction."""
+    settings = [{"condition": "baseline", "coef": 0.0}]
+    for c in config.coefs:
+        if c != 0:
+            settings.append({"condition": "vector", "coef": float(c)})
+            if config.random_baseline:
+                settings.append({"condition": "random", "coef": float(c)})
+    if config.instructions:
+        settings += [{"condition": "prompting", "coef": 1.0}, {"condition": "prompting", "coef": -1.0}]
+    return settings
+
+
+@dataclass(frozen=True)
+class _SweepState:
+    expert: Expert
+    vectors: dict[str, SteeringVector]  # "vector" and "random"
+    base_formatted: list[str]
+    base_logprobs: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """A sweep as a job for any executor; it carries the vector file's bytes."""
+
+    expert: str
+    fingerprint: str
+    vector: bytes
+    prompts: tuple[str, ...]
+    config: SweepConfig
+
+    def setup(self, expert: Expert | None = None) -> _SweepState:
+        expert = worker_expert(self.expert, self.fingerprint, expert)
+        with carried_files({"vector": self.vector}) as paths:
+            vector = SteeringVector.load(paths["vector"], expert, force=True)  # the caller checked it, or forced it
+        base_formatted = expert.format_prompts(list(self.prompts))
+        return _SweepState(expert, {"vector": vector, "random": random_like(vector, self.config.seed + 1)},
+                           base_formatted, next_token_logprobs(expert, base_formatted))
+
+    def _prompt(self, condition: str, coef: float, i: int) -> str:
+        if condition != "prompting":
+            return self.prompts[i]
+        positive, negative = self.config.instructions
+        return f"{positive if coef > 0 else negative} {self.prompts[i]}"
+
+    def run(self, state: _SweepState, shard: Shard) -> list[dict[str, Any]]:
+        """Generate a shard's (prompt, sample) rows under its condition; perplexity under the unsteered expert
+        and the first-token KL from it. Scores are added by the caller."""
+        config, expert, items = self.config, state.expert, shard["items"]
+        condition, coef = shard["condition"], shard["coef"]
+        ids = sorted({i for i, _ in items})
+        formatted = dict(zip(ids, expert.format_prompts([self._prompt(condition, coef, i) for i in ids])))
+        settings = GenerationConfig(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
+                                    temperature=config.temperature, top_p=config.top_p, seed=config.seed)
+        seeds = [row_seed(config.seed, self._prompt(condition, coef, i), s) for i, s in items]
+        steered = condition in state.vectors
+        context = apply(expert, Steering(state.vectors[condition], coef=coef, operator=config.operator,
+                                         positions=config.positions), force=True) if steered else nullcontext()
+        with context:
+            tokens, _ = generate_batch(expert, [formatted[i] for i, _ in items], settings, seeds)
+            logprobs = next_token_logprobs(expert, [formatted[i] for i in ids])
+        base = state.base_logprobs[ids]
+        kl = dict(zip(ids, (base.exp() * (base - logprobs)).sum(-1).clamp_min(0).tolist()))
+        nll = continuation_nll(expert, [state.base_formatted[i] for i, _ in items], tokens)
+        return [{"condition": condition, "coef": coef, "prompt_id": i, "prompt": self.prompts[i], "sample": s,
+                 "perplexity": math.exp(nll[r]) if not math.isnan(nll[r]) else float("nan"), "kl_first_token": kl[i],
+                 "n_tokens": len(tokens[r]), "text": expert.tokenizer.decode(tokens[r], skip_special_tokens=True)}
+                for r, (i, s) in enumerate(items)]
 
 
 def sweep(expert: Expert, vector: SteeringVector, prompts: Sequence[str], scorer: Scorer, config: SweepConfig,
-          *, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows (one per condition × coefficient × prompt × sample) and a per-condition summary."""
+          *, progress: bool = True, out: Path | None = None, executor: Executor | None = None,
+          settings: dict[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows (one per condition × coefficient × prompt × sample) and a per-condition summary.
+
+    Generation runs in shards on `executor` (default: this process); scores are computed here. With `out`,
+    rows are checkpointed to `out/sweep_rows.jsonl` and a killed sweep resumes there; `settings` (e.g. the
+    scorer's name) join the config in naming the run, so another sweep cannot resume into that folder."""
     prompts = list(prompts)
-    base_formatted = expert.format_prompts(prompts)
-    base_logprobs = next_token_logprobs(expert, base_formatted)
-    runs: list[tuple[str, float, Steering | None, list[str]]] = [("baseline", 0.0, None, prompts)]
-    random_vector = random_like(vector, config.seed + 1)
-    for c in config.coefs:
-        if c == 0:
-            continue
-        runs.append(("vector", c, Steering(vector, coef=c, operator=config.operator, positions=config.positions), prompts))
-        if config.random_baseline:
-            runs.append(("random", c, Steering(random_vector, coef=c, operator=config.operator, positions=config.positions), prompts))
-    if config.instructions:
-        positive, negative = config.instructions
-        runs.append(("prompting", 1.0, None, [f"{positive} {p}" for p in prompts]))
-        runs.append(("prompting", -1.0, None, [f"{negative} {p}" for p in prompts]))
-    rows: list[dict] = []
-    for label, coef, steering, run_prompts in tqdm(runs, disable=not progress, desc="sweep", unit="run"):
-        rows += _run(expert, prompts, run_prompts, config, steering, label, coef, scorer, base_formatted, base_logprobs)
-    frame = pd.DataFrame(rows)
+    if not prompts or any(not p.strip() for p in prompts):
+        raise EmptyPromptsError()
+    job = SweepJob(expert.name, expert.fingerprint, saved_bytes(vector), tuple(prompts), config)
+    plan = sweep_settings(config)
+    items = [(i, s) for i in range(len(prompts)) for s in range(config.samples)]
+
+    def scored(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**row, "score": score} for row, score in zip(rows, scorer([r["text"] for r in rows]))]
+
+    with tempfile.TemporaryDirectory(prefix="steerlab-sweep-") as scratch:
+        folder = Path(out) if out is not None else Path(scratch)
+        identity = {**config_dict(config), "prompts": prompts, "vector_sha256": hashlib.sha256(job.vector).hexdigest(),
+                    **(settings or {})}
+        claim_folder(folder, json.loads(json.dumps(identity)), expert.fingerprint, ROWS)
+        done = {(r["condition"], r["coef"], r["prompt_id"], r["sample"]) for r in read_rows(folder / ROWS)}
+        shards = missing_shards(plan, items, done, config.batch_size)
+        run_shards(executor, job, shards, expert, folder / ROWS, finish=scored, progress=progress, desc="sweep")
+        order = [(p["condition"], p["coef"], i, s) for p in plan for i, s in items]
+        rows = in_plan_order(read_rows(folder / ROWS), lambda r: (r["condition"], r["coef"], r["prompt_id"], r["sample"]),
+                             order)
+    frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame, summarize(frame, config.seed)
 
 

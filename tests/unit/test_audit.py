@@ -4,10 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.audit import AuditConfig, generate_letters, open_run, read_letters, run_audit, score_letters
+from analysis.audit import AuditConfig, generate_letters, open_run, run_audit, score_letters
 from analysis.report import rebuild_report
 from analysis.stats import delta_bias, lexicon_table, paired_table
 from experts.errors import SteerlabError
+from steer.checkpoint import read_rows
 
 CONFIG = AuditConfig(expert="tiny-llama", names_per_gender=1, max_new_tokens=6)
 
@@ -15,7 +16,7 @@ CONFIG = AuditConfig(expert="tiny-llama", names_per_gender=1, max_new_tokens=6)
 def test_resume_after_a_kill_has_no_duplicates_or_losses(tiny_llama, tmp_path):
     run = open_run(CONFIG, tmp_path, tiny_llama)
     generate_letters(tiny_llama, run, batch_size=4, progress=False)
-    complete = read_letters(run.letters_path)
+    complete = read_rows(run.letters_path)
     expected = len(run.prompts) * 2  # greedy + one sample
     assert len(complete) == expected
     # simulate a kill: keep 5 rows and half of the 6th
@@ -23,7 +24,7 @@ def test_resume_after_a_kill_has_no_duplicates_or_losses(tiny_llama, tmp_path):
     run.letters_path.write_text("".join(lines[:5]) + lines[5][:20], encoding="utf-8")
     resumed = open_run(CONFIG, tmp_path, tiny_llama)
     generate_letters(tiny_llama, resumed, batch_size=4, progress=False)
-    rows = read_letters(run.letters_path)
+    rows = read_rows(run.letters_path)
     keys = [(r["condition"], r["prompt_id"], r["sample"]) for r in rows]
     assert len(keys) == len(set(keys)) == expected
     by_key = {(r["condition"], r["prompt_id"], r["sample"]): r["letter"] for r in complete}

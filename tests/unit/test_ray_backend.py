@@ -2,11 +2,14 @@
 
 import json
 import shutil
+from dataclasses import replace
 
+import pandas as pd
 import pytest
 
-from analysis.audit import LETTERS, MANIFEST, AuditConfig, generate_letters, open_run, plan_shards, read_letters
+from analysis.audit import LETTERS, MANIFEST, AuditConfig, generate_letters, open_run, plan_shards
 from experts.errors import SteerlabError
+from steer.checkpoint import read_rows
 from steer.executor import LocalExecutor, executor_for
 from steer.extract import compute_vector
 
@@ -48,10 +51,10 @@ def test_ray_rows_equal_local_rows_row_for_row_and_resume_without_redoing(cluste
     lines = expected.splitlines(keepends=True)
     (resumed / LETTERS).write_text("".join(lines[:5]), encoding="utf-8")
     run = open_run(config, resumed, tiny_llama)
-    missing = sum(len(s["letters"]) for s in plan_shards(run, batch_size=3))
+    missing = sum(len(s["items"]) for s in plan_shards(run, batch_size=3))
     assert missing == len(lines) - 5
     generate_letters(None, run, batch_size=3, progress=False, executor=RayExecutor(workers=2))
-    rows = read_letters(resumed / LETTERS)
+    rows = read_rows(resumed / LETTERS)
     assert len(rows) == len(lines)
     assert rows[:5] == [json.loads(line) for line in lines[:5]]  # untouched
     by_key = {(r["condition"], r["prompt_id"], r["sample"]): r for r in map(json.loads, lines)}
@@ -75,4 +78,89 @@ def test_audit_cli_takes_the_ray_backend(cluster, tmp_path, capsys):
     assert main(["audit", "letters", "--expert", "tiny-llama", "--names-per-gender", "1", "--samples", "0",
                  "--max-new-tokens", "6", "--out", str(out), "--backend", "ray", "--workers", "1"]) == 0
     assert "report:" in capsys.readouterr().out
-    assert len(read_letters(out / LETTERS)) == 8 and (out / "report.md").exists()
+    assert len(read_rows(out / LETTERS)) == 8 and (out / "report.md").exists()
+
+
+def _resume_half(src, dst, rows_name, keep):
+    """A crash after `keep` rows: the manifest and the first rows of a finished run."""
+    dst.mkdir()
+    shutil.copy(src / MANIFEST, dst / MANIFEST)
+    lines = (src / rows_name).read_text(encoding="utf-8").splitlines(keepends=True)
+    (dst / rows_name).write_text("".join(lines[:keep]), encoding="utf-8")
+    return lines
+
+
+def test_steering_sweep_on_ray_equals_local_row_for_row_and_resumes(cluster, tiny_llama, tmp_path):
+    from steer.datasets import load_prompts
+    from steer.scorers import pronouns
+    from steer.sweep import ROWS, SweepConfig, sweep
+    from steer.vector import SteeringVector
+
+    vector = SteeringVector.load(_vector(tiny_llama, tmp_path / "v.safetensors"), tiny_llama)
+    config = SweepConfig(coefs=(-2.0, 0.0, 2.0), max_new_tokens=6, batch_size=2, samples=2,
+                         instructions=("Write kindly.", "Write rudely."))
+    prompts = load_prompts()[:3]
+    local_rows, local_summary = sweep(tiny_llama, vector, prompts, pronouns, config, progress=False, out=tmp_path / "local")
+    ray_rows, ray_summary = sweep(tiny_llama, vector, prompts, pronouns, config, progress=False, out=tmp_path / "ray",
+                                  executor=RayExecutor(workers=2))
+    assert (tmp_path / "ray" / ROWS).read_bytes() == (tmp_path / "local" / ROWS).read_bytes()
+    pd.testing.assert_frame_equal(ray_rows, local_rows)
+    pd.testing.assert_frame_equal(ray_summary, local_summary)
+    assert len(local_rows) == 7 * 3 * 2  # baseline, vector ±2, random ±2, prompting ±1; 3 prompts × 2 samples
+
+    lines = _resume_half(tmp_path / "local", tmp_path / "resumed", ROWS, keep=9)
+    resumed_rows, _ = sweep(tiny_llama, vector, prompts, pronouns, config, progress=False, out=tmp_path / "resumed",
+                            executor=RayExecutor(workers=2))
+    written = (tmp_path / "resumed" / ROWS).read_text(encoding="utf-8").splitlines(keepends=True)
+    assert written[:9] == lines[:9] and len(written) == len(lines)  # the first rows untouched, nothing redone
+    pd.testing.assert_frame_equal(resumed_rows, local_rows)
+    with pytest.raises(SteerlabError, match="another run's results"):
+        sweep(tiny_llama, vector, prompts, pronouns, replace(config, seed=1), progress=False, out=tmp_path / "local")
+
+
+def test_rad_comparison_on_ray_equals_local_row_for_row(cluster, tiny_llama, tmp_path):
+    import torch
+
+    from steer.rad_sweep import ROWS, compare, rad_method, steering_method
+    from steer.rewards import ActivationReward, RewardInfo
+    from steer.scorers import pronouns
+    from steer.vector import SteeringVector
+
+    g, d = torch.Generator().manual_seed(0), tiny_llama.d_model
+    reward = ActivationReward(torch.randn(d, generator=g), torch.randn(d, 2, generator=g), torch.randn(d, 2, generator=g),
+                              0.1, RewardInfo(expert=tiny_llama.name, fingerprint=tiny_llama.fingerprint))
+    reward = ActivationReward.load(reward.save(tmp_path / "r.safetensors"), tiny_llama)  # as the CLI has it: from a file
+    vector = SteeringVector.load(_vector(tiny_llama, tmp_path / "v.safetensors"), tiny_llama)
+    methods = [rad_method(reward, top_k=4), steering_method(vector)]
+    strengths = {"activation": [5.0], "steering": [2.0]}
+    prompts = ["The weather today", "My neighbour said"]
+    kwargs = dict(top_k=4, max_new_tokens=6, samples=2, batch_size=3, progress=False)
+    local = compare(tiny_llama, methods, strengths, prompts, pronouns, out=tmp_path / "local", **kwargs)
+    remote = compare(tiny_llama, methods, strengths, prompts, pronouns, out=tmp_path / "ray",
+                     executor=RayExecutor(workers=2), **kwargs)
+    assert (tmp_path / "ray" / ROWS).read_bytes() == (tmp_path / "local" / ROWS).read_bytes()
+    for a, b in zip(remote, local):
+        pd.testing.assert_frame_equal(a, b)
+    assert local[0].tv_distance[local[0].strength == 5.0].gt(0).all()  # the reward moved the distribution
+
+    lines = _resume_half(tmp_path / "local", tmp_path / "resumed", ROWS, keep=5)
+    resumed = compare(tiny_llama, methods, strengths, prompts, pronouns, out=tmp_path / "resumed", **kwargs)
+    assert (tmp_path / "resumed" / ROWS).read_text(encoding="utf-8").splitlines(keepends=True)[:5] == lines[:5]
+    pd.testing.assert_frame_equal(resumed[0], local[0])
+
+
+def test_sweep_and_rad_clis_take_the_ray_backend(cluster, tiny_llama, tmp_path, capsys):
+    from steer.cli import main
+
+    vector = _vector(tiny_llama, tmp_path / "v.safetensors")
+    assert main(["vector", "sweep", "--expert", "tiny-llama", "--vector", vector, "--max-prompts", "2", "--coefs", "0,2",
+                 "--max-new-tokens", "4", "--scorer", "pronouns", "--out", str(tmp_path / "sweep"),
+                 "--backend", "ray", "--workers", "1"]) == 0
+    # baseline, vector and random at 2, prompting both ways (the gender set ships instructions); 2 prompts
+    assert len(read_rows(tmp_path / "sweep" / "sweep_rows.jsonl")) == 5 * 2 and (tmp_path / "sweep" / "sweep.png").exists()
+    assert main(["rad", "compare", "--expert", "tiny-llama", "--vector", vector, "--coefs", "2", "--max-prompts", "2",
+                 "--max-new-tokens", "4", "--evaluator", "pronouns", "--out", str(tmp_path / "compare"),
+                 "--backend", "ray", "--workers", "1"]) == 0
+    assert len(read_rows(tmp_path / "compare" / "compare_rows.jsonl")) == 2 * 2
+    assert (tmp_path / "compare" / "matched_fluency.csv").exists()
+    capsys.readouterr()
