@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/rad_cost.py
 	$(PY) benchmarks/router_overhead.py
 	$(PY) benchmarks/ray_overhead.py
+	$(PY) benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

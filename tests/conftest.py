@@ -46,3 +46,12 @@ def no_leak():
     yield experts.append
     for expert in experts:
         assert count_forward_hooks(expert.model) == 0
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster for the session: 2 CPUs, as CI has (actors take fractional CPUs)."""
+    ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip install 'steerlab[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()

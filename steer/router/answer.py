@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import ExitStack
+from pathlib import Path
 
 from experts.expert import Expert
-from experts.generate import GenerationConfig, Prefill, generate
+from experts.generate import GenerationConfig, GenerationResult, Prefill, generate
 from steer.apply import Steering, apply
 from steer.rad import reward_decoding
 from steer.rewards import load_reward
-from steer.router.decision import RoutingDecision
-from steer.router.router import Router
+from steer.router.decision import Adjustment, RoutingDecision
+from steer.router.router import Router, Rule
 from steer.vector import SteeringVector
 
 
@@ -27,6 +29,24 @@ class ExpertPool:
         return self.loaded[name]
 
 
+def generate_adjusted(expert: Expert, prompts: list[str], adjustments: Sequence[Adjustment], rules: Sequence[Rule],
+                      folder: Path, config: GenerationConfig, *, top_k: int = 20, system: str | None = None,
+                      prefill: Prefill | None = None) -> GenerationResult:
+    """Generate with `expert`, steered and reward-decoded as `adjustments` say (their files are in `folder`)."""
+    by_file = {(r.kind, r.file): r for r in rules}
+    hook = None
+    with ExitStack() as stack:
+        for adjustment in adjustments:
+            rule, path = by_file[(adjustment.kind, adjustment.file)], folder / adjustment.file
+            if adjustment.kind == "steer":
+                vector = SteeringVector.load(path, expert=expert)
+                stack.enter_context(apply(expert, Steering(vector, coef=adjustment.strength, operator=rule.operator,
+                                                           positions=rule.positions)))
+            else:
+                hook = stack.enter_context(reward_decoding(expert, load_reward(path, expert), adjustment.strength, top_k))
+        return generate(expert, prompts, config, system=system, logits_hook=hook, prefill=prefill)
+
+
 def answer(router: Router, pool: ExpertPool, prompt: str, decision: RoutingDecision, max_new_tokens: int = 128,
            top_k: int = 20, prefill: Prefill | None = None) -> tuple[str, bool]:
     """Greedy answer by the chosen expert, steered and reward-decoded as the decision says, and
@@ -34,17 +54,7 @@ def answer(router: Router, pool: ExpertPool, prompt: str, decision: RoutingDecis
     the decision adjusts nothing)."""
     expert = pool.get(decision.expert)
     reuse = prefill is not None and decision.expert == router.features.reader and not decision.adjustments
-    rules = {(r.kind, r.file): r for r in router.rules}
-    hook = None
-    with ExitStack() as stack:
-        for adjustment in decision.adjustments:
-            rule, path = rules[(adjustment.kind, adjustment.file)], router.folder / adjustment.file
-            if adjustment.kind == "steer":
-                vector = SteeringVector.load(path, expert=expert)
-                stack.enter_context(apply(expert, Steering(vector, coef=adjustment.strength, operator=rule.operator,
-                                                           positions=rule.positions)))
-            else:
-                hook = stack.enter_context(reward_decoding(expert, load_reward(path, expert), adjustment.strength, top_k))
-        config = GenerationConfig(max_new_tokens=max_new_tokens)
-        text = generate(expert, [prompt], config, logits_hook=hook, prefill=prefill if reuse else None).texts[0]
-    return text, reuse
+    result = generate_adjusted(expert, [prompt], decision.adjustments, router.rules, router.folder,
+                               GenerationConfig(max_new_tokens=max_new_tokens), top_k=top_k,
+                               prefill=prefill if reuse else None)
+    return result.texts[0], reuse

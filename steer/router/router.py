@@ -33,7 +33,8 @@ DEFAULT_ROUTER = DATA / "default"  # the trained router that ships with the pack
 @dataclass(frozen=True)
 class Rule:
     """When feature `when` exceeds `above` (and the chosen expert is `expert`, if given), steer with
-    the vector `file` at `strength` (kind "steer") or decode with the reward `file` at β = `strength`."""
+    the vector `file` at `strength` (kind "steer") or decode with the reward `file` at β = `strength`.
+    A request may ask for this file at any strength within ±`request_max` (0: it may not)."""
 
     when: str
     kind: str
@@ -43,6 +44,7 @@ class Rule:
     expert: str = ""
     operator: str = "add"
     positions: str = "all"
+    request_max: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,11 @@ import torch
 from experts.errors import EmptyPromptsError, SteerlabError
 from steer.errors import BadVectorFileError, VectorMismatchError
 from steer.router.features import Feature, FeatureSet, read
-from steer.router.quality import bits_per_byte, extract_code, passes_tests, quality_table
+from steer.router.quality import bits_per_byte, extract_code, passes_tests
 from steer.router.router import Router, Rule
 from steer.router.tasks import Task, load_tasks, remove_near_duplicates, split_tasks, task_set
-
-TINY_EXPERTS = ["tiny-llama", "tiny-gemma"]
+from steer.router.tiny import TINY_ROUTED as TINY_EXPERTS
+from steer.router.tiny import small_task_file
 
 
 def test_shipped_task_set_is_large_varied_and_its_code_references_pass(tmp_path):
@@ -87,42 +87,15 @@ def test_the_reader_answers_from_its_own_prefill(tiny_llama):
         generate(tiny_llama, ["another prompt"], config, prefill=read(tiny_llama, query, 1, keep_prefill=True).prefill)
 
 
-def _small_tasks(tmp_path, per_domain=10):
-    from steer.router.tasks import DATA
-
-    rows = []
-    for line in (DATA / "tasks.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if sum(r["domain"] == row["domain"] for r in rows) < per_domain:
-            rows.append(row)
-    path = tmp_path / "tasks.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A router over the two tiny experts, read by tiny-llama at layer 1, with a two-rule policy."""
     from experts.expert import Expert
-    from steer.datasets import _DATA
-    from steer.reward_training import load_labeled, train_activation_reward
-    from steer.router.training import train_router
-    from steer.vector import Provenance, SteeringVector
+    from steer.router.tiny import train_tiny_router
 
     folder = tmp_path_factory.mktemp("router")
-    tasks = task_set(_small_tasks(folder))
-    quality = quality_table(TINY_EXPERTS, tasks, folder / "quality", with_pass_at_1=False, progress=False)
-    reader = Expert.load("tiny-llama")
-    vector = SteeringVector({1: torch.ones(reader.d_model)}, provenance=Provenance(expert="tiny-llama", fingerprint=reader.fingerprint))
-    vector.save(folder / "gender.safetensors")
-    data, _ = load_labeled(_DATA / "sentiment_labeled.jsonl")
-    train_activation_reward(reader, data[:12], epochs=5).save(folder / "tone.safetensors")
-    rules = [Rule("gendered_subject", "steer", "gender.safetensors", 0.5, expert="tiny-llama"),
-             Rule("hostile_tone", "reward", "tone.safetensors", 4.0, above=-100.0, expert="tiny-llama")]
-    router = train_router(reader, tasks, quality, TINY_EXPERTS, fingerprints=dict(zip(quality.expert, quality.fingerprint)),
-                          costs=dict(zip(quality.expert, quality.n_params)), layer=1, rules=rules)
-    router.save(folder)
-    return folder, router, tasks, reader
+    router, tasks = train_tiny_router(folder)
+    return folder, router, tasks, Expert.load("tiny-llama")
 
 
 def test_router_decisions_explain_themselves_and_round_trip(trained):
@@ -213,7 +186,7 @@ def test_route_train_and_eval_cli(tmp_path, capsys):
     from steer.cli import main
 
     out = tmp_path / "router"
-    tasks = _small_tasks(tmp_path)
+    tasks = small_task_file(tmp_path, per_domain=10)
     assert main(["route", "train", "--tasks", str(tasks), "--experts", ",".join(TINY_EXPERTS), "--reader", "tiny-llama",
                  "--layer", "1", "-o", str(out)]) == 0
     assert "held-out AUROC" in capsys.readouterr().out

@@ -1,0 +1,208 @@
+"""The router and its experts as a Ray Serve application: the only module that imports Ray Serve.
+
+One deployment per expert (it loads the expert once, holds the policy's vector and reward files and answers
+one request at a time per replica, since steering hooks belong to one request) and an ingress deployment that
+reads each request with the router's reader, decides, applies what the policy allows and returns an
+OpenAI-style chat completion with the decision trace. Concurrency is bounded per deployment: at most
+`max_ongoing_requests` per replica, and past `max_queued_requests` waiting a request is refused (HTTP 503).
+"""
+
+
+import asyncio
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from experts.errors import SteerlabError
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from ray import serve
+except ImportError:
+    raise SteerlabError("steer serve needs the optional Ray extra; install it with: pip install 'steerlab[ray]'") from None
+
+APP = "steerlab"
+
+
+def _unpack(files: dict[str, bytes]) -> Path:
+    """A replica's own copy of a folder's files (replicas may run on other machines)."""
+    folder = Path(tempfile.mkdtemp(prefix="steerlab-serve-"))
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def _pack(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@serve.deployment
+class ExpertService:
+    """One expert; `respond` generates with the adjustments the ingress chose."""
+
+    def __init__(self, name: str, fingerprint: str | None, rules: list[dict], files: dict[str, bytes], threads: int,
+                 top_k: int) -> None:
+        import torch
+
+        from experts.expert import Expert
+        from steer.router.router import Rule
+
+        torch.set_num_threads(threads)
+        self.expert = Expert.load(name)
+        if fingerprint and self.expert.fingerprint != fingerprint:
+            raise SteerlabError(f"{name!r} here has weights {self.expert.fingerprint}; the router was trained with {fingerprint}")
+        self.rules, self.folder, self.top_k = [Rule(**r) for r in rules], _unpack(files), top_k
+        self.lock = asyncio.Lock()
+
+    async def respond(self, prompt: str, system: str | None, adjustments: list[dict], settings: dict) -> dict[str, Any]:
+        async with self.lock:  # steering hooks are per request: one request at a time on this replica's expert
+            return await asyncio.to_thread(self._respond, prompt, system, adjustments, settings)
+
+    def _respond(self, prompt: str, system: str | None, adjustments: list[dict], settings: dict) -> dict[str, Any]:
+        from experts.generate import GenerationConfig
+        from steer.router.answer import generate_adjusted
+        from steer.router.decision import Adjustment
+
+        result = generate_adjusted(self.expert, [prompt], [Adjustment(**a) for a in adjustments], self.rules, self.folder,
+                                   GenerationConfig(**settings), top_k=self.top_k, system=system)
+        return {"text": result.texts[0], "finish_reason": result.finish_reasons[0],
+                "prompt_tokens": len(self.expert.encode(result.formatted_prompts[0])),
+                "completion_tokens": len(result.token_ids[0])}
+
+
+app = FastAPI(title="steerlab router", description="OpenAI-style chat completions, routed by activation features")
+
+
+def _error(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+
+
+@serve.deployment
+@serve.ingress(app)
+class RouterService:
+    """The HTTP ingress: read, decide, adjust within the policy, hand the request to the chosen expert."""
+
+    def __init__(self, router_files: dict[str, bytes], experts: dict[str, Any], limits: dict, threads: int) -> None:
+        import torch
+
+        from experts.expert import Expert
+        from steer.router.router import Router
+        from steer.router.service import Limits
+
+        torch.set_num_threads(threads)
+        self.router = Router.load(_unpack(router_files))
+        self.reader = Expert.load(self.router.features.reader)
+        self.router.check_reader(self.reader)
+        self.experts, self.limits = experts, Limits(**limits)
+        self.lock = asyncio.Lock()
+
+    @app.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok", "experts": sorted(self.experts), "reader": self.reader.name}
+
+    @app.get("/v1/models")
+    async def models(self) -> dict:
+        from steer.router.service import MODEL, allowed_strengths
+
+        return {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "steerlab",
+                                            "experts": sorted(self.experts), "fallback": self.router.fallback,
+                                            "request_strengths": allowed_strengths(self.router)}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, request: Request) -> JSONResponse:
+        from steer.router.service import BadRequest, ChatRequest, adjustments_for, completion
+
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "the body is not JSON", "invalid_request_error")
+        try:
+            chat = ChatRequest.parse(body, self.limits)
+            start = time.perf_counter()
+            async with self.lock:  # one reading at a time on this replica's reader
+                decision = (await asyncio.to_thread(self.router.decide, self.reader, [chat.prompt]))[0]
+            decided = time.perf_counter()
+            decision, rerouted = self._deployed(decision)
+            adjustments = adjustments_for(self.router, decision, chat)
+            answer = await self.experts[decision.expert].respond.remote(
+                chat.prompt, chat.system, [asdict(a) for a in adjustments], chat.generation_settings())
+        except BadRequest as error:
+            return _error(400, str(error), "invalid_request_error")
+        response = completion(chat, decision, adjustments, answer, {
+            "decide": 1000 * (decided - start), "answer": 1000 * (time.perf_counter() - decided)})
+        if rerouted:
+            response["steerlab"]["rerouted_from"] = rerouted
+        return JSONResponse(response)
+
+    def _deployed(self, decision):
+        """A decision for an expert that is not deployed goes to the fallback (recorded in the trace)."""
+        if decision.expert in self.experts:
+            return decision, None
+        fallback = self.router.fallback
+        experts_of = {r.file: r.expert for r in self.router.rules}
+        kept = [a for a in decision.adjustments if experts_of.get(a.file) in ("", fallback)]
+        return replace(decision, expert=fallback, adjustments=kept), decision.expert
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the service runs: where it listens and how much work it takes at once."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replicas: int = 1  # per expert
+    max_ongoing_requests: int = 4  # per replica
+    max_queued_requests: int = 32  # per deployment; past this a request gets HTTP 503
+    cpus_per_replica: float = 0.5
+    request_timeout_s: float = 120.0
+    top_k: int = 20  # reward-augmented decoding's candidates
+    max_tokens: int = 256
+    max_prompt_chars: int = 8000
+
+    def __post_init__(self) -> None:
+        for name in ("replicas", "max_ongoing_requests", "max_queued_requests"):
+            if getattr(self, name) < 1:
+                raise SteerlabError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.cpus_per_replica <= 0 or self.request_timeout_s <= 0:
+            raise SteerlabError("cpus-per-replica and request-timeout must be positive")
+
+
+def serve_router(router_folder: str | Path, experts: list[str] | None = None, settings: ServeSettings = ServeSettings(),
+                 address: str | None = None) -> str:
+    """Deploy the router and its experts (default: all the router routes to); returns the base URL."""
+    import ray
+
+    from steer.router.router import Router
+
+    router = Router.load(router_folder)
+    experts = experts or list(router.experts)
+    unknown = [e for e in experts if e not in router.experts]
+    if unknown:
+        raise SteerlabError(f"the router does not route to {', '.join(unknown)}; it routes to {', '.join(router.experts)}")
+    if router.fallback not in experts:
+        raise SteerlabError(f"deploy the router's fallback expert {router.fallback!r} too (decisions for experts not "
+                            "deployed go to it)")
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    serve.start(http_options={"host": settings.host, "port": settings.port,
+                              "request_timeout_s": settings.request_timeout_s})
+    threads = max(1, int(settings.cpus_per_replica))
+    options = dict(num_replicas=settings.replicas, max_ongoing_requests=settings.max_ongoing_requests,
+                   max_queued_requests=settings.max_queued_requests,
+                   ray_actor_options={"num_cpus": settings.cpus_per_replica})
+    policy_files = {r.file: (router.folder / r.file).read_bytes() for r in router.rules}
+    rules = [asdict(r) for r in router.rules]
+    handles = {name: ExpertService.options(name=f"expert:{name}", **options).bind(
+        name, router.fingerprints.get(name), rules, policy_files, threads, settings.top_k) for name in experts}
+    limits = {"max_tokens": settings.max_tokens, "max_prompt_chars": settings.max_prompt_chars}
+    ingress = RouterService.options(name="router", **options).bind(_pack(Path(router_folder)), handles, limits, threads)
+    serve.run(ingress, name=APP, route_prefix="/", blocking=False)
+    return f"http://{settings.host}:{settings.port}"
+
+
+def shutdown() -> None:
+    serve.delete(APP)

@@ -1,0 +1,136 @@
+"""The routing service's requests and responses, apart from any server: an OpenAI-style chat completion
+request in, a routing decision and the adjustments the policy allows, a chat completion out with the
+decision trace under `steerlab`. `steer.ray_serve` puts this behind HTTP.
+
+A request may ask for policy files at chosen strengths (`"steerlab": {"strengths": {"gender.safetensors": 0.5}}`);
+each must be a file of a policy rule that allows requests (`request_max` > 0), within ±`request_max`, and for the
+chosen expert if the rule names one. The requested strength replaces the rule's own when the rule also fired.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from experts.errors import SteerlabError
+from steer.router.decision import Adjustment, RoutingDecision
+from steer.router.router import Router
+
+MODEL = "steerlab-router"  # the model name a client asks for: the router picks the expert
+
+
+class BadRequest(SteerlabError):
+    """A request the service refuses (HTTP 400); the message names the bad value and the valid choices."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What any one request may ask for."""
+
+    max_tokens: int = 256
+    max_prompt_chars: int = 8000
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    prompt: str  # the user message: what the router reads and the expert answers
+    system: str | None = None
+    max_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+    strengths: dict[str, float] = field(default_factory=dict)  # policy file -> requested strength
+
+    @classmethod
+    def parse(cls, body: Any, limits: Limits = Limits()) -> ChatRequest:
+        """Validate an OpenAI-style body: one user message (after an optional system message), sampling settings
+        and `steerlab.strengths`."""
+        if not isinstance(body, Mapping):
+            raise BadRequest("the body must be a JSON object with 'messages'")
+        if body.get("model", MODEL) != MODEL:
+            raise BadRequest(f"unknown model {body.get('model')!r}; this service serves {MODEL!r} (the router picks the expert)")
+        if body.get("stream"):
+            raise BadRequest("streaming is not supported; send 'stream': false")
+        if body.get("n", 1) != 1:
+            raise BadRequest(f"n = {body.get('n')!r}; this service returns one choice (n = 1)")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, Mapping) for m in messages):
+            raise BadRequest("'messages' must be a non-empty list of {'role', 'content'} objects")
+        roles = [m.get("role") for m in messages]
+        if roles not in (["user"], ["system", "user"]):
+            raise BadRequest(f"messages with roles {roles}: send one user message, optionally after one system message "
+                             "(multi-turn conversations are not supported)")
+        contents = [m.get("content") for m in messages]
+        if not all(isinstance(c, str) for c in contents) or not contents[-1].strip():
+            raise BadRequest("each message's 'content' must be text, and the user message must not be empty")
+        if len(contents[-1]) > limits.max_prompt_chars:
+            raise BadRequest(f"the user message has {len(contents[-1])} characters; at most {limits.max_prompt_chars}")
+        max_tokens = _number(body, "max_tokens", 64, int, 1, limits.max_tokens)
+        extras = body.get("steerlab") or {}
+        strengths = extras.get("strengths", {}) if isinstance(extras, Mapping) else None
+        if not isinstance(strengths, Mapping) or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                         and math.isfinite(v) for v in strengths.values()):
+            raise BadRequest("'steerlab.strengths' must map policy files to finite numbers")
+        return cls(prompt=contents[-1], system=contents[0] if len(contents) == 2 else None, max_tokens=max_tokens,
+                   temperature=_number(body, "temperature", 0.0, float, 0.0, 2.0),
+                   top_p=_number(body, "top_p", 1.0, float, 1e-6, 1.0), seed=_number(body, "seed", 0, int, 0, 2**63 - 1),
+                   strengths={str(k): float(v) for k, v in strengths.items()})
+
+    def generation_settings(self) -> dict[str, Any]:
+        """Keyword arguments of `GenerationConfig`."""
+        return {"max_new_tokens": self.max_tokens, "do_sample": self.temperature > 0,
+                "temperature": self.temperature or 1.0, "top_p": self.top_p, "seed": self.seed}
+
+
+def _number(body: Mapping, key: str, default, kind: type, low: float, high: float):
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
+        raise BadRequest(f"{key!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if not low <= value <= high:
+        raise BadRequest(f"{key!r} = {value!r} is outside {low:g}..{high:g}")
+    return kind(value)
+
+
+def allowed_strengths(router: Router) -> dict[str, float]:
+    """Policy file -> the largest |strength| a request may ask for."""
+    return {r.file: r.request_max for r in router.rules if r.request_max > 0}
+
+
+def adjustments_for(router: Router, decision: RoutingDecision, request: ChatRequest) -> list[Adjustment]:
+    """The decision's adjustments, with the request's strengths applied as the policy allows."""
+    allowed = allowed_strengths(router)
+    rules = {r.file: r for r in router.rules}
+    chosen = {a.file: a for a in decision.adjustments}
+    for file, strength in request.strengths.items():
+        if file not in allowed:
+            choices = ", ".join(sorted(allowed)) or "none (no rule of this router allows requests)"
+            raise BadRequest(f"the policy does not let requests set {file!r}; files a request may set: {choices}")
+        if abs(strength) > allowed[file]:
+            raise BadRequest(f"strength {strength:g} for {file!r} is outside the policy's ±{allowed[file]:g}")
+        rule = rules[file]
+        if rule.expert and rule.expert != decision.expert:
+            raise BadRequest(f"{file!r} applies to {rule.expert!r}; the router chose {decision.expert!r}")
+        chosen[file] = Adjustment(rule.kind, file, strength, "request")
+    return [a for a in chosen.values() if a.strength != 0]
+
+
+def completion(request: ChatRequest, decision: RoutingDecision, adjustments: list[Adjustment],
+               answer: Mapping[str, Any], timings_ms: Mapping[str, float]) -> dict[str, Any]:
+    """An OpenAI-style chat completion whose `steerlab` field carries the decision trace."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+        "model": decision.expert,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer["text"]},
+                     "finish_reason": "stop" if answer["finish_reason"] == "eos" else "length"}],
+        "usage": {"prompt_tokens": answer["prompt_tokens"], "completion_tokens": answer["completion_tokens"],
+                  "total_tokens": answer["prompt_tokens"] + answer["completion_tokens"]},
+        "steerlab": {"decision": decision.to_dict(), "applied": [asdict(a) for a in adjustments],
+                     "explanation": decision.explain(), "settings": request.generation_settings(),
+                     "timings_ms": dict(timings_ms)},
+    }

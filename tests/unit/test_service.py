@@ -1,0 +1,79 @@
+"""The routing service's requests, policy checks and responses (no server)."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from steer.router.decision import Adjustment, RoutingDecision
+from steer.router.router import Rule
+from steer.router.service import MODEL, BadRequest, ChatRequest, Limits, adjustments_for, allowed_strengths, completion
+
+USER = [{"role": "user", "content": "Write a letter for Kelly."}]
+ROUTER = SimpleNamespace(rules=[Rule("gendered_subject", "steer", "gender.safetensors", 1.0, expert="a", request_max=2.0),
+                                Rule("hostile_tone", "reward", "tone.safetensors", 10.0, request_max=20.0),
+                                Rule("hostile_tone", "steer", "fixed.safetensors", 1.0)])
+
+
+def _decision(expert="a", adjustments=()):
+    return RoutingDecision(input_sha256="0" * 64, reader="r", reader_layer=1, features=[], scores={}, probabilities={},
+                           expert=expert, confidence=0.9, abstained=False, adjustments=list(adjustments))
+
+
+def test_a_request_parses_into_generation_settings():
+    request = ChatRequest.parse({"model": MODEL, "messages": [{"role": "system", "content": "Be brief."}, *USER],
+                                 "max_tokens": 12, "temperature": 0.7, "seed": 3,
+                                 "steerlab": {"strengths": {"gender.safetensors": -1.5}}})
+    assert (request.prompt, request.system, request.strengths) == ("Write a letter for Kelly.", "Be brief.",
+                                                                   {"gender.safetensors": -1.5})
+    assert request.generation_settings() == {"max_new_tokens": 12, "do_sample": True, "temperature": 0.7, "top_p": 1.0,
+                                             "seed": 3}
+    assert ChatRequest.parse({"messages": USER}).generation_settings()["do_sample"] is False  # temperature 0: greedy
+
+
+@pytest.mark.parametrize("body, message", [
+    ([], "JSON object"),
+    ({"messages": USER, "model": "gpt-4"}, "unknown model 'gpt-4'.*steerlab-router"),
+    ({"messages": []}, "non-empty list"),
+    ({"messages": [*USER, {"role": "assistant", "content": "x"}, *USER]}, "multi-turn"),
+    ({"messages": [{"role": "user", "content": "  "}]}, "must not be empty"),
+    ({"messages": [{"role": "user", "content": "x" * 40}]}, "40 characters; at most 30"),
+    ({"messages": USER, "max_tokens": 0}, "'max_tokens' = 0 is outside 1..5"),
+    ({"messages": USER, "max_tokens": 2.5}, "must be an integer"),
+    ({"messages": USER, "temperature": "hot"}, "must be a number"),
+    ({"messages": USER, "stream": True}, "streaming"),
+    ({"messages": USER, "steerlab": {"strengths": {"gender.safetensors": float("nan")}}}, "finite numbers"),
+])
+def test_bad_requests_name_the_bad_value(body, message):
+    with pytest.raises(BadRequest, match=message):
+        ChatRequest.parse(body, Limits(max_tokens=5, max_prompt_chars=30))
+
+
+def test_requested_strengths_are_held_to_the_policy():
+    assert allowed_strengths(ROUTER) == {"gender.safetensors": 2.0, "tone.safetensors": 20.0}
+    fired = Adjustment("steer", "gender.safetensors", 1.0, "gendered_subject")
+    request = ChatRequest.parse({"messages": USER, "steerlab": {"strengths": {"gender.safetensors": 0.5,
+                                                                              "tone.safetensors": 15}}})
+    applied = adjustments_for(ROUTER, _decision(adjustments=[fired]), request)
+    assert applied == [Adjustment("steer", "gender.safetensors", 0.5, "request"),
+                       Adjustment("reward", "tone.safetensors", 15.0, "request")]
+    off = ChatRequest.parse({"messages": USER, "steerlab": {"strengths": {"gender.safetensors": 0}}})
+    assert adjustments_for(ROUTER, _decision(adjustments=[fired]), off) == []  # a request may turn a rule off
+    for strengths, message in [({"gender.safetensors": 3}, "outside the policy's ±2"),
+                               ({"fixed.safetensors": 1}, "does not let requests set 'fixed.safetensors'.*gender"),
+                               ({"other.safetensors": 1}, "files a request may set: gender.safetensors, tone")]:
+        with pytest.raises(BadRequest, match=message):
+            adjustments_for(ROUTER, _decision(), ChatRequest.parse({"messages": USER, "steerlab": {"strengths": strengths}}))
+    with pytest.raises(BadRequest, match="applies to 'a'; the router chose 'b'"):
+        adjustments_for(ROUTER, _decision("b"), request)
+
+
+def test_the_completion_is_openai_shaped_and_carries_the_trace():
+    request = ChatRequest.parse({"messages": USER})
+    applied = [Adjustment("steer", "gender.safetensors", 0.5, "request")]
+    out = completion(request, _decision(), applied, {"text": "Dear", "finish_reason": "eos", "prompt_tokens": 7,
+                                                     "completion_tokens": 1}, {"decide": 1.0, "answer": 2.0})
+    assert out["object"] == "chat.completion" and out["model"] == "a"
+    assert out["choices"][0] == {"index": 0, "message": {"role": "assistant", "content": "Dear"}, "finish_reason": "stop"}
+    assert out["usage"] == {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}
+    assert out["steerlab"]["decision"]["expert"] == "a" and out["steerlab"]["applied"][0]["because"] == "request"
+    assert "expert a" in out["steerlab"]["explanation"]
