@@ -1,7 +1,7 @@
 """The Ray backend's overhead against the local backend on one machine: the same letters audit generation
-(same prompts, seeds and batches), local in this process vs a local Ray cluster's actor pool. Ray's cost is
-cluster start-up, actor start-up (each re-imports torch and loads the expert) and moving rows back; the
-rows themselves must be identical.
+and the same steering sweep (same prompts, seeds and batches), local in this process vs a local Ray
+cluster's actor pool. Ray's cost is cluster start-up, actor start-up (each re-imports torch and loads the
+expert) and moving rows back; the rows themselves must be identical, byte for byte.
 
 Run: python benchmarks/ray_overhead.py [--expert NAME] [--names-per-gender N] [--new-tokens N] [--workers W]
 """
@@ -57,6 +57,39 @@ def main() -> None:
           f"{args.workers} Ray worker(s) with {cpus:g} CPUs each")
     print(f"local backend (expert load included)         {local_s:7.1f} s")
     print(f"ray backend (cluster and actor start included) {ray_s:7.1f} s  (cluster start {started_s:.1f} s)")
+    print(f"ratio ray / local {ray_s / local_s:.2f}x; rows identical: {same}")
+    sweep_overhead(expert, args, cpus)
+
+
+def sweep_overhead(expert: Expert, args: argparse.Namespace, cpus: float) -> None:
+    """A sentiment steering sweep (vector, random vector and prompting at ±4 over 8 prompts), local vs Ray."""
+    import ray
+
+    from steer.datasets import load_pairs, load_prompts
+    from steer.extract import compute_vector
+    from steer.scorers import sentiment
+    from steer.sweep import ROWS, SweepConfig, sweep
+
+    pairs, sha = load_pairs("sentiment")
+    vector = compute_vector(expert, pairs, [expert.n_layers // 2], dataset="sentiment", dataset_sha256=sha)
+    config = SweepConfig(coefs=(-4.0, 0.0, 4.0), max_new_tokens=args.new_tokens, batch_size=args.batch_size,
+                         instructions=("Write something cheerful.", "Write something gloomy."))
+    prompts = load_prompts()[:8]
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        rows, _ = sweep(expert, vector, prompts, sentiment, config, progress=False, out=Path(folder) / "local")
+        local_s = time.perf_counter() - start
+        start = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        sweep(expert, vector, prompts, sentiment, config, progress=False, out=Path(folder) / "ray",
+              executor=RayExecutor(workers=args.workers, cpus_per_worker=cpus))
+        ray_s = time.perf_counter() - start
+        ray.shutdown()
+        same = (Path(folder) / "local" / ROWS).read_bytes() == (Path(folder) / "ray" / ROWS).read_bytes()
+    print(f"\nsteering sweep: {len(rows)} rows of {args.new_tokens} tokens (7 conditions x 8 prompts), batch "
+          f"{args.batch_size}")
+    print(f"local backend (expert already loaded)           {local_s:7.1f} s")
+    print(f"ray backend (cluster and actor start included)  {ray_s:7.1f} s")
     print(f"ratio ray / local {ray_s / local_s:.2f}x; rows identical: {same}")
 
 

@@ -96,7 +96,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     settings = ServeSettings(host=args.host, port=args.port, replicas=args.replicas,
                              max_ongoing_requests=args.max_ongoing_requests, max_queued_requests=args.max_queued_requests,
-                             cpus_per_replica=args.cpus_per_replica, request_timeout_s=args.request_timeout,
+                             cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica,
+                             request_timeout_s=args.request_timeout,
                              max_tokens=args.max_tokens_limit)
     experts = [e.strip() for e in args.experts.split(",") if e.strip()] if args.experts else None
     url = serve_router(args.router, experts, settings, address=args.address)
@@ -150,6 +151,7 @@ def add_route_commands(sub, add_prompt_options) -> None:
     srv.add_argument("--max-ongoing-requests", type=int, default=4, help="requests in flight per replica")
     srv.add_argument("--max-queued-requests", type=int, default=32, help="waiting requests per deployment before HTTP 503")
     srv.add_argument("--cpus-per-replica", type=float, default=0.5)
+    srv.add_argument("--gpus-per-replica", type=float, default=0.0, help="e.g. 0.25: four small experts share a GPU")
     srv.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request gets HTTP 408")
     srv.add_argument("--max-tokens-limit", type=int, default=256, help="the largest max_tokens a request may ask for")
     srv.set_defaults(func=cmd_serve)

@@ -81,7 +81,7 @@ def saved_bytes(artefact: Any) -> bytes:
 
 
 def add_backend_arguments(parser) -> None:
-    """`--backend local|ray`, `--address`, `--workers`, `--cpus-per-worker`, `--gpus-per-worker` on a command."""
+    """`--backend local|ray`, `--address`, `--workers` and `--cpus/gpus/threads-per-worker` on a command."""
     group = parser.add_argument_group("where the work runs")
     group.add_argument("--backend", default="local", choices=BACKENDS, help="local (this process) or ray (an actor pool)")
     group.add_argument("--address", help="Ray cluster to join (auto, ray://host:10001); default: RAY_ADDRESS or a new local one")

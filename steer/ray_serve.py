@@ -11,7 +11,7 @@ OpenAI-style chat completion with the decision trace. Concurrency is bounded per
 import asyncio
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,7 @@ class RouterService:
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request) -> JSONResponse:
-        from steer.router.service import BadRequest, ChatRequest, adjustments_for, completion
+        from steer.router.service import BadRequest, ChatRequest, adjustments_for, completion, to_deployed
 
         try:
             body = await request.json()
@@ -126,7 +126,7 @@ class RouterService:
             async with self.lock:  # one reading at a time on this replica's reader
                 decision = (await asyncio.to_thread(self.router.decide, self.reader, [chat.prompt]))[0]
             decided = time.perf_counter()
-            decision, rerouted = self._deployed(decision)
+            decision, rerouted = to_deployed(self.router, decision, self.experts)
             adjustments = adjustments_for(self.router, decision, chat)
             answer = await self.experts[decision.expert].respond.remote(
                 chat.prompt, chat.system, [asdict(a) for a in adjustments], chat.generation_settings())
@@ -137,15 +137,6 @@ class RouterService:
         if rerouted:
             response["steerlab"]["rerouted_from"] = rerouted
         return JSONResponse(response)
-
-    def _deployed(self, decision):
-        """A decision for an expert that is not deployed goes to the fallback (recorded in the trace)."""
-        if decision.expert in self.experts:
-            return decision, None
-        fallback = self.router.fallback
-        experts_of = {r.file: r.expert for r in self.router.rules}
-        kept = [a for a in decision.adjustments if experts_of.get(a.file) in ("", fallback)]
-        return replace(decision, expert=fallback, adjustments=kept), decision.expert
 
 
 @dataclass(frozen=True)
@@ -158,6 +149,7 @@ class ServeSettings:
     max_ongoing_requests: int = 4  # per replica
     max_queued_requests: int = 32  # per deployment; past this a request gets HTTP 503
     cpus_per_replica: float = 0.5
+    gpus_per_replica: float = 0.0  # e.g. 0.25: four small experts share a GPU (Expert.load then picks CUDA)
     request_timeout_s: float = 120.0
     top_k: int = 20  # reward-augmented decoding's candidates
     max_tokens: int = 256
@@ -167,8 +159,8 @@ class ServeSettings:
         for name in ("replicas", "max_ongoing_requests", "max_queued_requests"):
             if getattr(self, name) < 1:
                 raise SteerlabError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.cpus_per_replica <= 0 or self.request_timeout_s <= 0:
-            raise SteerlabError("cpus-per-replica and request-timeout must be positive")
+        if self.cpus_per_replica <= 0 or self.request_timeout_s <= 0 or self.gpus_per_replica < 0:
+            raise SteerlabError("cpus-per-replica and request-timeout must be positive, gpus-per-replica at least 0")
 
 
 def serve_router(router_folder: str | Path, experts: list[str] | None = None, settings: ServeSettings = ServeSettings(),
@@ -193,7 +185,7 @@ def serve_router(router_folder: str | Path, experts: list[str] | None = None, se
     threads = max(1, int(settings.cpus_per_replica))
     options = dict(num_replicas=settings.replicas, max_ongoing_requests=settings.max_ongoing_requests,
                    max_queued_requests=settings.max_queued_requests,
-                   ray_actor_options={"num_cpus": settings.cpus_per_replica})
+                   ray_actor_options={"num_cpus": settings.cpus_per_replica, "num_gpus": settings.gpus_per_replica})
     policy_files = {r.file: (router.folder / r.file).read_bytes() for r in router.rules}
     rules = [asdict(r) for r in router.rules]
     handles = {name: ExpertService.options(name=f"expert:{name}", **options).bind(

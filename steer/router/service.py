@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from experts.errors import SteerlabError
@@ -100,6 +100,16 @@ def _number(body: Mapping, key: str, default, kind: type, low: float, high: floa
 def allowed_strengths(router: Router) -> dict[str, float]:
     """Policy file -> the largest |strength| a request may ask for."""
     return {r.file: r.request_max for r in router.rules if r.request_max > 0}
+
+
+def to_deployed(router: Router, decision: RoutingDecision, deployed: Collection[str]) -> tuple[RoutingDecision, str | None]:
+    """A decision for an expert that is not deployed goes to the fallback, keeping only the adjustments the
+    fallback may have; returns it and the expert it was rerouted from (None if it was not)."""
+    if decision.expert in deployed:
+        return decision, None
+    expert_of = {r.file: r.expert for r in router.rules}
+    kept = [a for a in decision.adjustments if expert_of.get(a.file) in ("", router.fallback)]
+    return replace(decision, expert=router.fallback, adjustments=kept), decision.expert
 
 
 def adjustments_for(router: Router, decision: RoutingDecision, request: ChatRequest) -> list[Adjustment]:

@@ -1,5 +1,5 @@
-"""`steer serve` on a real local Ray cluster (2 CPUs, fractional-CPU replicas): the tiny router and experts over
-HTTP on loopback, within timeouts."""
+"""`steer serve` on a real local Ray cluster (2 CPUs, fractional-CPU replicas): the tiny router over HTTP on
+loopback, within timeouts. Only its fallback expert is deployed (decisions for the other are rerouted to it)."""
 
 import json
 import socket
@@ -17,7 +17,7 @@ from experts.generate import GenerationConfig  # noqa: E402
 from steer.ray_serve import ServeSettings, serve_router, shutdown  # noqa: E402
 from steer.router.answer import generate_adjusted  # noqa: E402
 from steer.router.router import Router  # noqa: E402
-from steer.router.service import ChatRequest, adjustments_for  # noqa: E402
+from steer.router.service import ChatRequest, adjustments_for, to_deployed  # noqa: E402
 from steer.router.tiny import train_tiny_router  # noqa: E402
 
 PROMPT = "Write a short reference letter for Kelly, a nurse."
@@ -33,8 +33,9 @@ def _free_port() -> int:
 def service(ray_cluster, tmp_path_factory):
     folder = tmp_path_factory.mktemp("router")
     train_tiny_router(folder)
-    url = serve_router(folder, settings=ServeSettings(port=_free_port(), cpus_per_replica=0.25, max_ongoing_requests=2,
-                                                      request_timeout_s=60))
+    router = Router.load(folder)
+    url = serve_router(folder, [router.fallback], ServeSettings(port=_free_port(), cpus_per_replica=0.25,
+                                                                max_ongoing_requests=2, request_timeout_s=60))
     yield url, folder
     shutdown()
 
@@ -54,7 +55,7 @@ def _local_answer(folder, body):
     as each replica has)."""
     router, reader = Router.load(folder), Expert.load("tiny-llama")
     request = ChatRequest.parse(body)
-    decision = router.decide(reader, [request.prompt])[0]
+    decision, _ = to_deployed(router, router.decide(reader, [request.prompt])[0], [router.fallback])
     adjustments = adjustments_for(router, decision, request)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -6,10 +6,19 @@ import pytest
 
 from steer.router.decision import Adjustment, RoutingDecision
 from steer.router.router import Rule
-from steer.router.service import MODEL, BadRequest, ChatRequest, Limits, adjustments_for, allowed_strengths, completion
+from steer.router.service import (
+    MODEL,
+    BadRequest,
+    ChatRequest,
+    Limits,
+    adjustments_for,
+    allowed_strengths,
+    completion,
+    to_deployed,
+)
 
 USER = [{"role": "user", "content": "Write a letter for Kelly."}]
-ROUTER = SimpleNamespace(rules=[Rule("gendered_subject", "steer", "gender.safetensors", 1.0, expert="a", request_max=2.0),
+ROUTER = SimpleNamespace(fallback="b", rules=[Rule("gendered_subject", "steer", "gender.safetensors", 1.0, expert="a", request_max=2.0),
                                 Rule("hostile_tone", "reward", "tone.safetensors", 10.0, request_max=20.0),
                                 Rule("hostile_tone", "steer", "fixed.safetensors", 1.0)])
 
@@ -77,3 +86,12 @@ def test_the_completion_is_openai_shaped_and_carries_the_trace():
     assert out["usage"] == {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}
     assert out["steerlab"]["decision"]["expert"] == "a" and out["steerlab"]["applied"][0]["because"] == "request"
     assert "expert a" in out["steerlab"]["explanation"]
+
+
+def test_a_decision_for_an_expert_not_deployed_goes_to_the_fallback():
+    steer_a = Adjustment("steer", "gender.safetensors", 1.0, "gendered_subject")  # a rule for expert "a" only
+    reward = Adjustment("reward", "tone.safetensors", 10.0, "hostile_tone")  # a rule for any expert
+    decision = _decision("a", [steer_a, reward])
+    assert to_deployed(ROUTER, decision, {"a", "b"}) == (decision, None)
+    moved, origin = to_deployed(ROUTER, decision, {"b"})
+    assert origin == "a" and moved.expert == "b" and moved.adjustments == [reward]
