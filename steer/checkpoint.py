@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Hashable, Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +91,22 @@ def run_shards(executor: Executor | None, job: ShardJob, shards: Sequence[Shard]
     bar.close()
 
 
-def in_plan_order(rows: list[Row], key: Callable[[Row], Hashable], order: Sequence[Hashable]) -> list[Row]:
-    """The rows sorted as planned, so a resumed run's tables equal an uninterrupted run's."""
-    rank = {k: i for i, k in enumerate(order)}
-    return sorted(rows, key=lambda r: rank[key(r)])
+def run_grid(job: ShardJob, expert: Expert, out: Path | None, rows_name: str, identity: dict[str, Any],
+             plan: Sequence[dict[str, Any]], items: Sequence[tuple[int, int]], batch_size: int, *,
+             executor: Executor | None = None, finish: Callable[[list[Row]], list[Row]] | None = None,
+             progress: bool = True, desc: str = "rows") -> list[Row]:
+    """Every row of `plan` (settings such as a condition and a coefficient) × (prompt_id, sample) `items`. Rows
+    not yet in `out`'s checkpoint run on `executor` in batches of `batch_size` items; all come back in plan
+    order, so a resumed run's tables equal an uninterrupted run's. Without `out`, the checkpoint lives in a
+    temporary folder."""
+    def key(row: Row) -> tuple:
+        return (*(row[name] for name in plan[0]), row["prompt_id"], row["sample"])
+
+    with tempfile.TemporaryDirectory(prefix="steerlab-run-") as scratch:
+        folder = Path(out) if out is not None else Path(scratch)
+        claim_folder(folder, json.loads(json.dumps(identity)), expert.fingerprint, rows_name)
+        done = {key(r) for r in read_rows(folder / rows_name)}
+        run_shards(executor, job, missing_shards(plan, items, done, batch_size), expert, folder / rows_name,
+                   finish=finish, progress=progress, desc=desc)
+        rank = {k: n for n, k in enumerate((*setting.values(), i, s) for setting in plan for i, s in items)}
+        return sorted(read_rows(folder / rows_name), key=lambda r: rank[key(r)])

@@ -13,9 +13,7 @@ budget, so methods are compared at equal fluency.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
@@ -30,7 +28,7 @@ from experts.expert import Expert
 from experts.generate import DecodeState, GenerationConfig, LogitsHook, generate_batch, row_seed
 from experts.likelihood import continuation_nll
 from steer.apply import Steering, apply
-from steer.checkpoint import claim_folder, in_plan_order, missing_shards, read_rows, run_shards
+from steer.checkpoint import run_grid
 from steer.executor import Executor, LocalExecutor, Shard, carried_files, saved_bytes, worker_expert
 from steer.rad import CandidateReward, reward_decoding
 from steer.rewards import load_reward
@@ -192,18 +190,11 @@ def compare(expert: Expert, methods: Sequence[Method], strengths: dict[str, Sequ
     def scored(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{**row, "score": score} for row, score in zip(rows, evaluator([r["text"] for r in rows]))]
 
-    with tempfile.TemporaryDirectory(prefix="steerlab-compare-") as scratch:
-        folder = Path(out) if out is not None else Path(scratch)
-        identity = {"prompts": prompts, "top_k": top_k, "max_new_tokens": max_new_tokens, "samples": samples,
-                    "seed": seed, "batch_size": batch_size, "plan": plan,
-                    "methods": {m.name: [m.kind, m.digest(), m.top_k, m.positions] for m in methods}, **(settings or {})}
-        claim_folder(folder, json.loads(json.dumps(identity)), expert.fingerprint, ROWS)
-        done = {(r["method"], r["strength"], r["prompt_id"], r["sample"]) for r in read_rows(folder / ROWS)}
-        shards = missing_shards(plan, items, done, batch_size)
-        run_shards(executor, job, shards, expert, folder / ROWS, finish=scored, progress=progress, desc="compare")
-        order = [(p["method"], p["strength"], i, s) for p in plan for i, s in items]
-        rows = in_plan_order(read_rows(folder / ROWS), lambda r: (r["method"], r["strength"], r["prompt_id"], r["sample"]),
-                             order)
+    identity = {"prompts": prompts, "top_k": top_k, "max_new_tokens": max_new_tokens, "samples": samples, "seed": seed,
+                "batch_size": batch_size, "plan": plan,
+                "methods": {m.name: [m.kind, m.digest(), m.top_k, m.positions] for m in methods}, **(settings or {})}
+    rows = run_grid(job, expert, out, ROWS, identity, plan, items, batch_size, executor=executor, finish=scored,
+                    progress=progress, desc="compare")
     rows = [{**r, "method": name} for r in rows for name in (names if r["method"] == PLAIN else [r["method"]])]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame, summarize(frame, seed)

@@ -10,9 +10,7 @@ each layer, and prompting (an instruction prefix for each direction).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import tempfile
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -28,7 +26,7 @@ from experts.expert import Expert
 from experts.generate import GenerationConfig, generate_batch, row_seed
 from experts.likelihood import continuation_nll, next_token_logprobs
 from steer.apply import Steering, apply
-from steer.checkpoint import claim_folder, in_plan_order, missing_shards, read_rows, run_shards
+from steer.checkpoint import run_grid
 from steer.executor import Executor, Shard, carried_files, saved_bytes, worker_expert
 from steer.scorers import Scorer
 from steer.stats import paired_summary
@@ -154,17 +152,10 @@ def sweep(expert: Expert, vector: SteeringVector, prompts: Sequence[str], scorer
     def scored(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{**row, "score": score} for row, score in zip(rows, scorer([r["text"] for r in rows]))]
 
-    with tempfile.TemporaryDirectory(prefix="steerlab-sweep-") as scratch:
-        folder = Path(out) if out is not None else Path(scratch)
-        identity = {**config_dict(config), "prompts": prompts, "vector_sha256": hashlib.sha256(job.vector).hexdigest(),
-                    **(settings or {})}
-        claim_folder(folder, json.loads(json.dumps(identity)), expert.fingerprint, ROWS)
-        done = {(r["condition"], r["coef"], r["prompt_id"], r["sample"]) for r in read_rows(folder / ROWS)}
-        shards = missing_shards(plan, items, done, config.batch_size)
-        run_shards(executor, job, shards, expert, folder / ROWS, finish=scored, progress=progress, desc="sweep")
-        order = [(p["condition"], p["coef"], i, s) for p in plan for i, s in items]
-        rows = in_plan_order(read_rows(folder / ROWS), lambda r: (r["condition"], r["coef"], r["prompt_id"], r["sample"]),
-                             order)
+    identity = {**config_dict(config), "prompts": prompts, "vector_sha256": hashlib.sha256(job.vector).hexdigest(),
+                **(settings or {})}
+    rows = run_grid(job, expert, out, ROWS, identity, plan, items, config.batch_size, executor=executor, finish=scored,
+                    progress=progress, desc="sweep")
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame, summarize(frame, config.seed)
 
