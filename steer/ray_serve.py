@@ -56,6 +56,7 @@ class ExpertService:
         if fingerprint and self.expert.fingerprint != fingerprint:
             raise SteerlabError(f"{name!r} here has weights {self.expert.fingerprint}; the router was trained with {fingerprint}")
         self.rules, self.folder, self.top_k = [Rule(**r) for r in rules], _unpack(files), top_k
+        self.loaded: dict[str, Any] = {}  # vectors and rewards, read on first use
         self.lock = asyncio.Lock()
 
     async def respond(self, prompt: str, system: str | None, adjustments: list[dict], settings: dict) -> dict[str, Any]:
@@ -68,7 +69,7 @@ class ExpertService:
         from steer.router.decision import Adjustment
 
         result = generate_adjusted(self.expert, [prompt], [Adjustment(**a) for a in adjustments], self.rules, self.folder,
-                                   GenerationConfig(**settings), top_k=self.top_k, system=system)
+                                   GenerationConfig(**settings), top_k=self.top_k, system=system, loaded=self.loaded)
         return {"text": result.texts[0], "finish_reason": result.finish_reasons[0],
                 "prompt_tokens": len(self.expert.encode(result.formatted_prompts[0])),
                 "completion_tokens": len(result.token_ids[0])}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from experts.expert import Expert
 from experts.generate import GenerationConfig, GenerationResult, Prefill, generate
@@ -31,19 +32,24 @@ class ExpertPool:
 
 def generate_adjusted(expert: Expert, prompts: list[str], adjustments: Sequence[Adjustment], rules: Sequence[Rule],
                       folder: Path, config: GenerationConfig, *, top_k: int = 20, system: str | None = None,
-                      prefill: Prefill | None = None) -> GenerationResult:
-    """Generate with `expert`, steered and reward-decoded as `adjustments` say (their files are in `folder`)."""
+                      prefill: Prefill | None = None, loaded: dict[str, Any] | None = None) -> GenerationResult:
+    """Generate with `expert`, steered and reward-decoded as `adjustments` say (their files are in `folder`).
+    `loaded` keeps the vectors and rewards read so far, for a caller that answers many requests."""
     by_file = {(r.kind, r.file): r for r in rules}
+    loaded = {} if loaded is None else loaded
     hook = None
     with ExitStack() as stack:
         for adjustment in adjustments:
-            rule, path = by_file[(adjustment.kind, adjustment.file)], folder / adjustment.file
+            rule = by_file[(adjustment.kind, adjustment.file)]
+            if adjustment.file not in loaded:
+                read = SteeringVector.load if adjustment.kind == "steer" else load_reward
+                loaded[adjustment.file] = read(folder / adjustment.file, expert)
+            control = loaded[adjustment.file]
             if adjustment.kind == "steer":
-                vector = SteeringVector.load(path, expert=expert)
-                stack.enter_context(apply(expert, Steering(vector, coef=adjustment.strength, operator=rule.operator,
+                stack.enter_context(apply(expert, Steering(control, coef=adjustment.strength, operator=rule.operator,
                                                            positions=rule.positions)))
             else:
-                hook = stack.enter_context(reward_decoding(expert, load_reward(path, expert), adjustment.strength, top_k))
+                hook = stack.enter_context(reward_decoding(expert, control, adjustment.strength, top_k))
         return generate(expert, prompts, config, system=system, logits_hook=hook, prefill=prefill)
 
 
