@@ -89,8 +89,8 @@ def _run_keeping_prefix(expert: Expert, input_ids: Tensor, prefix: int):
     out = expert.model(input_ids=input_ids, use_cache=prefix > 0, logits_to_keep=1)
     if prefix == 0:
         return out.logits[:, -1], None
-    out.past_key_values.crop(prefix - input_ids.shape[1])  # negative: drop that many final positions
-    return out.logits[:, -1], out.past_key_values
+    out.cache.crop(prefix - input_ids.shape[1])  # negative: drop that many final positions
+    return out.logits[:, -1], out.cache
 
 
 @torch.inference_mode()
@@ -142,7 +142,7 @@ def patch_residual(
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(positions))
         with hook_context(expert.model, [(expert.hook_point(name), put_back)]):
-            logits = expert.model(input_ids=suffix, position_ids=position_ids, past_key_values=cache,
+            logits = expert.model(input_ids=suffix, position_ids=position_ids, cache=cache,
                                   use_cache=cache is not None, logits_to_keep=1).logits[:, -1]
         rows += [{"layer": layer, "position": p, "token": tokens[p], "patched": float(v)}
                  for p, v in zip(positions, metric(expert, logits))]

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
@@ -29,16 +28,18 @@ from experts.hookpoints import act_name
 POOLINGS = ("last", "mean", "an integer position (negative counts from the end)")
 
 
-def _pool(cache, name: str, position: str | int) -> torch.Tensor:
-    rows = cache.unpadded(name)
-    if position == "mean":
-        return torch.stack([row[1:].mean(0) if len(row) > 1 else row[0] for row in rows])  # skip the attention sink
-    index = -1 if position == "last" else int(position)
-    shortest = min(len(row) for row in rows)
-    if not -shortest <= index < shortest:
-        raise SteerlabError(f"position {index} is outside the shortest prompt ({shortest} tokens); "
+def _pooled_capture(expert: Expert, texts: list[str], names: list[str], position: str | int, chat: bool):
+    """One capture that keeps only the pooled activation of each text (never the full positions)."""
+    if position == "mean":  # skip the attention sink
+        lengths = [len(expert.encode(t)) for t in expert.format_prompts(texts, chat=chat)]
+        return expert.run_with_cache(texts, names, chat=chat, reduce="mean", mean_from=[min(1, n - 1) for n in lengths])
+    if position == "last":
+        return expert.run_with_cache(texts, names, chat=chat, reduce="last")
+    shortest = min(len(expert.encode(t)) for t in expert.format_prompts(texts, chat=chat))
+    if not -shortest <= int(position) < shortest:
+        raise SteerlabError(f"position {position} is outside the shortest prompt ({shortest} tokens); "
                             f"choose one of {', '.join(POOLINGS)}")
-    return torch.stack([row[index] for row in rows])
+    return expert.run_with_cache(texts, names, chat=chat, reduce=[int(position)])
 
 
 def heldout_split(labels: np.ndarray, groups: Sequence | None, test_fraction: float, seed: int):
@@ -88,10 +89,10 @@ def layer_probes(
     if position not in ("last", "mean") and not isinstance(position, int):
         raise SteerlabError(f"unknown position {position!r}; choose one of {', '.join(POOLINGS)}")
     train, test = heldout_split(y, groups, test_fraction, seed)
-    cache = expert.run_with_cache(list(texts), [act_name("resid_post", layer) for layer in layers], chat=chat)
+    cache = _pooled_capture(expert, list(texts), [act_name("resid_post", layer) for layer in layers], position, chat)
     rows = []
     for layer in layers:
-        x = _pool(cache, act_name("resid_post", layer), position).float().cpu().numpy()
+        x = cache[act_name("resid_post", layer)].reshape(len(texts), -1).float().cpu().numpy()
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(x[train], y[train])
         scores = probe.decision_function(x[test])
         auroc, low, high = auroc_ci(y[test], scores, seed=seed)

@@ -63,8 +63,8 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
     table_q = quality.pivot_table(index="task_id", columns="expert", values=["pass_at_1", "prompt_tokens", "answer_tokens"])
     ids = [t.id for t in tasks]
     passed = table_q["pass_at_1"].loc[ids, router.experts].to_numpy()
-    prompt_tokens = table_q["prompt_tokens"].loc[ids].mean(1).to_numpy()
-    answer_tokens = table_q["answer_tokens"].loc[ids].mean(1).to_numpy()
+    prompt_tokens = table_q["prompt_tokens"].loc[ids].mean(axis=1).to_numpy()
+    answer_tokens = table_q["answer_tokens"].loc[ids].mean(axis=1).to_numpy()
     costs = np.array([router.costs[e] for e in router.experts], dtype=float)
     # the claim is tested against the embedding router that does best on the val split (its tuning split)
     reference = max((r for r in routed if r.name in EMBEDDING_ROUTERS), key=lambda r: u[val][np.arange(val.sum()), r.choice[val]].mean()).name

@@ -64,3 +64,11 @@ class LayerOutOfRangeError(SteerlabError, IndexError):
 class EmptyPromptsError(SteerlabError, ValueError):
     def __init__(self, what: str = "prompts"):
         super().__init__(f"no {what} given: pass at least one non-empty prompt")
+
+
+class NonFiniteError(SteerlabError, FloatingPointError):
+    def __init__(self, what: str = "the expert's logits"):
+        super().__init__(
+            f"{what} became NaN or infinite; a steering coefficient or schedule is out of range, "
+            "or the weights are corrupt (re-run with coefficient 0 to tell which)"
+        )

@@ -17,7 +17,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from experts import hookpoints, registry
-from experts.errors import EmptyPromptsError, SteerlabError
+from experts.errors import EmptyPromptsError, NonFiniteError, SteerlabError
 from experts.spec import ExpertSpec
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,42 @@ class TokenBatch:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _parse_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return default_device()
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SteerlabError(f"unknown device {device!r}; choose cpu, cuda or cuda:N") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise SteerlabError(f"device {device!r} asked for, but this machine has no CUDA device; use cpu")
+    if target.type == "cuda" and target.index is not None and target.index >= torch.cuda.device_count():
+        raise SteerlabError(f"device {device!r} does not exist; this machine has cuda:0..{torch.cuda.device_count() - 1}")
+    if target.type not in ("cpu", "cuda", "mps"):
+        raise SteerlabError(f"unsupported device {device!r}; choose cpu, cuda or cuda:N")
+    return target
+
+
+def weights_fingerprint(model: torch.nn.Module, architecture: str) -> str:
+    """Short hash of a strided sample of every tensor, read as float32 (tells experts apart cheaply).
+
+    `Expert.load` takes it from the float32 source weights before casting them, so an expert has
+    one fingerprint whatever dtype and device it runs in."""
+    config = model.config
+    digest = hashlib.sha256(f"{architecture}:{config.num_hidden_layers}:{config.hidden_size}".encode())
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            sample = tensor.flatten()[:: max(1, tensor.numel() // 256)][:256]
+            digest.update(name.encode() + sample.float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_finite(model: torch.nn.Module, name: str) -> None:
+    for param_name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteError(f"weight {param_name} of expert {name!r}")
 
 
 def _parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -57,6 +93,7 @@ class Expert:
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         folder: Path,
+        fingerprint: str | None = None,
     ):
         self.spec = spec
         self.model = model
@@ -64,6 +101,7 @@ class Expert:
         self.folder = folder
         self.architecture = spec.architecture if spec.source != "hf-folder" else model.config.model_type
         hookpoints.layout_for(self.architecture)  # fail early on an unsupported architecture
+        self._fingerprint = fingerprint
 
     @classmethod
     def load(cls, name_or_path: str = registry.DEFAULT_EXPERT, *, device: str | None = None, dtype: str | torch.dtype | None = None) -> Expert:
@@ -72,17 +110,19 @@ class Expert:
 
         spec = registry.resolve(name_or_path)
         hookpoints.layout_for(spec.architecture)
-        target = torch.device(device) if device else default_device()
+        target = _parse_device(device)
         torch_dtype = _parse_dtype(dtype, target)
         if spec.source == "tiny":
             folder = Path(tempfile.mkdtemp(prefix=f"steerlab-{spec.name}-"))
             model, tokenizer = tiny.build_tiny(spec, folder)
-            model = model.to(device=target, dtype=torch_dtype)
         elif spec.source == "hf-folder":
-            model, tokenizer, folder = loading.load_folder(spec, target, torch_dtype)
+            model, tokenizer, folder = loading.load_folder(spec)
         else:
-            model, tokenizer, folder = loading.load_cached(spec, target, torch_dtype)
-        return cls(spec, model, tokenizer, folder)
+            model, tokenizer, folder = loading.load_cached(spec)
+        _check_finite(model, spec.name)
+        architecture = spec.architecture if spec.source != "hf-folder" else model.config.model_type
+        fingerprint = weights_fingerprint(model, architecture)  # of the float32 source, before the cast
+        return cls(spec, model.to(device=target, dtype=torch_dtype), tokenizer, folder, fingerprint)
 
     # -- facts -------------------------------------------------------------------------------
     @property
@@ -110,15 +150,13 @@ class Expert:
         pad = self.tokenizer.pad_token_id
         return pad if pad is not None else self.tokenizer.eos_token_id
 
-    @cached_property
+    @property
     def fingerprint(self) -> str:
-        """Short hash of the weights (a strided sample of every tensor): tells experts apart cheaply."""
-        digest = hashlib.sha256(f"{self.architecture}:{self.n_layers}:{self.d_model}".encode())
-        with torch.no_grad():
-            for name, tensor in self.model.state_dict().items():
-                sample = tensor.flatten()[:: max(1, tensor.numel() // 256)][:256]
-                digest.update(name.encode() + sample.float().cpu().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        """Short hash of the weights as loaded (float32 source), the same in every dtype and on every device.
+        An `Expert` built by hand from a model is fingerprinted from that model's weights as given."""
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.model, self.architecture)
+        return self._fingerprint
 
     @cached_property
     def tokenizer_fingerprint(self) -> str:
@@ -208,6 +246,20 @@ class Expert:
         logits = self.model.get_output_embeddings()(norm(resid.to(device=self.device, dtype=self.dtype)))
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
+
+    # -- hooks attached ------------------------------------------------------------------------
+    def hooks(self) -> list:
+        """The hook handles now attached to this expert (steering, captures), each with its owner."""
+        from experts.hooks import live_handles
+
+        return live_handles(self.model)
+
+    def reset_hooks(self) -> int:
+        """Remove every hook steerlab attached to this expert (as TransformerLens's `reset_hooks`);
+        returns how many handles were removed. Useful after re-running a notebook cell with `patch()`."""
+        from experts.hooks import remove_all
+
+        return remove_all(self.model)
 
     # -- running -------------------------------------------------------------------------------
     def generate(self, prompts: str | Sequence[str], **kwargs: Any):

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from experts.errors import EmptyPromptsError, SteerlabError
+from experts.errors import EmptyPromptsError, NonFiniteError, SteerlabError
 
 if TYPE_CHECKING:
     from experts.expert import Expert
@@ -68,17 +68,24 @@ class DecodeState:
     past: Any = None  # the KV cache of the generation loop (after this forward), for look-ahead rewards
     attention_mask: Tensor | None = None  # every position so far, this forward's included
     input_ids: Tensor | None = None  # this forward's input tokens (at step s >= 1: the token chosen at step s-1)
+    rows: Tensor | None = None  # (batch,) which prompt of the call each row is (per-prompt settings index it)
+    n_prompts: int | None = None  # how many prompts the call has (host-side, for checks)
 
     def generated(self) -> Tensor:
         return self.valid & (self.position_ids >= self.prompt_lengths[:, None])
 
     @classmethod
-    def for_batch(cls, attention_mask: Tensor, prompt_lengths: Tensor | None = None) -> DecodeState:
-        """State of a plain forward over left-padded rows (every real token a prompt token by default)."""
+    def for_batch(
+        cls, attention_mask: Tensor, prompt_lengths: Tensor | None = None, first_row: int = 0, n_prompts: int | None = None
+    ) -> DecodeState:
+        """State of a plain forward over left-padded rows (every real token a prompt token by default);
+        the rows are prompts `first_row`, `first_row + 1`, ... of the call."""
         valid = attention_mask.bool()
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         lengths = attention_mask.sum(-1) if prompt_lengths is None else prompt_lengths
-        return cls(0, positions, valid, lengths, all_valid=bool(valid.all()))
+        rows = torch.arange(first_row, first_row + attention_mask.shape[0], device=attention_mask.device)
+        return cls(0, positions, valid, lengths, all_valid=bool(valid.all()), rows=rows,
+                   n_prompts=first_row + attention_mask.shape[0] if n_prompts is None else n_prompts)
 
 
 _DECODE_STATE: ContextVar[DecodeState | None] = ContextVar("steerlab_decode_state", default=None)
@@ -161,9 +168,11 @@ def _filter_logits(logits: Tensor, config: GenerationConfig) -> Tensor:
     return logits
 
 
-def _next_tokens(logits: Tensor, config: GenerationConfig, generators: list[torch.Generator]) -> Tensor:
+def _next_tokens(logits: Tensor, config: GenerationConfig, generators: list[torch.Generator], non_finite: Tensor) -> Tensor:
     if not config.do_sample:
         return logits.argmax(-1)
+    if bool(non_finite):  # sampling from NaN probabilities would fail with an opaque error
+        raise NonFiniteError()
     probs = _filter_logits(logits.float(), config).softmax(-1)
     return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
 
@@ -183,9 +192,17 @@ def generate_batch(
     seeds: Sequence[int],
     logits_hook: LogitsHook | None = None,
     prefill: Prefill | None = None,
+    rows: Sequence[int] | None = None,
+    n_prompts: int | None = None,
 ) -> tuple[list[list[int]], list[str]]:
     """Generate for already formatted prompts in one batch; returns token ids and finish reasons.
-    With `prefill`, step 0 reuses that forward pass instead of running the prompts again."""
+    With `prefill`, step 0 reuses that forward pass instead of running the prompts again. `rows`
+    says which prompt of the caller each row is (default: row i is prompt i), so per-prompt
+    steering coefficients follow prompts, not batches; `n_prompts` is how many prompts the caller has.
+
+    Raises `NonFiniteError` if the expert's logits were ever NaN or infinite (a steering
+    coefficient or schedule out of range, or corrupt weights): such text would be garbage.
+    """
     batch = expert.tokenize(formatted)
     model, device = expert.model, expert.device
     if prefill is not None:
@@ -194,16 +211,21 @@ def generate_batch(
     stop_ids = torch.tensor(sorted(eos_ids(expert)), device=device)
     pad_id = expert.pad_token_id
     mask, positions = batch.attention_mask, batch.position_ids
-    rows = mask.shape[0]
     cache = DynamicCache(config=model.config) if prefill is None else prefill.cache
-    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=device)
     generated: list[Tensor] = []
     step_input = batch.input_ids
     prompt_lengths = mask.sum(-1)
     step_valid = mask.bool()
+    if rows is not None and len(rows) != mask.shape[0]:
+        raise SteerlabError(f"{len(rows)} row indices given for a batch of {mask.shape[0]} rows")
+    row_index = torch.tensor(list(range(mask.shape[0]) if rows is None else rows), device=device)
+    n_prompts = mask.shape[0] if rows is None else (n_prompts or max(rows) + 1)
+    non_finite = torch.zeros((), dtype=torch.bool, device=device)
     for step in range(config.max_new_tokens):
         state = DecodeState(step, positions, step_valid, prompt_lengths, all_valid=step > 0 or bool(step_valid.all()),
-                            past=cache, attention_mask=mask, input_ids=step_input)
+                            past=cache, attention_mask=mask, input_ids=step_input, rows=row_index,
+                            n_prompts=n_prompts)
         with publish_state(state):
             if step == 0 and prefill is not None:
                 logits = prefill.logits
@@ -212,14 +234,15 @@ def generate_batch(
                     input_ids=step_input,
                     attention_mask=mask,
                     position_ids=positions,
-                    past_key_values=cache,
+                    cache=cache,
                     use_cache=True,
                     logits_to_keep=1,
                 )
                 logits = out.logits[:, -1, :]
+            non_finite |= ~torch.isfinite(logits).all()
             if logits_hook is not None:
                 logits = logits_hook(logits, state)
-        tokens = _next_tokens(logits, config, generators)
+        tokens = _next_tokens(logits, config, generators, non_finite)
         tokens = torch.where(finished, torch.full_like(tokens, pad_id), tokens)
         generated.append(tokens)
         if config.stop_at_eos:
@@ -230,7 +253,14 @@ def generate_batch(
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
         step_valid = torch.ones_like(step_input, dtype=torch.bool)
+    if bool(non_finite):
+        raise NonFiniteError()
     return _trim(torch.stack(generated, dim=1).tolist(), set(stop_ids.tolist()), config)
+
+
+def check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise SteerlabError(f"invalid batch size {batch_size!r}; it must be an integer >= 1")
 
 
 def _check_prefill(expert: Expert, prefill: Prefill, formatted: Sequence[str]) -> None:
@@ -271,6 +301,7 @@ def generate(
     prompts = list(prompts)
     if not prompts or any(not p.strip() for p in prompts):
         raise EmptyPromptsError()
+    check_batch_size(batch_size)
     formatted = expert.format_prompts(prompts, chat=chat, system=system)
     rows = [(i, s) for i in range(len(prompts)) for s in range(config.num_samples)]
     if prefill is not None and (config.num_samples > 1 or len(rows) > batch_size):
@@ -286,6 +317,8 @@ def generate(
             [row_seed(config.seed, prompts[i], s) for i, s in chunk],
             logits_hook,
             prefill,
+            rows=[i for i, _ in chunk],
+            n_prompts=len(prompts),
         )
         token_ids += ids
         reasons += why

@@ -4,6 +4,11 @@ Users speak TL names (`blocks.3.hook_resid_post`, `hook_embed`, `ln_final.hook_o
 an HF boundary becomes a `HookPoint`: a module path and whether the activation is that module's
 input or output. Names without one (inside attention: `hook_pattern`, `hook_z`...) are served by
 the TransformerBridge instead.
+
+`hook_resid_mid` has no single HF boundary that both reads and edits it: HF blocks keep the
+residual in a local variable, so editing the MLP norm's input would change only the MLP's input.
+It is therefore served as `resid_pre + attn_out` at the attention output (the residual read at
+the attention norm's input), and an edit there reaches the residual stream, as in TransformerLens.
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ class Layout:
     final_norm: str
     attn_out: str  # output of this module is hook_attn_out (what is added to the residual)
     mlp_out: str  # output of this module is hook_mlp_out
-    resid_mid_input: str  # input of this module is hook_resid_mid
+    attn_norm: str  # input of this module is the residual before attention (resid_pre, after its edits)
 
 
-_LLAMA = Layout("model.embed_tokens", "model.layers", "model.norm", "self_attn", "mlp", "post_attention_layernorm")
+_LLAMA = Layout("model.embed_tokens", "model.layers", "model.norm", "self_attn", "mlp", "input_layernorm")
 # Gemma 3 normalises each sublayer's output before adding it to the residual stream.
 _GEMMA3 = Layout(
     "model.embed_tokens",
@@ -35,7 +40,7 @@ _GEMMA3 = Layout(
     "model.norm",
     "post_attention_layernorm",
     "post_feedforward_layernorm",
-    "pre_feedforward_layernorm",
+    "input_layernorm",
 )
 
 LAYOUTS: dict[str, Layout] = {
@@ -47,19 +52,25 @@ LAYOUTS: dict[str, Layout] = {
     "gemma3_text": _GEMMA3,
 }
 
-BLOCK_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
+# In the order a block computes them.
+BLOCK_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
 GLOBAL_HOOKS = ("hook_embed", "ln_final.hook_out")
 _BLOCK_NAME = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
 @dataclass(frozen=True)
 class HookPoint:
-    """A TL hook name resolved to an HF module: its activation is the module's input or output."""
+    """A TL hook name resolved to an HF module: its activation is the module's input or output.
+
+    With `residual_path`, the activation is that module's input plus this module's output (the
+    residual stream after a sublayer), and an edit changes what is added to the residual.
+    """
 
     name: str
     layer: int | None
     module_path: str
     side: Literal["input", "output"]
+    residual_path: str | None = None
 
 
 def layout_for(architecture: str) -> Layout:
@@ -111,7 +122,7 @@ def resolve_hook(name: str, architecture: str, n_layers: int) -> HookPoint | Non
     if hook == "hook_resid_post":
         return HookPoint(name, layer, block, "output")
     if hook == "hook_resid_mid":
-        return HookPoint(name, layer, f"{block}.{layout.resid_mid_input}", "input")
+        return HookPoint(name, layer, f"{block}.{layout.attn_out}", "output", f"{block}.{layout.attn_norm}")
     if hook == "hook_attn_out":
         return HookPoint(name, layer, f"{block}.{layout.attn_out}", "output")
     if hook == "hook_mlp_out":

@@ -4,10 +4,15 @@
 `HookHandle` for notebooks. Both keep each handle the moment it exists, so a registration that
 fails midway removes the hooks already added. An `ActivationFn` receives the activation tensor
 `(batch, pos, d_model)` and returns `None` (read only) or a replacement tensor.
+
+Every live handle is listed per model (`live_handles`), with the owner that attached it, so a
+notebook can see what is attached and `remove_all` can clear it (`Expert.reset_hooks()`). Handles
+attached with `edits=True` (steering) are also replayed on the TransformerBridge (`live_edits`).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -20,18 +25,37 @@ from experts.hookpoints import HookPoint
 ActivationFn = Callable[[Tensor], Tensor | None]
 
 
-class HookHandle:
-    """Handles of hooks added together; `remove()` is idempotent."""
+_LIVE: weakref.WeakKeyDictionary[nn.Module, list[HookHandle]] = weakref.WeakKeyDictionary()
 
-    def __init__(self) -> None:
+
+class HookHandle:
+    """Handles of hooks added together by one `owner`; `remove()` is idempotent."""
+
+    def __init__(self, model: nn.Module, hooks: Sequence[tuple[HookPoint, ActivationFn]], owner: str, edits: bool) -> None:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._model = weakref.ref(model)
+        self.owner = owner
+        self.names = [point.name for point, _ in hooks]
+        self.edits = list(hooks) if edits else []
 
     def _keep(self, handle: torch.utils.hooks.RemovableHandle) -> None:
         self._handles.append(handle)
 
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
     def remove(self) -> None:
         while self._handles:
             self._handles.pop().remove()
+        model = self._model()
+        live = _LIVE.get(model, []) if model is not None else []
+        if self in live:
+            live.remove(self)
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "removed"
+        return f"HookHandle(owner={self.owner!r}, names={self.names}, {state})"
 
     def __enter__(self) -> HookHandle:
         return self
@@ -62,30 +86,78 @@ def _input_hook(fn: ActivationFn) -> Callable[..., Any]:
     return hook
 
 
-def _register(model: nn.Module, point: HookPoint, fn: ActivationFn) -> torch.utils.hooks.RemovableHandle:
+def _sum_hooks(fn: ActivationFn) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """Hooks for an activation that is `residual + sublayer output` (see `HookPoint.residual_path`):
+    one keeps the residual, the other shows the sum to `fn` and turns its edit into a new output."""
+    residual: list[Tensor] = []
+
+    def keep_residual(activation: Tensor) -> None:
+        residual[:] = [activation]
+
+    def on_output(output: Tensor) -> Tensor | None:
+        current = residual[0] + output
+        new = fn(current)
+        return None if new is None else output + (new - current)
+
+    return _input_hook(keep_residual), _output_hook(on_output)
+
+
+def _register(model: nn.Module, point: HookPoint, fn: ActivationFn, keep: Callable[[Any], None]) -> None:
     module = model.get_submodule(point.module_path)
-    if point.side == "output":
-        return module.register_forward_hook(_output_hook(fn))
-    return module.register_forward_pre_hook(_input_hook(fn), with_kwargs=True)
+    if point.residual_path is not None:
+        before, after = _sum_hooks(fn)
+        keep(model.get_submodule(point.residual_path).register_forward_pre_hook(before, with_kwargs=True))
+        keep(module.register_forward_hook(after))
+    elif point.side == "output":
+        keep(module.register_forward_hook(_output_hook(fn)))
+    else:
+        keep(module.register_forward_pre_hook(_input_hook(fn), with_kwargs=True))
 
 
-def attach(model: nn.Module, hooks: Sequence[tuple[HookPoint, ActivationFn]]) -> HookHandle:
-    """Register `hooks` and return their handle; on any failure, none stays registered."""
-    handle = HookHandle()
+def attach(
+    model: nn.Module, hooks: Sequence[tuple[HookPoint, ActivationFn]], *, owner: str = "hooks", edits: bool = False
+) -> HookHandle:
+    """Register `hooks` and return their handle; on any failure, none stays registered.
+
+    `owner` says who attached them (shown by `live_handles`); `edits=True` marks activation edits
+    that the TransformerBridge must replay to see the same computation.
+    """
+    handle = HookHandle(model, hooks, owner, edits)
+    _LIVE.setdefault(model, []).append(handle)
     try:
         for point, fn in hooks:
-            handle._keep(_register(model, point, fn))
+            _register(model, point, fn, handle._keep)
     except BaseException:
         handle.remove()
         raise
     return handle
 
 
+def live_handles(model: nn.Module) -> list[HookHandle]:
+    """The handles attached to `model` and not yet removed, oldest first."""
+    return list(_LIVE.get(model, []))
+
+
+def live_edits(model: nn.Module) -> list[tuple[HookPoint, ActivationFn]]:
+    """The activation edits (steering) now attached to `model`, in the order they run."""
+    return [hook for handle in live_handles(model) for hook in handle.edits]
+
+
+def remove_all(model: nn.Module) -> int:
+    """Remove every hook attached through this module; returns how many handles were removed."""
+    handles = live_handles(model)
+    for handle in handles:
+        handle.remove()
+    return len(handles)
+
+
 @contextmanager
-def hook_context(model: nn.Module, hooks: Sequence[tuple[HookPoint, ActivationFn]]) -> Iterator[None]:
+def hook_context(
+    model: nn.Module, hooks: Sequence[tuple[HookPoint, ActivationFn]], *, owner: str = "hooks"
+) -> Iterator[None]:
     """Hooks live exactly as long as the `with` block, whatever is raised inside it."""
     with ExitStack() as stack:
-        stack.callback(attach(model, hooks).remove)
+        stack.callback(attach(model, hooks, owner=owner).remove)
         yield
 
 

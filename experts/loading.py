@@ -2,7 +2,9 @@
 cached safetensors folder (atomically), and load that folder afterwards.
 
 The cache lives in `$STEERLAB_CACHE` (default `~/.cache/steerlab`), one folder per expert and
-checksum. A cache folder that fails its manifest check or fails to load is rebuilt.
+checksum. Its manifest records each file's sha256; a cache folder whose content no longer matches
+(or that fails to load) is rebuilt. Models load in float32 on the CPU, the dtype of the source, so
+the caller can fingerprint the weights before casting them.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from experts.errors import ChecksumMismatchError, ModelPackageMissingError, SteerlabError
+from experts.files import ordinary_permissions
 from experts.spec import ExpertSpec, WeightPart
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "STEERLAB_CACHE"
 MANIFEST = "steerlab-manifest.json"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _CHUNK = 1 << 20
 
 
@@ -96,10 +99,11 @@ def _convert(spec: ExpertSpec, target: Path) -> None:
             "format": CACHE_FORMAT,
             "expert": spec.name,
             "source_sha256": spec.sha256,
-            "files": {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()},
+            "files": {p.name: _file_sha256(p) for p in staging.iterdir() if p.is_file()},
             "seconds": round(time.perf_counter() - started, 2),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        ordinary_permissions(staging, folder=True)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -107,50 +111,50 @@ def _convert(spec: ExpertSpec, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _cache_is_intact(spec: ExpertSpec, folder: Path) -> bool:
+    """The manifest matches this expert and every file's content still has its recorded sha256."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         return (
             manifest["format"] == CACHE_FORMAT
             and manifest["source_sha256"] == spec.sha256
-            and all((folder / name).stat().st_size == size for name, size in manifest["files"].items())
+            and all(_file_sha256(folder / name) == digest for name, digest in manifest["files"].items())
         )
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
-def _load_folder(
-    folder: Path, device: torch.device, dtype: torch.dtype
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_folder(folder: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     return model.eval(), tokenizer
 
 
-def load_cached(
-    spec: ExpertSpec, device: torch.device, dtype: torch.dtype
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path]:
+def load_cached(spec: ExpertSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path]:
     """Load a GGUF-backed expert through its safetensors cache, building or rebuilding it as needed."""
     folder = cache_folder(spec)
     if not _cache_is_intact(spec, folder):
         if folder.exists():
-            log.warning("cache %s is incomplete or corrupt; rebuilding it", folder)
+            log.warning("cache %s is incomplete, corrupt or changed; rebuilding it", folder)
         _convert(spec, folder)
     try:
-        model, tokenizer = _load_folder(folder, device, dtype)
-    except Exception as error:  # a corrupt safetensors body: rebuild once
+        model, tokenizer = _load_folder(folder)
+    except Exception as error:  # a body that does not load: rebuild once
         log.warning("cache %s failed to load (%s); rebuilding it", folder, error)
         _convert(spec, folder)
-        model, tokenizer = _load_folder(folder, device, dtype)
+        model, tokenizer = _load_folder(folder)
     return model, tokenizer, folder
 
 
-def load_folder(
-    spec: ExpertSpec, device: torch.device, dtype: torch.dtype
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path]:
+def load_folder(spec: ExpertSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path]:
     folder = Path(spec.folder)
     try:
-        model, tokenizer = _load_folder(folder, device, dtype)
+        model, tokenizer = _load_folder(folder)
     except (OSError, ValueError) as error:
         raise SteerlabError(f"cannot load the model folder {folder}: {error}") from None
     return model, tokenizer, folder

@@ -8,6 +8,7 @@ stay correct under KV-cached, left-padded, batched decoding, and padding is neve
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from experts.errors import SteerlabError
+from experts.errors import NonFiniteError, SteerlabError
 from experts.generate import DecodeState, current_decode_state
 from experts.hooks import ActivationFn, HookHandle, attach
 from steer.vector import SteeringVector
@@ -34,14 +35,17 @@ def _add(h: Tensor, v: Tensor, c: float | Tensor) -> Tensor:
 
 
 def _ablate(h: Tensor, v: Tensor, c: float | Tensor) -> Tensor:
-    """Remove `c` times the component along v (c = 1 projects it out entirely)."""
-    unit = v / v.norm().clamp_min(1e-12)
-    return h - c * (h @ unit)[..., None] * unit
+    """Remove `c` times the component along v (c = 1 projects it out entirely), in float32: a
+    projection computed in bf16 leaves about 1% of the component behind."""
+    h32, v32 = h.float(), v.float()
+    unit = v32 / v32.norm().clamp_min(1e-12)
+    return (h32 - c * (h32 @ unit)[..., None] * unit).to(h.dtype)
 
 
 def _norm_preserving_add(h: Tensor, v: Tensor, c: float | Tensor) -> Tensor:
-    out = h + c * v
-    return out * (h.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    h32 = h.float()
+    out = h32 + c * v.float()
+    return (out * (h32.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp_min(1e-12))).to(h.dtype)
 
 
 OPERATORS: dict[str, Callable[[Tensor, Tensor, float | Tensor], Tensor]] = {
@@ -89,16 +93,35 @@ class ProbeGate:
     bias: float = 0.0
     threshold: float = 0.5
 
-    def open(self, h: Tensor) -> Tensor:
-        w = self.direction.to(device=h.device, dtype=h.dtype)
+    def __post_init__(self) -> None:
+        if not isinstance(self.direction, Tensor) or self.direction.ndim != 1:
+            raise SteerlabError("a ProbeGate direction must be a 1-D tensor of width d_model")
+        if not (math.isfinite(self.bias) and math.isfinite(self.threshold)):
+            raise SteerlabError(f"ProbeGate bias and threshold must be finite, got {self.bias!r}, {self.threshold!r}")
+
+    def open(self, h: Tensor, w: Tensor | None = None) -> Tensor:
+        w = self.direction.to(device=h.device, dtype=h.dtype) if w is None else w
         return torch.sigmoid(h @ w + self.bias) > self.threshold
+
+
+# Past these, activations overflow float32 where the next norm squares them (RMSNorm then returns
+# zeros or NaN and the text is garbage): an edit of norm 1e15 at 1e3 positions already reaches 1e33.
+MAX_EDIT_NORM = 1e15
+MAX_ABLATE_COEF = 1e3
+
+
+def _finite(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise NonFiniteError(f"{what} ({value!r})")
+    return value
 
 
 @dataclass(frozen=True)
 class Steering:
     """One vector applied with an operator at chosen positions.
 
-    `coef` is a number, one number per batch row, or a schedule `coef(step)` (step 0 = prefill).
+    `coef` is a number, one number per prompt of each generate/capture call (rows follow their
+    prompt whatever the batch size and sample count), or a schedule `coef(step)` (step 0 = prefill).
     """
 
     vector: SteeringVector
@@ -111,48 +134,107 @@ class Steering:
         if self.operator not in OPERATORS:
             raise SteerlabError(f"unknown operator {self.operator!r}; choose one of {', '.join(OPERATORS)}")
         check_positions(self.positions)
-        if isinstance(self.coef, (int, float)) and not torch.isfinite(torch.tensor(float(self.coef))):
-            raise SteerlabError(f"coefficient must be finite, got {self.coef!r}")
-
-    def coefficient(self, step: int, rows: int) -> float | Tensor:
-        if callable(self.coef):
-            return float(self.coef(step))
         if isinstance(self.coef, (int, float)):
-            return float(self.coef)
-        if len(self.coef) != rows:
-            raise SteerlabError(f"{len(self.coef)} per-row coefficients given for a batch of {rows} rows")
-        return torch.tensor([float(c) for c in self.coef])
+            _finite(float(self.coef), "steering coefficient")
+        elif not callable(self.coef):
+            for i, c in enumerate(self.coef):
+                if not isinstance(c, (int, float)):
+                    raise SteerlabError(f"per-prompt coefficient {i} is {c!r}, not a number")
+                _finite(float(c), f"per-prompt coefficient {i}")
+            if not len(self.coef):
+                raise SteerlabError("per-prompt coefficients: the list is empty")
+        for c in [self.coef] if isinstance(self.coef, (int, float)) else [] if callable(self.coef) else self.coef:
+            self._check_size(float(c))
+        if self.gate is not None and self.gate.direction.shape[0] != self.vector.d_model:
+            raise SteerlabError(
+                f"ProbeGate direction has width {self.gate.direction.shape[0]}, the vector {self.vector.d_model}"
+            )
+
+    def _check_size(self, coef: float) -> float:
+        if self.operator == "ablate":
+            if abs(coef) > MAX_ABLATE_COEF:
+                raise SteerlabError(f"ablation coefficient {coef:g} is out of range: it is the fraction of the "
+                                    f"component removed (1 = all of it), at most ±{MAX_ABLATE_COEF:g}")
+        elif abs(coef) * max(self.vector.norms.values()) > MAX_EDIT_NORM:
+            raise SteerlabError(f"coefficient {coef:g} times the vector's norm exceeds {MAX_EDIT_NORM:g}: the steered "
+                                "activations would overflow float32 (the calibrated range is in the vector's provenance)")
+        return coef
+
+    @property
+    def per_prompt(self) -> bool:
+        return not callable(self.coef) and not isinstance(self.coef, (int, float))
+
+    def scalar(self, step: int) -> float:
+        """The coefficient at `step` (a number or a schedule; not per-prompt)."""
+        if callable(self.coef):
+            return self._check_size(_finite(float(self.coef(step)), f"steering schedule at step {step}"))
+        return float(self.coef)
+
+    def describe(self) -> str:
+        coef = "schedule" if callable(self.coef) else f"{len(self.coef)} per-prompt" if self.per_prompt else f"{self.coef:g}"
+        return f"steering {self.vector.provenance.dataset or 'vector'}@{self.vector.hook}{self.vector.layers} " \
+               f"{self.operator} coef={coef} positions={self.positions}"
+
+
+def default_coef(operator: str, vector: SteeringVector) -> float:
+    """The coefficient used when none is given: all of the component for `ablate` (1), else the
+    middle of the vector's calibrated range (1 without one)."""
+    if operator == "ablate":
+        return 1.0
+    return sum(vector.provenance.coef_range) / 2 if vector.provenance.coef_range else 1.0
+
+
+def default_sweep_coefs(operator: str) -> tuple[float, ...]:
+    """Sweep coefficients when none are given: fractions removed for `ablate`, ± strengths otherwise."""
+    return (0.0, 0.25, 0.5, 0.75, 1.0) if operator == "ablate" else (-8.0, -4.0, 0.0, 4.0, 8.0)
+
+
+def _per_prompt(steering: Steering, state: DecodeState | None, rows: int, table: Tensor) -> Tensor:
+    """Each row's coefficient, on the activation's device, without a host sync."""
+    count = len(steering.coef)
+    n_prompts = rows if state is None or state.n_prompts is None else state.n_prompts
+    if count != n_prompts:
+        raise SteerlabError(f"{count} per-prompt coefficients given for a call with {n_prompts} prompts")
+    if state is None or state.rows is None:
+        return table
+    return table[state.rows.to(table.device)]
 
 
 def _steering_fn(steering: Steering, layer: int) -> ActivationFn:
     operator = OPERATORS[steering.operator]
     direction = steering.vector.directions[layer]
-    cast: dict[tuple, Tensor] = {}  # the direction on each (device, dtype) it has met
+    cast: dict[tuple, Tensor] = {}  # the direction, gate and coefficient table on each (device, dtype) met
+
+    def on(key: tuple, make: Callable[[], Tensor]) -> Tensor:
+        if key not in cast:
+            cast[key] = make()
+        return cast[key]
 
     def steer(h: Tensor) -> Tensor | None:
         state = current_decode_state()
-        coef = steering.coefficient(state.step if state else 0, h.shape[0])
-        if isinstance(coef, float):
-            if coef == 0.0:
-                return None
-            c: float | Tensor = coef
-        else:
-            if not coef.any():
-                return None
-            c = coef.to(dtype=h.dtype, device=h.device)[:, None, None]
+        if state is not None and state.step > 0 and steering.positions == "prompt":
+            return None  # a cached decode step feeds only generated tokens
         mask = position_mask(steering.positions, state, tuple(h.shape[:2]))
-        if steering.gate is not None:
-            gate = steering.gate.open(h)
-            mask = gate if mask is None else mask.to(h.device) & gate
-        if mask is not None:
-            mask = mask.to(h.device)
-            if not mask.any():
+        if steering.per_prompt:
+            table = on(("coef", h.device), lambda: torch.tensor([float(c) for c in steering.coef], device=h.device))
+            coef = _per_prompt(steering, state, h.shape[0], table)
+            c: float | Tensor = coef.to(torch.float32 if steering.operator != "add" else h.dtype)[:, None, None]
+            moved = (coef != 0)[:, None]
+            mask = moved if mask is None else mask.to(h.device) & moved
+        else:
+            c = steering.scalar(state.step if state else 0)
+            if c == 0.0:
                 return None
-        key = (h.device, h.dtype)
-        if key not in cast:
-            cast[key] = direction.to(device=h.device, dtype=h.dtype)
-        edited = operator(h, cast[key], c)
-        return edited if mask is None else torch.where(mask[..., None], edited, h)
+        if steering.gate is not None:
+            w = on(("gate", h.device, h.dtype), lambda: steering.gate.direction.to(device=h.device, dtype=h.dtype))
+            gate = steering.gate.open(h, w)
+            mask = gate if mask is None else mask.to(h.device) & gate
+        v = on(("v", h.device, h.dtype), lambda: direction.to(device=h.device, dtype=h.dtype))
+        if operator is _add and isinstance(c, float) and not callable(steering.coef):  # hot path: add a cached c·v
+            edited = h + on(("cv", c, h.device, h.dtype), lambda: c * v)
+        else:
+            edited = operator(h, v, c)
+        return edited if mask is None else torch.where(mask.to(h.device)[..., None], edited, h)
 
     return steer
 
@@ -169,7 +251,8 @@ def _hooks(expert: Expert, steerings: Sequence[Steering], force: bool) -> list[t
 def patch(expert: Expert, steering: Steering | Sequence[Steering], *, force: bool = False) -> HookHandle:
     """Attach steering hooks and return their handle (`handle.remove()` is idempotent)."""
     steerings = [steering] if isinstance(steering, Steering) else list(steering)
-    return attach(expert.model, _hooks(expert, steerings, force))
+    owner = "; ".join(s.describe() for s in steerings)
+    return attach(expert.model, _hooks(expert, steerings, force), owner=owner, edits=True)
 
 
 @contextmanager

@@ -84,28 +84,50 @@ def cmd_experts_info(args: argparse.Namespace) -> None:
 
 
 def _steering(args: argparse.Namespace, expert):
-    from contextlib import nullcontext
-
-    from steer.apply import Steering, apply
+    """The steering asked for (or None) and a record of exactly what is applied."""
+    from steer.apply import Steering, default_coef
     from steer.vector import SteeringVector
 
     if not args.vector:
-        return nullcontext()
+        return None, None
     vector = SteeringVector.load(args.vector, expert, force=args.force)
-    coef = args.coef
-    if coef is None:
-        coef = sum(vector.provenance.coef_range) / 2 if vector.provenance.coef_range else 1.0
-    return apply(expert, Steering(vector, coef=coef, operator=args.operator, positions=args.positions), force=args.force)
+    coef = default_coef(args.operator, vector) if args.coef is None else args.coef
+    steering = Steering(vector, coef=coef, operator=args.operator, positions=args.positions)
+    record = {"vector": str(args.vector), "vector_sha256": _sha256(Path(args.vector)), "layers": vector.layers,
+              "hook": vector.hook, "coef": coef, "coef_default": args.coef is None, "operator": args.operator,
+              "positions": args.positions, "made_for": vector.provenance.fingerprint, "forced": args.force}
+    return steering, record
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def run_record(loaded, **settings) -> dict:
+    """What a run used, for every --json record: the expert and its weights, versions, settings."""
+    from experts.files import provenance
+
+    return {"expert": loaded.name, "fingerprint": loaded.fingerprint, "device": str(loaded.device),
+            "dtype": str(loaded.dtype).removeprefix("torch."), "versions": provenance()["versions"], **settings}
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from contextlib import nullcontext
+
+    from steer.apply import apply
+
     prompts = _read_prompts(args)
     expert = _load(args)
-    with _steering(args, expert):
+    steering, steering_record = _steering(args, expert)
+    with apply(expert, steering, force=args.force) if steering else nullcontext():
         result = _generate(args, expert, prompts)
     if args.json:
+        run = run_record(expert, **result.settings(), chat=args.chat, batch_size=args.batch_size, steering=steering_record)
         for record in result.records():
-            print(json.dumps({**record, **result.settings(), "vector": args.vector, "coef": args.coef}))
+            print(json.dumps({**record, **run}))
         return
     for record in result.records():
         if len(result.prompts) > 1:
@@ -175,9 +197,20 @@ def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("steerlab")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="steer", description="Steer, read and audit small white-box experts.")
+    parser = argparse.ArgumentParser(prog="steer", description="Steer, read and audit small white-box experts.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     experts = sub.add_parser("experts", help="list and inspect experts")
@@ -206,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="apply the chat template (default: when the expert has one)")
     gen.add_argument("--json", action="store_true", help="one JSON record per line")
     gen.add_argument("--vector", help="steering vector (.safetensors) to apply")
-    gen.add_argument("--coef", type=float, default=None, help="steering coefficient (default: mid calibrated range)")
+    gen.add_argument("--coef", type=float, default=None,
+                     help="steering coefficient (default: 1 for ablate, i.e. remove the component; else mid calibrated range)")
     gen.add_argument("--positions", default="all", help="all, prompt, generated or from:K")
     gen.add_argument("--operator", default="add", choices=["add", "ablate", "norm_preserving"])
     gen.add_argument("--force", action="store_true", help="use a vector made for another expert")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from steer.router.router import DEFAULT_ROUTER
+from steer.router.tasks import DEFAULT_ROUTER
 
 DEFAULT_EXPERTS = "smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct,gemma3-270m"
 

@@ -75,6 +75,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from analysis.plots import save_figure, sweep_plot
+    from steer.apply import default_sweep_coefs
     from steer.cli import _load
     from steer.datasets import builtin_datasets, load_prompts
     from steer.executor import executor_from_args
@@ -88,7 +89,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     dataset = builtin_datasets().get(Path(vector.provenance.dataset).name or "", {})
     instructions = (args.instruction_positive or dataset.get("instruction_positive"),
                     args.instruction_negative or dataset.get("instruction_negative"))
-    config = SweepConfig(coefs=_coefs(args.coefs), max_new_tokens=args.max_new_tokens, samples=args.samples,
+    coefs = default_sweep_coefs(args.operator) if args.coefs is None else _coefs(args.coefs)
+    config = SweepConfig(coefs=coefs, max_new_tokens=args.max_new_tokens, samples=args.samples,
                          seed=args.seed, positions=args.positions, operator=args.operator,
                          batch_size=args.batch_size, instructions=instructions if all(instructions) else None)
     out = Path(args.out)
@@ -155,7 +157,8 @@ def add_vector_commands(sub, add_expert_options) -> None:
     sw.add_argument("--vector", required=True)
     sw.add_argument("--prompts", help="prompts file (default: shipped neutral prompts)")
     sw.add_argument("--max-prompts", type=int, default=0)
-    sw.add_argument("--coefs", default="-8,-4,0,4,8")
+    sw.add_argument("--coefs", default=None,
+                    help="comma-separated coefficients (default: -8,-4,0,4,8; for ablate 0,0.25,0.5,0.75,1)")
     sw.add_argument("--scorer", default="sentiment", help="sentiment, formality, pronouns, projection or lexicon:FILE.json")
     sw.add_argument("--samples", type=int, default=1, help="samples per prompt")
     sw.add_argument("--max-new-tokens", type=int, default=48)

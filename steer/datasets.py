@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -48,19 +49,32 @@ def read_text(path: str | Path) -> str:
         raise BadDataError(f"cannot read {path}: {error.strerror}") from None
 
 
+_PAIR_FIELDS = ("positive", "negative")
+_CAA_FIELDS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
+_FORMATS = ('{"positive", "negative"[, "prompt"]} or a CAA record '
+            '{"question", "answer_matching_behavior", "answer_not_matching_behavior"}')
+
+
+def _text_fields(record: dict, fields: Sequence[str], where: str) -> list[str]:
+    missing = [f for f in fields if f not in record]
+    if missing:
+        raise BadDataError(f"{where}: missing field(s) {', '.join(missing)}; expected {_FORMATS}")
+    bad = [f for f in fields if not isinstance(record[f], str)]
+    if bad:
+        kinds = ", ".join(f"{f} is {type(record[f]).__name__}" for f in bad)
+        raise BadDataError(f"{where}: fields must be strings ({kinds})")
+    return [record[f] for f in fields]
+
+
 def _pair(record: Any, where: str) -> ContrastPair:
-    if isinstance(record, dict) and "positive" in record and "negative" in record:
-        return ContrastPair(str(record["positive"]), str(record["negative"]), str(record.get("prompt", "")))
-    if isinstance(record, dict) and "answer_matching_behavior" in record:  # CAA A/B question
-        return ContrastPair(
-            str(record["answer_matching_behavior"]),
-            str(record["answer_not_matching_behavior"]),
-            str(record["question"]),
-        )
-    raise BadDataError(
-        f"{where}: expected {{\"positive\", \"negative\"[, \"prompt\"]}} or a CAA record "
-        "{\"question\", \"answer_matching_behavior\", \"answer_not_matching_behavior\"}"
-    )
+    if isinstance(record, dict) and ("positive" in record or "negative" in record):
+        positive, negative = _text_fields(record, _PAIR_FIELDS, where)
+        prompt = _text_fields(record, ("prompt",), where)[0] if "prompt" in record else ""
+        return ContrastPair(positive, negative, prompt)
+    if isinstance(record, dict) and any(f in record for f in _CAA_FIELDS):  # CAA A/B question
+        question, matching, not_matching = _text_fields(record, _CAA_FIELDS, where)
+        return ContrastPair(matching, not_matching, question)
+    raise BadDataError(f"{where}: expected {_FORMATS}")
 
 
 def load_pairs(name_or_path: str) -> tuple[list[ContrastPair], str]:

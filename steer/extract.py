@@ -104,17 +104,18 @@ def capture_pairs(
         raise SteerlabError(f"hook {hook!r} is not steerable; choose one of {', '.join(BLOCK_HOOKS)}")
     texts, starts = pair_texts(expert, pairs)
     names = [f"blocks.{layer}.{hook}" for layer in layers]
-    cache = expert.run_with_cache(texts, names, chat=False, batch_size=batch_size, progress=progress)
+    lengths = [len(expert.encode(t)) for t in texts]
+    cache = expert.run_with_cache(
+        texts, names, chat=False, batch_size=batch_size, progress=progress, reduce=token_rule,
+        mean_from=[min(s, n - 1) for s, n in zip(starts, lengths)] if token_rule == "mean" else None,
+    )
     n = len(pairs)
     positive, negative, typical = {}, {}, {}
+    after_first = cache.attention_mask.bool() & (cache.attention_mask.cumsum(-1) > 1)
     for layer, name in zip(layers, names):
-        rows = cache.unpadded(name)
-        if token_rule == "last":
-            acts = torch.stack([r[-1] for r in rows])
-        else:
-            acts = torch.stack([r[min(s, len(r) - 1) :].mean(0) for r, s in zip(rows, starts)])
+        acts = cache[name]
         positive[layer], negative[layer] = acts[:n].float().cpu(), acts[n:].float().cpu()
-        typical[layer] = torch.cat([r[1:].norm(dim=-1) for r in rows]).median().item()
+        typical[layer] = cache.norms[name][after_first].median().item()
     return PairActivations(positive, negative, typical)
 
 

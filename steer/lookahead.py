@@ -38,10 +38,11 @@ def lookahead_scores(expert: Expert, probe: Probe, state: DecodeState, candidate
     mask = torch.cat([state.attention_mask, torch.ones_like(state.attention_mask[:, :1])], 1).repeat_interleave(k, 0)
     positions = (state.position_ids[:, -1:] + 1).repeat_interleave(k, 0)
     ahead = DecodeState(state.step + 1, positions, torch.ones_like(positions, dtype=torch.bool),
-                        state.prompt_lengths.repeat_interleave(k, 0), all_valid=True)
+                        state.prompt_lengths.repeat_interleave(k, 0), all_valid=True,
+                        rows=None if state.rows is None else state.rows.repeat_interleave(k, 0), n_prompts=state.n_prompts)
     with publish_state(ahead):
         hidden = expert.model.model(input_ids=candidates.reshape(rows * k, 1), attention_mask=mask,
-                                    position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state
+                                    position_ids=positions, cache=cache, use_cache=True).last_hidden_state
     return probe(hidden[:, -1]).reshape(rows, k)
 
 
@@ -102,6 +103,6 @@ class ExternalScorer:
     def _forward(self, ids: Tensor, cache: DynamicCache | None, start: int = 0) -> Tensor:
         """Final hidden state at the last position; rows have no padding, so no attention mask."""
         positions = torch.arange(start, start + ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
-        out = self.expert.model.model(input_ids=ids, position_ids=positions, past_key_values=cache,
+        out = self.expert.model.model(input_ids=ids, position_ids=positions, cache=cache,
                                       use_cache=cache is not None)
         return out.last_hidden_state[:, -1]

@@ -102,8 +102,8 @@ def projection(expert: Expert, vector: SteeringVector, layer: int | None = None)
 
     def score(texts: Sequence[str]) -> list[float]:
         safe = [t if t.strip() else "." for t in texts]
-        cache = expert.run_with_cache(safe, [name])
-        return (cache.last_token(name).float().cpu() @ unit.float()).tolist()
+        cache = expert.run_with_cache(safe, [name], reduce="last")
+        return (cache[name].float().cpu() @ unit.float()).tolist()
 
     return score
 

@@ -88,7 +88,7 @@ def read(reader: Expert, queries: Sequence[str], layer: int, batch_size: int = 1
         with hook_context(reader.model, [(reader.hook_point(hook_name(layer)), lambda h: seen.__setitem__("h", h))]):
             with publish_state(DecodeState.for_batch(batch.attention_mask)):
                 out = reader.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                   position_ids=batch.position_ids, past_key_values=cache, use_cache=keep_prefill,
+                                   position_ids=batch.position_ids, cache=cache, use_cache=keep_prefill,
                                    logits_to_keep=1)
         lengths = batch.attention_mask.sum(-1, keepdim=True)
         positions = batch.position_ids

