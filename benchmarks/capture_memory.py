@@ -46,8 +46,10 @@ def main() -> None:
     last = expert.run_with_cache(prompts, names, reduce="last")
     last_s = time.perf_counter() - start
 
+    normed = expert.run_with_cache(prompts, names, reduce="last", keep_norms=True)  # as vector extraction asks
     returned = _bytes(last.activations.values())
-    kept = returned + _bytes(last.norms.values())
+    kept = returned + _bytes(last.norms.values())  # nothing else is kept: no norms were asked for
+    kept_normed = returned + _bytes(normed.norms.values())
     full_kept = _bytes(full.activations.values())
     torch.testing.assert_close(last[names[-1]], full.last_token(names[-1]), atol=1e-4, rtol=1e-4)
     mib = 1 << 20
@@ -56,6 +58,8 @@ def main() -> None:
     print(f"full capture (left-padded):      {full_kept / mib:8.2f} MiB kept, {full_s:.2f} s")
     print(f"reduce='last':                   {kept / mib:8.2f} MiB kept, {returned / mib:.2f} MiB returned "
           f"(ratio {kept / returned:.3f}, target <= 1.2), {last_s:.2f} s")
+    print(f"reduce='last', keep_norms=True:  {kept_normed / mib:8.2f} MiB kept (ratio {kept_normed / returned:.3f}; "
+          "the per-position norms that extraction calibrates with)")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ bit-identical; a vector made on the CPU in float32 loads and steers on the GPU i
 fingerprint across dtype and device); bf16 ablation removes the component. Then generation and
 steering ratios at batch 1 and 64 (steerlab vs HF generate; steered vs unsteered), as a table.
 
-Run: python benchmarks/gpu_check.py [--expert NAME] [--new-tokens N] [--repeats N]
+Run: python benchmarks/gpu_check.py [--expert NAME] [--new-tokens N] [--repeats N] [--batches 1,64]
+A dry run of the script itself on a CPU: --device cpu --batches 1 --new-tokens 8 --repeats 1
 """
 
 from __future__ import annotations
@@ -45,20 +46,20 @@ def checks(cpu: Expert, gpu: Expert, tmp: str) -> list[tuple[str, bool, str]]:
     vector = compute_vector(cpu, pairs, [cpu.n_layers // 2], dataset="sentiment", dataset_sha256=sha)
     vector.save(f"{tmp}/v.safetensors")
     loaded = SteeringVector.load(f"{tmp}/v.safetensors", gpu)  # refused if the fingerprints differed
-    rows.append(("fingerprint equal on CPU fp32 and GPU bf16", cpu.fingerprint == gpu.fingerprint,
+    rows.append((f"fingerprint equal on CPU fp32 and {gpu.device.type} bf16", cpu.fingerprint == gpu.fingerprint,
                  f"{cpu.fingerprint} / {gpu.fingerprint}"))
     steering = Steering(loaded, coef=float(sum(loaded.provenance.coef_range) / 2))
-    for expert, label in ((cpu, "cpu fp32"), (gpu, "gpu bf16")):
-        cached = []
+    for expert, label in ((cpu, "cpu fp32"), (gpu, f"{gpu.device.type} bf16")):
         with apply(expert, steering):
             cached = expert.generate(PROMPTS[:1], max_new_tokens=12, stop_at_eos=False).token_ids[0]
         reference = _greedy_reference(expert, PROMPTS[0], steering, 12)
         agree = sum(a == b for a, b in zip(cached, reference))
-        rows.append((f"cached steering = uncached reference ({label})", agree >= 10, f"{agree}/12 tokens"))
+        rows.append((f"cached steering = uncached reference ({label})", agree >= 10, f"{agree}/12 tokens agree"))
     plain = gpu.generate(PROMPTS, max_new_tokens=16, do_sample=True, seed=3).token_ids
-    with apply(gpu, Steering(loaded, coef=0.0)):
-        zero = gpu.generate(PROMPTS, max_new_tokens=16, do_sample=True, seed=3).token_ids
-    rows.append(("coef 0 bit-identical (gpu, sampled)", plain == zero, ""))
+    for coef, label in (([0.0] * len(PROMPTS), "per-prompt"), (lambda step: 0.0, "schedule")):  # hooks attached
+        with apply(gpu, Steering(loaded, coef=coef)):
+            zero = gpu.generate(PROMPTS, max_new_tokens=16, do_sample=True, seed=3).token_ids
+        rows.append((f"coef 0 ({label}) bit-identical ({gpu.device.type} bf16, sampled)", plain == zero, ""))
     name, layer = loaded.hook_name(loaded.layers[0]), loaded.layers[0]
     unit = (loaded.directions[layer] / loaded.directions[layer].norm()).to(gpu.device)
     before = gpu.run_with_cache(PROMPTS, [name])[name].float() @ unit
@@ -71,11 +72,11 @@ def checks(cpu: Expert, gpu: Expert, tmp: str) -> list[tuple[str, bool, str]]:
     return rows
 
 
-def speed(gpu: Expert, vector: SteeringVector, n: int, repeats: int) -> list[tuple[int, str, float, float]]:
+def speed(gpu: Expert, vector: SteeringVector, n: int, repeats: int, batches: list[int]) -> list[tuple[int, str, float, float]]:
     every = compute_vector(gpu, load_pairs("sentiment")[0], list(range(gpu.n_layers)))
     one = vector.restrict([vector.layers[0]])
     rows = []
-    for bs in (1, 64):
+    for bs in batches:
         prompts = [PROMPTS[i % len(PROMPTS)] + f" ({i})" for i in range(bs)]
         batch = gpu.tokenize(gpu.format_prompts(prompts))
 
@@ -94,9 +95,9 @@ def speed(gpu: Expert, vector: SteeringVector, n: int, repeats: int) -> list[tup
                              "steerlab 1 layer": ours(lambda: apply(gpu, Steering(one, coef=4.0))),
                              f"steerlab {gpu.n_layers} layers": ours(lambda: apply(gpu, Steering(every, coef=4.0)))},
                             repeats)
+        bases = {"HF generate": times["HF generate"], "steerlab unsteered": times["HF generate"]}
         for name, seconds in times.items():
-            base = times["HF generate"] if name == "steerlab unsteered" else times["steerlab unsteered"]
-            rows.append((bs, name, bs * n / seconds, base / seconds))
+            rows.append((bs, name, bs * n / seconds, bases.get(name, times["steerlab unsteered"]) / seconds))
     return rows
 
 
@@ -107,14 +108,16 @@ def main() -> int:
     parser.add_argument("--expert", default=registry.DEFAULT_EXPERT)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batches", default="1,64")
+    parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     quiet()
     print(f"machine: {machine()}")
-    if not torch.cuda.is_available():
-        print("no CUDA device: this script is for a GPU machine")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("no CUDA device: this script is for a GPU machine (--device cpu runs it as a dry run)")
         return 2
     cpu = Expert.load(args.expert, device="cpu", dtype="float32")
-    gpu = Expert.load(args.expert, device="cuda", dtype="bfloat16")
+    gpu = Expert.load(args.expert, device=args.device, dtype="bfloat16")
     with tempfile.TemporaryDirectory() as tmp:
         results = checks(cpu, gpu, tmp)
         vector = SteeringVector.load(f"{tmp}/v.safetensors", gpu)
@@ -124,7 +127,7 @@ def main() -> int:
     print(f"\n{args.new_tokens} new tokens, greedy, median of {args.repeats} interleaved runs (bf16). "
           "Ratio: steerlab unsteered vs HF generate; steered vs steerlab unsteered.")
     print("| batch | configuration | tok/s | ratio |\n|---|---|---|---|")
-    for bs, name, tps, ratio in speed(gpu, vector, args.new_tokens, args.repeats):
+    for bs, name, tps, ratio in speed(gpu, vector, args.new_tokens, args.repeats, [int(b) for b in args.batches.split(",")]):
         print(f"| {bs} | {name} | {tps:.1f} | {ratio:.3f} |")
     return 0 if all(ok for _, ok, _ in results) else 1
 

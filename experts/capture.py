@@ -5,8 +5,9 @@ Names with an HF boundary are read by plain torch hooks on the expert's own mode
 steering edits now attached to the expert replayed on it, so both see one computation.
 
 Each batch is padded to its own longest prompt. A reduction (`reduce="last"`, `"mean"` or a list
-of token positions) keeps only what it returns, `(prompts, d_model)` or `(prompts, k, d_model)`,
-plus each position's norm; the full `(prompts, pos, d_model)` tensor is never built for it.
+of token positions) keeps only what it returns, `(prompts, d_model)` or `(prompts, k, d_model)`
+(and, with `keep_norms`, each position's norm); the full `(prompts, pos, d_model)` tensor is never
+built for it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class _StopForward(Exception):
 class ActivationCache:
     """Activations by TL name; index as `cache[name]` or `cache["resid_post", 3]` (negative layers count
     from the end). Unreduced activations are left-padded like `tokens` (zeros on padding); reduced
-    ones have no position axis, and `norms[name]` holds each position's norm (zeros on padding)."""
+    ones have no position axis; with `keep_norms`, `norms[name]` holds each position's norm (zeros on padding)."""
 
     activations: dict[str, Tensor]
     tokens: Tensor  # (batch, pos)
@@ -51,7 +52,7 @@ class ActivationCache:
     prompts: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)
     reduce: Reduce = "none"
-    norms: dict[str, Tensor] = field(default_factory=dict)  # (batch, pos) per name, for reduced captures
+    norms: dict[str, Tensor] = field(default_factory=dict)  # (batch, pos) per name, with keep_norms
 
     def _name(self, key: str | tuple[str, int]) -> str:
         if not isinstance(key, tuple):
@@ -194,7 +195,7 @@ def _trim(full: TokenBatch, rows: slice) -> TokenBatch:
 
 @torch.inference_mode()
 def _capture_fast(expert: Expert, batch: TokenBatch, points: list[hookpoints.HookPoint], reducer: _Reducer | None,
-                  logits: bool) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
+                  logits: bool, norm_reader: _Reducer | None) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
     store: dict[str, Tensor] = {}
     norms: dict[str, Tensor] = {}
     last = points[-1].name if points and not logits else None
@@ -205,7 +206,8 @@ def _capture_fast(expert: Expert, batch: TokenBatch, points: list[hookpoints.Hoo
                 store[name] = activation.detach().clone()
             else:
                 store[name] = reducer(activation.detach())
-                norms[name] = reducer.norms(activation.detach())
+            if norm_reader is not None:
+                norms[name] = norm_reader.norms(activation.detach())
             if name == last:
                 raise _StopForward
 
@@ -260,6 +262,7 @@ def run_with_cache(
     reduce: Reduce = "none",
     mean_from: Sequence[int] | None = None,
     return_logits: bool = False,
+    keep_norms: bool = False,
 ) -> ActivationCache | tuple[Tensor, ActivationCache]:
     """Run `prompts` (raw text, or chat-formatted with `chat=True`) and keep the named activations.
 
@@ -267,6 +270,7 @@ def run_with_cache(
     `"mean"` (mean over each prompt's tokens from its `mean_from` offset, default 0), or a list of
     token positions (negative from the end). With `return_logits`, returns `(logits, cache)` as
     TransformerLens does (logits left-padded, zeros on padding; the forward then runs to the end).
+    `keep_norms` also keeps each position's norm (`cache.norms`), e.g. to calibrate by the typical norm.
     """
     prompts = list(prompts)
     if not prompts or any(not p.strip() for p in prompts):
@@ -290,9 +294,10 @@ def run_with_cache(
         rows = slice(start, start + batch_size)
         batch = _trim(full, rows)
         reducer = None if reduce == "none" else _Reducer(reduce, batch.attention_mask, offsets[rows])
+        norm_reader = (reducer or _Reducer("last", batch.attention_mask, offsets[rows])) if keep_norms else None
         state = DecodeState.for_batch(batch.attention_mask, first_row=start, n_prompts=n)
         with publish_state(state):
-            acts, batch_norms, batch_logits = _capture_fast(expert, batch, fast, reducer, return_logits) \
+            acts, batch_norms, batch_logits = _capture_fast(expert, batch, fast, reducer, return_logits, norm_reader) \
                 if fast or return_logits else ({}, {}, None)
             if slow:
                 whole = type(full)(full.input_ids[rows], full.attention_mask[rows], full.position_ids[rows])

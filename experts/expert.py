@@ -17,7 +17,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from experts import hookpoints, registry
-from experts.errors import EmptyPromptsError, NonFiniteError, SteerlabError
+from experts.errors import EmptyPromptsError, SteerlabError
 from experts.spec import ExpertSpec
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,6 @@ def weights_fingerprint(model: torch.nn.Module, architecture: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _check_finite(model: torch.nn.Module, name: str) -> None:
-    for param_name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise NonFiniteError(f"weight {param_name} of expert {name!r}")
 
 
 def _parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -117,9 +113,9 @@ class Expert:
             model, tokenizer = tiny.build_tiny(spec, folder)
         elif spec.source == "hf-folder":
             model, tokenizer, folder = loading.load_folder(spec)
-        else:
+            loading.check_finite(model, spec.name)
+        else:  # checked once when the cache was built; its manifest's sha256s guard it since
             model, tokenizer, folder = loading.load_cached(spec)
-        _check_finite(model, spec.name)
         architecture = spec.architecture if spec.source != "hf-folder" else model.config.model_type
         fingerprint = weights_fingerprint(model, architecture)  # of the float32 source, before the cast
         return cls(spec, model.to(device=target, dtype=torch_dtype), tokenizer, folder, fingerprint)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from experts.errors import ChecksumMismatchError, ModelPackageMissingError, SteerlabError
+from experts.errors import ChecksumMismatchError, ModelPackageMissingError, NonFiniteError, SteerlabError
 from experts.files import ordinary_permissions
 from experts.spec import ExpertSpec, WeightPart
 
@@ -73,6 +73,13 @@ def _assemble_and_verify(spec: ExpertSpec, workdir: Path) -> Path:
     return target
 
 
+def check_finite(model: PreTrainedModel, name: str) -> None:
+    """Refuse weights holding NaN or infinite values (a corrupt file), naming the first such tensor."""
+    for param_name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteError(f"weight {param_name} of expert {name!r}")
+
+
 def _strip_gguf_marker(model: PreTrainedModel) -> None:
     """transformers de-quantizes GGUF to plain tensors but marks the model unsaveable; unmark it."""
     model.hf_quantizer = None
@@ -93,6 +100,7 @@ def _convert(spec: ExpertSpec, target: Path) -> None:
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         _strip_gguf_marker(model)
+        check_finite(model, spec.name)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         manifest = {

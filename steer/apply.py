@@ -230,19 +230,33 @@ def _steering_fn(steering: Steering, layer: int) -> ActivationFn:
             gate = steering.gate.open(h, w)
             mask = gate if mask is None else mask.to(h.device) & gate
         v = on(("v", h.device, h.dtype), lambda: direction.to(device=h.device, dtype=h.dtype))
-        if operator is _add and isinstance(c, float) and not callable(steering.coef):  # hot path: add a cached c·v
-            edited = h + on(("cv", c, h.device, h.dtype), lambda: c * v)
-        else:
-            edited = operator(h, v, c)
+        edited = operator(h, v, c)
         return edited if mask is None else torch.where(mask.to(h.device)[..., None], edited, h)
 
-    return steer
+    constant_add = steering.operator == "add" and isinstance(steering.coef, (int, float)) and steering.gate is None
+    if not (constant_add and steering.positions == "all"):
+        return steer
+    coef = float(steering.coef)
+
+    def add_everywhere(h: Tensor) -> Tensor:
+        """The hot path (a constant `add` at every position): one add of a cached c·v, padding masked."""
+        cv = cast.get((h.device, h.dtype))
+        if cv is None:
+            cv = cast[(h.device, h.dtype)] = coef * direction.to(device=h.device, dtype=h.dtype)
+        state = current_decode_state()
+        if state is None or state.all_valid:
+            return h + cv
+        return torch.where(state.valid.to(h.device)[..., None], h + cv, h)
+
+    return add_everywhere
 
 
 def _hooks(expert: Expert, steerings: Sequence[Steering], force: bool) -> list[tuple[HookPoint, ActivationFn]]:
     hooks = []
     for steering in steerings:
         steering.vector.check_compatible(expert, force=force)
+        if isinstance(steering.coef, (int, float)) and steering.coef == 0:
+            continue  # a constant coefficient of 0 changes nothing: no hook, no cost
         for layer in steering.vector.layers:
             hooks.append((expert.hook_point(steering.vector.hook_name(layer)), _steering_fn(steering, layer)))
     return hooks

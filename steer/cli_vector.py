@@ -75,7 +75,6 @@ def cmd_layers(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from analysis.plots import save_figure, sweep_plot
-    from steer.apply import default_sweep_coefs
     from steer.cli import _load
     from steer.datasets import builtin_datasets, load_prompts
     from steer.executor import executor_from_args
@@ -89,8 +88,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     dataset = builtin_datasets().get(Path(vector.provenance.dataset).name or "", {})
     instructions = (args.instruction_positive or dataset.get("instruction_positive"),
                     args.instruction_negative or dataset.get("instruction_negative"))
-    coefs = default_sweep_coefs(args.operator) if args.coefs is None else _coefs(args.coefs)
-    config = SweepConfig(coefs=coefs, max_new_tokens=args.max_new_tokens, samples=args.samples,
+    config = SweepConfig(coefs=None if args.coefs is None else _coefs(args.coefs), max_new_tokens=args.max_new_tokens, samples=args.samples,
                          seed=args.seed, positions=args.positions, operator=args.operator,
                          batch_size=args.batch_size, instructions=instructions if all(instructions) else None)
     out = Path(args.out)

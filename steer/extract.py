@@ -106,7 +106,7 @@ def capture_pairs(
     names = [f"blocks.{layer}.{hook}" for layer in layers]
     lengths = [len(expert.encode(t)) for t in texts]
     cache = expert.run_with_cache(
-        texts, names, chat=False, batch_size=batch_size, progress=progress, reduce=token_rule,
+        texts, names, chat=False, batch_size=batch_size, progress=progress, reduce=token_rule, keep_norms=True,
         mean_from=[min(s, n - 1) for s, n in zip(starts, lengths)] if token_rule == "mean" else None,
     )
     n = len(pairs)

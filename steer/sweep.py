@@ -25,7 +25,7 @@ from experts.errors import EmptyPromptsError
 from experts.expert import Expert
 from experts.generate import GenerationConfig, generate_batch, row_seed
 from experts.likelihood import continuation_nll, next_token_logprobs
-from steer.apply import Steering, apply
+from steer.apply import Steering, apply, default_sweep_coefs
 from steer.checkpoint import run_grid
 from steer.executor import Executor, Shard, carried_files, saved_bytes, worker_expert
 from steer.scorers import Scorer
@@ -35,7 +35,7 @@ from steer.vector import SteeringVector
 
 @dataclass(frozen=True)
 class SweepConfig:
-    coefs: tuple[float, ...] = (-8.0, -4.0, 0.0, 4.0, 8.0)
+    coefs: tuple[float, ...] | None = None  # None: `default_sweep_coefs(operator)`
     max_new_tokens: int = 48
     samples: int = 1
     seed: int = 0
@@ -47,6 +47,10 @@ class SweepConfig:
     batch_size: int = 8
     random_baseline: bool = True
     instructions: tuple[str, str] | None = None  # (towards positive, towards negative) for prompting
+
+    def __post_init__(self) -> None:
+        if self.coefs is None:
+            object.__setattr__(self, "coefs", default_sweep_coefs(self.operator))
 
 
 def random_like(vector: SteeringVector, seed: int) -> SteeringVector:

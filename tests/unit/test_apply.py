@@ -21,9 +21,10 @@ def vector(expert, layers=(0, 1), scale=3.0):
 def test_coefficient_zero_is_bit_identical(tiny):
     plain = tiny.generate(PROMPTS, max_new_tokens=8, do_sample=True, seed=4)
     for operator in ("add", "ablate", "norm_preserving"):
-        with apply(tiny, Steering(vector(tiny), coef=0.0, operator=operator)):
-            steered = tiny.generate(PROMPTS, max_new_tokens=8, do_sample=True, seed=4)
-        assert steered.token_ids == plain.token_ids
+        for coef in (0.0, [0.0] * len(PROMPTS), lambda step: 0.0):  # no hook; hooks that edit nothing
+            with apply(tiny, Steering(vector(tiny), coef=coef, operator=operator)):
+                steered = tiny.generate(PROMPTS, max_new_tokens=8, do_sample=True, seed=4)
+            assert steered.token_ids == plain.token_ids
     batch = tiny.tokenize(PROMPTS)
     with torch.no_grad():
         before = tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits

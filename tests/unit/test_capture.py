@@ -76,7 +76,7 @@ def test_two_names_of_one_layer(tiny, order):
 def test_reductions_equal_the_full_capture(tiny):
     names = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]
     full = tiny.run_with_cache(PROMPTS, names, batch_size=1)
-    last = tiny.run_with_cache(PROMPTS, names, reduce="last")
+    last = tiny.run_with_cache(PROMPTS, names, reduce="last", keep_norms=True)
     mean = tiny.run_with_cache(PROMPTS, names, reduce="mean", mean_from=[1, 2])
     picked = tiny.run_with_cache(PROMPTS, names, reduce=[0, -1])
     for name in names:
@@ -87,6 +87,7 @@ def test_reductions_equal_the_full_capture(tiny):
         norms = last.norms[name][last.attention_mask.bool()]
         torch.testing.assert_close(norms, torch.cat([r.norm(dim=-1) for r in rows]), atol=1e-4, rtol=1e-5)
         assert last[name].shape == (2, tiny.d_model) and torch.equal(last.last_token(name), last[name])
+        assert mean.norms == {}
     with pytest.raises(SteerlabError, match="reduced"):
         last.unpadded(names[0])
     with pytest.raises(SteerlabError, match="unknown reduction 'max'"):

@@ -175,3 +175,11 @@ def test_atomic_writes_have_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_sweep_coefficients_default_by_operator():
+    from steer.sweep import SweepConfig
+
+    assert SweepConfig(operator="ablate").coefs == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert SweepConfig().coefs == (-8.0, -4.0, 0.0, 4.0, 8.0)
+    assert SweepConfig(coefs=(1.0,), operator="ablate").coefs == (1.0,)
