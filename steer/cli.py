@@ -93,13 +93,13 @@ def _steering(args: argparse.Namespace, expert):
     vector = SteeringVector.load(args.vector, expert, force=args.force)
     coef = default_coef(args.operator, vector) if args.coef is None else args.coef
     steering = Steering(vector, coef=coef, operator=args.operator, positions=args.positions)
-    record = {"vector": str(args.vector), "vector_sha256": _sha256(Path(args.vector)), "layers": vector.layers,
+    record = {"vector": str(args.vector), "vector_sha256": file_sha256(Path(args.vector)), "layers": vector.layers,
               "hook": vector.hook, "coef": coef, "coef_default": args.coef is None, "operator": args.operator,
               "positions": args.positions, "made_for": vector.provenance.fingerprint, "forced": args.force}
     return steering, record
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     import hashlib
 
     with path.open("rb") as f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from steer.executor import add_backend_arguments
 
@@ -38,7 +39,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from experts.errors import SteerlabError
     from experts.generate import GenerationConfig
-    from steer.cli import _load, _read_prompts
+    from steer.cli import _load, _read_prompts, file_sha256, run_record
     from steer.rad import rad_generate
     from steer.rewards import load_reward
 
@@ -52,13 +53,15 @@ def cmd_generate(args: argparse.Namespace) -> None:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, seed=args.seed)
     result = rad_generate(expert, prompts, reward, beta=args.beta, top_k=args.top_k, config=config,
                           batch_size=args.batch_size, force=args.force)
+    run = run_record(expert, **result.settings(), batch_size=args.batch_size,
+                     reward={"file": str(args.reward), "sha256": file_sha256(Path(args.reward)), "kind": reward.kind,
+                             "made_for": reward.info.fingerprint, "beta": args.beta, "top_k": args.top_k,
+                             "uncached": args.uncached, "forced": args.force})
     for record in result.records():
-        print(json.dumps({**record, "beta": args.beta, "top_k": args.top_k}) if args.json else record["text"])
+        print(json.dumps({**record, **run}) if args.json else record["text"])
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from analysis.plots import rad_sweep_plot, save_figure
     from experts.files import atomic_path, provenance, write_json
     from steer.cli import _load
@@ -89,8 +92,6 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from analysis.plots import fluency_frontier_plot, save_figure
     from experts.errors import SteerlabError
     from experts.files import atomic_path, provenance, write_json

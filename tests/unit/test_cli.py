@@ -100,3 +100,9 @@ def test_ablate_defaults_to_removing_the_component_and_the_record_says_so(capsys
     code, out, _ = run(capsys, "generate", "--expert", "tiny-llama", "--vector", str(path), "--max-new-tokens", "2",
                        "--json", "hi")
     assert json.loads(out.splitlines()[0])["steering"]["coef"] == 20.0  # add: the calibrated mid-range
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("steer 0.1.0")

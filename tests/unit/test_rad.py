@@ -114,7 +114,9 @@ def test_rad_cli(capsys, tmp_path):
     assert "held-out AUROC" in capsys.readouterr().out
     assert main(["rad", "generate", "--expert", "tiny-llama", "--reward", str(out), "--beta", "4",
                  "--max-new-tokens", "4", "--json", "Kelly is"]) == 0
-    assert json.loads(capsys.readouterr().out)["beta"] == 4.0
+    record = json.loads(capsys.readouterr().out)
+    assert record["reward"]["beta"] == 4.0 and record["reward"]["kind"] == "activation"
+    assert record["fingerprint"] and record["reward"]["sha256"] and record["max_new_tokens"] == 4
     assert main(["rad", "generate", "--expert", "tiny-llama", "--reward", str(out), "--beta", "-1", "hi"]) == 2
     assert "beta must be >= 0" in capsys.readouterr().err
 
