@@ -21,7 +21,7 @@ from analysis.letters import LetterPrompt, build_prompts
 from analysis.metrics import letter_metrics
 from experts.errors import SteerlabError
 from experts.expert import Expert
-from experts.generate import GenerationConfig, generate_batch, row_seed
+from experts.generate import GenerationSettings, generate_batch, row_seed
 from experts.likelihood import continuation_nll
 from steer.apply import Steering, apply
 from steer.checkpoint import MANIFEST, claim_folder, read_rows, run_shards
@@ -159,7 +159,7 @@ class LetterJob:
         config, expert = self.config, state.expert
         label, coef = shard["condition"], shard["coef"]
         chunk = [(state.prompts[prompt_id], sample) for prompt_id, sample in shard["items"]]
-        settings = GenerationConfig(max_new_tokens=config.max_new_tokens, do_sample=not shard["greedy"],
+        settings = GenerationSettings(max_new_tokens=config.max_new_tokens, do_sample=not shard["greedy"],
                                     temperature=config.temperature, top_p=config.top_p, seed=config.seed)
         seeds = [row_seed(config.seed, p.text, s) for p, s in chunk]
         texts_in = [state.formatted[p.prompt_id] for p, _ in chunk]

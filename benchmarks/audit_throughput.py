@@ -14,7 +14,7 @@ from _common import machine, quiet
 from analysis.letters import build_prompts
 from experts import registry
 from experts.expert import Expert
-from experts.generate import GenerationConfig, generate_batch
+from experts.generate import GenerationSettings, generate_batch
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     expert = Expert.load(args.expert)
     prompts = [p for p in build_prompts("small") if p.kind != "bio"][: args.letters]
     texts = expert.format_prompts([p.text for p in prompts])
-    config = GenerationConfig(max_new_tokens=args.new_tokens, stop_at_eos=False)
+    config = GenerationSettings(max_new_tokens=args.new_tokens, stop_at_eos=False)
     generate_batch(expert, texts[:2], config, [0, 1])  # warm-up
     rates = {}
     for bs in (1, 4, 16):

@@ -18,7 +18,7 @@ from _common import interleaved, machine, quiet
 
 from experts import registry
 from experts.expert import Expert
-from experts.generate import GenerationConfig
+from experts.generate import GenerationSettings
 from steer.datasets import _DATA
 from steer.rad import rad_generate
 from steer.reward_training import load_labeled, train_activation_reward, train_external_reward, train_lookahead_reward
@@ -67,7 +67,7 @@ def main() -> None:
           "ratio = rad time / plain top-k time")
     for bs in map(int, args.batch_sizes.split(",")):
         prompts = [PROMPT.format(name=name) for name in NAMES[:bs]]
-        config = GenerationConfig(max_new_tokens=n, do_sample=True, top_k=k, stop_at_eos=False, seed=0)
+        config = GenerationSettings(max_new_tokens=n, do_sample=True, top_k=k, stop_at_eos=False, seed=0)
 
         def rad(reward):
             return lambda: rad_generate(expert, prompts, reward, beta=10.0, top_k=k, config=config, batch_size=bs)

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -64,8 +64,6 @@ def weights_fingerprint(model: torch.nn.Module, architecture: str) -> str:
             sample = tensor.flatten()[:: max(1, tensor.numel() // 256)][:256]
             digest.update(name.encode() + sample.float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
 
 
 def _parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -258,21 +256,66 @@ class Expert:
         return remove_all(self.model)
 
     # -- running -------------------------------------------------------------------------------
-    def generate(self, prompts: str | Sequence[str], **kwargs: Any):
-        """See `experts.generate.generate`; keyword arguments of `GenerationConfig` are accepted."""
-        from experts.generate import GenerationConfig, generate
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        num_samples: int = 1,
+        stop_at_eos: bool = True,
+        chat: bool | None = None,
+        system: str | None = None,
+        batch_size: int = 8,
+        logits_hook: Callable | None = None,
+        progress: bool = False,
+        prefill: Any = None,
+    ):
+        """Generate `num_samples` continuations of each prompt, `batch_size` rows at a time.
 
+        Greedy by default; `do_sample=True` samples with `temperature`, `top_k` (0: off) and `top_p` (1: off),
+        each row from its own generator seeded from (`seed`, prompt, sample index). `chat` applies the chat
+        template (default: when the expert has one), with an optional `system` message. `logits_hook(logits,
+        state)` may re-weight each step's logits (reward-augmented decoding); `prefill` continues a forward
+        pass already run on these prompts. Returns a `GenerationResult` (texts, token ids, finish reasons).
+        """
+        from experts.generate import GenerationSettings, generate
+
+        config = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples, stop_at_eos=stop_at_eos)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        fields = set(GenerationConfig.__dataclass_fields__)
-        config = GenerationConfig(**{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
-        return generate(self, prompts, config, **kwargs)
+        return generate(self, prompts, config, chat=chat, system=system, batch_size=batch_size,
+                        logits_hook=logits_hook, progress=progress, prefill=prefill)
 
-    def run_with_cache(self, prompts: str | Sequence[str], names: Sequence[str], **kwargs: Any):
-        """Capture activations at TL-named hooks; see `experts.capture.run_with_cache`."""
+    def run_with_cache(
+        self,
+        prompts: str | Sequence[str],
+        names: Sequence[str],
+        *,
+        chat: bool = False,
+        batch_size: int = 16,
+        progress: bool = False,
+        reduce: str | Sequence[int] = "none",
+        mean_from: Sequence[int] | None = None,
+        return_logits: bool = False,
+        keep_norms: bool = False,
+    ):
+        """Capture activations at TL-named hooks (`names`) for `prompts` (raw text; `chat=True` applies the
+        chat template first). Returns an `ActivationCache`, or `(logits, cache)` with `return_logits`.
+
+        `reduce`: `"none"` keeps `(prompts, pos, ...)` left-padded; `"last"`, `"mean"` (from each prompt's
+        `mean_from` offset) or a list of token positions keep only that. `keep_norms` also keeps each
+        position's norm. See `experts.capture.run_with_cache`.
+        """
         from experts.capture import run_with_cache
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return run_with_cache(self, prompts, names, **kwargs)
+        return run_with_cache(self, prompts, names, chat=chat, batch_size=batch_size, progress=progress, reduce=reduce,
+                              mean_from=mean_from, return_logits=return_logits, keep_norms=keep_norms)
 
     def __repr__(self) -> str:
         return f"Expert({self.name!r}, n_layers={self.n_layers}, d_model={self.d_model}, device={self.device}, dtype={self.dtype})"

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class GenerationConfig:
+class GenerationSettings:
     """Decoding settings. `do_sample=False` is greedy; `top_k=0` and `top_p=1` disable those filters."""
 
     max_new_tokens: int = 64
@@ -115,7 +115,7 @@ class GenerationResult:
     texts: list[str]
     token_ids: list[list[int]]
     finish_reasons: list[str]
-    config: GenerationConfig
+    config: GenerationSettings
     expert: str
 
     def records(self) -> list[dict[str, Any]]:
@@ -154,7 +154,7 @@ def row_seed(seed: int, prompt: str, sample: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def _filter_logits(logits: Tensor, config: GenerationConfig) -> Tensor:
+def _filter_logits(logits: Tensor, config: GenerationSettings) -> Tensor:
     logits = logits / config.temperature
     if config.top_k:
         kth = torch.topk(logits, min(config.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
@@ -168,7 +168,7 @@ def _filter_logits(logits: Tensor, config: GenerationConfig) -> Tensor:
     return logits
 
 
-def _next_tokens(logits: Tensor, config: GenerationConfig, generators: list[torch.Generator], non_finite: Tensor) -> Tensor:
+def _next_tokens(logits: Tensor, config: GenerationSettings, generators: list[torch.Generator], non_finite: Tensor) -> Tensor:
     if not config.do_sample:
         return logits.argmax(-1)
     if bool(non_finite):  # sampling from NaN probabilities would fail with an opaque error
@@ -188,7 +188,7 @@ def eos_ids(expert: Expert) -> set[int]:
 def generate_batch(
     expert: Expert,
     formatted: Sequence[str],
-    config: GenerationConfig,
+    config: GenerationSettings,
     seeds: Sequence[int],
     logits_hook: LogitsHook | None = None,
     prefill: Prefill | None = None,
@@ -272,7 +272,7 @@ def _check_prefill(expert: Expert, prefill: Prefill, formatted: Sequence[str]) -
         raise SteerlabError("a reused prefill ran without the hooks now attached (steering); run the prompts again")
 
 
-def _trim(rows: list[list[int]], stop_ids: set[int], config: GenerationConfig) -> tuple[list[list[int]], list[str]]:
+def _trim(rows: list[list[int]], stop_ids: set[int], config: GenerationSettings) -> tuple[list[list[int]], list[str]]:
     """Cut each row after its first EOS (kept out of the ids) and say why it stopped."""
     token_ids, reasons = [], []
     for row in rows:
@@ -285,7 +285,7 @@ def _trim(rows: list[list[int]], stop_ids: set[int], config: GenerationConfig) -
 def generate(
     expert: Expert,
     prompts: Sequence[str],
-    config: GenerationConfig,
+    config: GenerationSettings,
     *,
     chat: bool | None = None,
     system: str | None = None,

@@ -37,15 +37,13 @@ class HookHandle:
         self.owner = owner
         self.names = [point.name for point, _ in hooks]
         self.edits = list(hooks) if edits else []
+        self.removed = False
 
     def _keep(self, handle: torch.utils.hooks.RemovableHandle) -> None:
         self._handles.append(handle)
 
-    @property
-    def active(self) -> bool:
-        return bool(self._handles)
-
     def remove(self) -> None:
+        self.removed = True
         while self._handles:
             self._handles.pop().remove()
         model = self._model()
@@ -54,7 +52,7 @@ class HookHandle:
             live.remove(self)
 
     def __repr__(self) -> str:
-        state = "active" if self.active else "removed"
+        state = "removed" if self.removed else f"{len(self._handles)} torch hooks"
         return f"HookHandle(owner={self.owner!r}, names={self.names}, {state})"
 
     def __enter__(self) -> HookHandle:
@@ -95,7 +93,7 @@ def _sum_hooks(fn: ActivationFn) -> tuple[Callable[..., Any], Callable[..., Any]
         residual[:] = [activation]
 
     def on_output(output: Tensor) -> Tensor | None:
-        current = residual[0] + output
+        current = residual.pop() + output  # pop: keep no activation alive after the forward
         new = fn(current)
         return None if new is None else output + (new - current)
 

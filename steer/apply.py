@@ -21,11 +21,11 @@ from torch import Tensor
 from experts.errors import NonFiniteError, SteerlabError
 from experts.generate import DecodeState, current_decode_state
 from experts.hooks import ActivationFn, HookHandle, attach
-from steer.vector import SteeringVector
 
 if TYPE_CHECKING:
     from experts.expert import Expert
     from experts.hookpoints import HookPoint
+    from steer.vector import SteeringVector
 
 Coefficient = float | Sequence[float] | Callable[[int], float]
 
@@ -134,17 +134,15 @@ class Steering:
         if self.operator not in OPERATORS:
             raise SteerlabError(f"unknown operator {self.operator!r}; choose one of {', '.join(OPERATORS)}")
         check_positions(self.positions)
-        if isinstance(self.coef, (int, float)):
-            _finite(float(self.coef), "steering coefficient")
-        elif not callable(self.coef):
-            for i, c in enumerate(self.coef):
-                if not isinstance(c, (int, float)):
-                    raise SteerlabError(f"per-prompt coefficient {i} is {c!r}, not a number")
-                _finite(float(c), f"per-prompt coefficient {i}")
-            if not len(self.coef):
+        if not callable(self.coef):
+            values = [self.coef] if isinstance(self.coef, (int, float)) else list(self.coef)
+            if not values:
                 raise SteerlabError("per-prompt coefficients: the list is empty")
-        for c in [self.coef] if isinstance(self.coef, (int, float)) else [] if callable(self.coef) else self.coef:
-            self._check_size(float(c))
+            for i, c in enumerate(values):
+                what = "steering coefficient" if len(values) == 1 and not self.per_prompt else f"per-prompt coefficient {i}"
+                if not isinstance(c, (int, float)):
+                    raise SteerlabError(f"{what} is {c!r}, not a number")
+                self._check_size(_finite(float(c), what))
         if self.gate is not None and self.gate.direction.shape[0] != self.vector.d_model:
             raise SteerlabError(
                 f"ProbeGate direction has width {self.gate.direction.shape[0]}, the vector {self.vector.d_model}"
@@ -155,7 +153,7 @@ class Steering:
             if abs(coef) > MAX_ABLATE_COEF:
                 raise SteerlabError(f"ablation coefficient {coef:g} is out of range: it is the fraction of the "
                                     f"component removed (1 = all of it), at most ±{MAX_ABLATE_COEF:g}")
-        elif abs(coef) * max(self.vector.norms.values()) > MAX_EDIT_NORM:
+        elif abs(coef) * self.vector.max_norm > MAX_EDIT_NORM:
             raise SteerlabError(f"coefficient {coef:g} times the vector's norm exceeds {MAX_EDIT_NORM:g}: the steered "
                                 "activations would overflow float32 (the calibrated range is in the vector's provenance)")
         return coef

@@ -38,7 +38,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from experts.errors import SteerlabError
-    from experts.generate import GenerationConfig
+    from experts.generate import GenerationSettings
     from steer.cli import _load, _read_prompts, file_sha256, run_record
     from steer.rad import rad_generate
     from steer.rewards import load_reward
@@ -50,7 +50,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if reward.kind != "external":
             raise SteerlabError(f"--uncached applies to external rewards; {args.reward} is a {reward.kind} reward")
         reward = reward.uncached()
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, seed=args.seed)
+    config = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, seed=args.seed)
     result = rad_generate(expert, prompts, reward, beta=args.beta, top_k=args.top_k, config=config,
                           batch_size=args.batch_size, force=args.force)
     run = run_record(expert, **result.settings(), batch_size=args.batch_size,

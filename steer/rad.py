@@ -17,7 +17,7 @@ from torch import Tensor
 from transformers import LogitsProcessor
 
 from experts.errors import SteerlabError
-from experts.generate import DecodeState, GenerationConfig, GenerationResult, LogitsHook, generate
+from experts.generate import DecodeState, GenerationResult, GenerationSettings, LogitsHook, generate
 from steer.rewards import StepScorer
 
 if TYPE_CHECKING:
@@ -60,9 +60,9 @@ def reward_decoding(expert: Expert, reward: CandidateReward, beta: float, top_k:
 
 
 def rad_generate(expert: Expert, prompts: Sequence[str], reward: CandidateReward, *, beta: float, top_k: int = 20,
-                 config: GenerationConfig | None = None, batch_size: int = 8, force: bool = False) -> GenerationResult:
+                 config: GenerationSettings | None = None, batch_size: int = 8, force: bool = False) -> GenerationResult:
     """`generate` with reward-augmented top-k decoding (sampling by default, as in RAD)."""
-    config = config or GenerationConfig(do_sample=True)
+    config = config or GenerationSettings(do_sample=True)
     with reward_decoding(expert, reward, beta, top_k, force=force) as hook:
         return generate(expert, list(prompts), config, batch_size=batch_size, logits_hook=hook)
 

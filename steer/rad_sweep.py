@@ -25,7 +25,7 @@ import torch
 
 from experts.errors import EmptyPromptsError, SteerlabError
 from experts.expert import Expert
-from experts.generate import DecodeState, GenerationConfig, LogitsHook, generate_batch, row_seed
+from experts.generate import DecodeState, GenerationSettings, LogitsHook, generate_batch, row_seed
 from experts.likelihood import continuation_nll
 from steer.apply import Steering, apply
 from steer.checkpoint import run_grid
@@ -115,7 +115,7 @@ class CompareJob:
     fingerprint: str
     prompts: tuple[str, ...]
     methods: tuple[Method, ...]
-    config: GenerationConfig
+    config: GenerationSettings
 
     def setup(self, expert: Expert | None = None) -> _CompareState:
         expert = worker_expert(self.expert, self.fingerprint, expert)
@@ -180,7 +180,7 @@ def compare(expert: Expert, methods: Sequence[Method], strengths: dict[str, Sequ
     if missing := [n for n in names if n not in strengths]:
         raise SteerlabError(f"no strengths given for {', '.join(missing)}")
     remote = not isinstance(executor or LocalExecutor(), LocalExecutor)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, top_k=top_k, seed=seed)
+    config = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=True, top_k=top_k, seed=seed)
     job = CompareJob(expert.name, expert.fingerprint, tuple(prompts),
                      tuple(m.portable() if remote else m for m in methods), config)
     plan = [{"method": PLAIN, "strength": 0.0}] + [{"method": m.name, "strength": s} for m in methods

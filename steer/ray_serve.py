@@ -64,12 +64,12 @@ class ExpertService:
             return await asyncio.to_thread(self._respond, prompt, system, adjustments, settings)
 
     def _respond(self, prompt: str, system: str | None, adjustments: list[dict], settings: dict) -> dict[str, Any]:
-        from experts.generate import GenerationConfig
+        from experts.generate import GenerationSettings
         from steer.router.answer import generate_adjusted
         from steer.router.decision import Adjustment
 
         result = generate_adjusted(self.expert, [prompt], [Adjustment(**a) for a in adjustments], self.rules, self.folder,
-                                   GenerationConfig(**settings), top_k=self.top_k, system=system, loaded=self.loaded)
+                                   GenerationSettings(**settings), top_k=self.top_k, system=system, loaded=self.loaded)
         return {"text": result.texts[0], "finish_reason": result.finish_reasons[0],
                 "prompt_tokens": len(self.expert.encode(result.formatted_prompts[0])),
                 "completion_tokens": len(result.token_ids[0])}

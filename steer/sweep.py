@@ -23,7 +23,7 @@ import torch
 
 from experts.errors import EmptyPromptsError
 from experts.expert import Expert
-from experts.generate import GenerationConfig, generate_batch, row_seed
+from experts.generate import GenerationSettings, generate_batch, row_seed
 from experts.likelihood import continuation_nll, next_token_logprobs
 from steer.apply import Steering, apply, default_sweep_coefs
 from steer.checkpoint import run_grid
@@ -120,7 +120,7 @@ class SweepJob:
         condition, coef = shard["condition"], shard["coef"]
         ids = sorted({i for i, _ in items})
         formatted = dict(zip(ids, expert.format_prompts([self._prompt(condition, coef, i) for i in ids])))
-        settings = GenerationConfig(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
+        settings = GenerationSettings(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
                                     temperature=config.temperature, top_p=config.top_p, seed=config.seed)
         seeds = [row_seed(config.seed, self._prompt(condition, coef, i), s) for i, s in items]
         steered = condition in state.vectors

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,8 +88,34 @@ class SteeringVector:
     def norms(self) -> dict[int, float]:
         return {layer: self.directions[layer].norm().item() for layer in self.layers}
 
+    def __repr__(self) -> str:
+        norms = ", ".join(f"{layer}: {norm:.3g}" for layer, norm in self.norms.items())
+        made = self.provenance
+        source = f", method={made.method!r}, dataset={made.dataset!r}, expert={made.expert!r}" if made.method else ""
+        return f"SteeringVector({self.hook}, d_model={self.d_model}, norms={{{norms}}}{source})"
+
+    @cached_property
+    def max_norm(self) -> float:
+        """The largest per-layer norm (bounds what a coefficient may add)."""
+        return max(self.norms.values())
+
     def hook_name(self, layer: int) -> str:
         return f"blocks.{layer}.{self.hook}"
+
+    # -- steering (thin conveniences over `steer.apply`) ----------------------------------------
+    def apply(self, expert: Expert, coef=1.0, *, operator: str = "add", positions: str = "all", gate=None,
+              force: bool = False):
+        """Steer `expert` for the duration of a `with` block: `with v.apply(expert, coef=4): ...`."""
+        from steer.apply import Steering, apply
+
+        return apply(expert, Steering(self, coef=coef, operator=operator, positions=positions, gate=gate), force=force)
+
+    def patch(self, expert: Expert, coef=1.0, *, operator: str = "add", positions: str = "all", gate=None,
+              force: bool = False):
+        """Attach this vector's steering and return the handle (`handle.remove()`; or `expert.reset_hooks()`)."""
+        from steer.apply import Steering, patch
+
+        return patch(expert, Steering(self, coef=coef, operator=operator, positions=positions, gate=gate), force=force)
 
     # -- arithmetic --------------------------------------------------------------------------
     def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from experts.expert import Expert
-from experts.generate import GenerationConfig, GenerationResult, Prefill, generate
+from experts.generate import GenerationResult, GenerationSettings, Prefill, generate
 from steer.apply import Steering, apply
 from steer.rad import reward_decoding
 from steer.rewards import load_reward
@@ -31,7 +31,7 @@ class ExpertPool:
 
 
 def generate_adjusted(expert: Expert, prompts: list[str], adjustments: Sequence[Adjustment], rules: Sequence[Rule],
-                      folder: Path, config: GenerationConfig, *, top_k: int = 20, system: str | None = None,
+                      folder: Path, config: GenerationSettings, *, top_k: int = 20, system: str | None = None,
                       prefill: Prefill | None = None, loaded: dict[str, Any] | None = None) -> GenerationResult:
     """Generate with `expert`, steered and reward-decoded as `adjustments` say (their files are in `folder`).
     `loaded` keeps the vectors and rewards read so far, for a caller that answers many requests."""
@@ -61,6 +61,6 @@ def answer(router: Router, pool: ExpertPool, prompt: str, decision: RoutingDecis
     expert = pool.get(decision.expert)
     reuse = prefill is not None and decision.expert == router.features.reader and not decision.adjustments
     result = generate_adjusted(expert, [prompt], decision.adjustments, router.rules, router.folder,
-                               GenerationConfig(max_new_tokens=max_new_tokens), top_k=top_k,
+                               GenerationSettings(max_new_tokens=max_new_tokens), top_k=top_k,
                                prefill=prefill if reuse else None)
     return result.texts[0], reuse

@@ -81,7 +81,7 @@ class ChatRequest:
                    strengths={str(k): float(v) for k, v in strengths.items()})
 
     def generation_settings(self) -> dict[str, Any]:
-        """Keyword arguments of `GenerationConfig`."""
+        """Keyword arguments of `GenerationSettings`."""
         return {"max_new_tokens": self.max_tokens, "do_sample": self.temperature > 0,
                 "temperature": self.temperature or 1.0, "top_p": self.top_p, "seed": self.seed}
 

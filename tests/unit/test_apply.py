@@ -73,10 +73,10 @@ def test_positions_under_kv_cache_match_a_reference_without_cache(tiny, position
         captured.append(logits.clone())
         return logits
 
-    from experts.generate import GenerationConfig, generate
+    from experts.generate import GenerationSettings, generate
 
     with apply(tiny, steering):
-        result = generate(tiny, PROMPTS, GenerationConfig(max_new_tokens=6, stop_at_eos=False), logits_hook=keep_logits)
+        result = generate(tiny, PROMPTS, GenerationSettings(max_new_tokens=6, stop_at_eos=False), logits_hook=keep_logits)
     steps = torch.stack(captured, dim=1)  # (rows, steps, vocab)
     for row, prompt in enumerate(PROMPTS):
         prompt_ids = tiny.tokenize(tiny.format_prompts([prompt])).input_ids[0].tolist()

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from experts.errors import EmptyPromptsError, SteerlabError
-from experts.generate import GenerationConfig, eos_ids
+from experts.generate import GenerationSettings, eos_ids
 
 PROMPTS = ["Kelly is warm", "The capital of France is Paris and the", "def add(a, b):"]
 
@@ -52,7 +52,7 @@ def test_stops_at_eos_per_row(tiny):
 
     from experts.generate import generate
 
-    result = generate(tiny, PROMPTS[:2], GenerationConfig(max_new_tokens=8), logits_hook=force_eos_at_step_3_for_row_0)
+    result = generate(tiny, PROMPTS[:2], GenerationSettings(max_new_tokens=8), logits_hook=force_eos_at_step_3_for_row_0)
     assert result.finish_reasons == ["eos", "length"]
     assert len(result.token_ids[0]) == 3 and len(result.token_ids[1]) == 8
 
@@ -66,7 +66,7 @@ def test_chat_template_is_applied_for_chat_experts(tiny_llama):
 @pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=0), dict(top_p=0), dict(top_k=-1)])
 def test_invalid_settings_are_named(bad):
     with pytest.raises(SteerlabError, match=next(iter(bad))):
-        GenerationConfig(**bad)
+        GenerationSettings(**bad)
 
 
 def test_empty_prompts_are_refused(tiny):

@@ -39,3 +39,17 @@ def test_the_demo_install_has_no_ray_or_jupyter():
 def test_license_is_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == "MIT" and (ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_warnings_from_our_modules_are_errors_in_the_suite():
+    import warnings
+
+    import pytest
+
+    for category in (DeprecationWarning, UserWarning, FutureWarning):
+        with pytest.raises(category):
+            warnings.warn_explicit("from our code", category, "steer/x.py", 1, module="steer.x")
+    with pytest.raises(FutureWarning):  # FutureWarnings from anywhere: transformers' removals come through torch
+        warnings.warn_explicit("a removal", FutureWarning, "torch/nn/modules/module.py", 1, module="torch.nn.modules.module")
+    with warnings.catch_warnings(record=True):
+        warnings.warn_explicit("theirs", DeprecationWarning, "ray/data/context.py", 1, module="ray.data.context")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from experts.errors import SteerlabError
-from experts.generate import GenerationConfig
+from experts.generate import GenerationSettings
 from experts.hooks import count_forward_hooks
 from steer.errors import BadDataError, VectorMismatchError
 from steer.rad import rad_generate, reward_decoding
@@ -30,7 +30,7 @@ class PreferLowestRanked(HiddenStateReward):
 
 
 def test_beta_zero_is_plain_top_k_sampling(tiny):
-    config = GenerationConfig(max_new_tokens=10, do_sample=True, top_k=5, seed=3)
+    config = GenerationSettings(max_new_tokens=10, do_sample=True, top_k=5, seed=3)
     plain = tiny.generate(PROMPTS, max_new_tokens=10, do_sample=True, top_k=5, seed=3).token_ids
     assert rad_generate(tiny, PROMPTS, ConstantReward(0.7), beta=0.0, top_k=5, config=config).token_ids == plain
     # a constant reward shifts all k logits alike: still the same distribution, whatever beta
@@ -39,7 +39,7 @@ def test_beta_zero_is_plain_top_k_sampling(tiny):
 
 
 def test_a_strong_reward_changes_the_choice_within_the_top_k(tiny):
-    greedy = GenerationConfig(max_new_tokens=6)
+    greedy = GenerationSettings(max_new_tokens=6)
     plain = tiny.generate(PROMPTS, max_new_tokens=6).token_ids
     steered = rad_generate(tiny, PROMPTS, PreferLowestRanked(), beta=1e4, top_k=3, config=greedy).token_ids
     assert steered != plain
@@ -89,7 +89,7 @@ def test_training_fits_separable_texts_and_round_trips(tiny_llama, tmp_path):
         foreign.check_compatible(tiny_llama)
     with pytest.raises(VectorMismatchError, match="width"):
         ActivationReward(torch.zeros(8), torch.zeros(8, 2), torch.zeros(8, 2), 0.0).check_compatible(tiny_llama)
-    out = rad_generate(tiny_llama, PROMPTS, reward, beta=5.0, top_k=10, config=GenerationConfig(max_new_tokens=5, seed=1))
+    out = rad_generate(tiny_llama, PROMPTS, reward, beta=5.0, top_k=10, config=GenerationSettings(max_new_tokens=5, seed=1))
     assert len(out.token_ids) == 2 and count_forward_hooks(tiny_llama.model) == 0
 
 
@@ -160,7 +160,7 @@ def test_lookahead_scores_equal_a_full_forward_per_candidate(tiny):
                 seen["scores"] = lookahead_scores(tiny, reward.probe, state, seen["cands"])
             return hook(logits, state)
 
-        result = generate(tiny, PROMPTS, GenerationConfig(max_new_tokens=2, stop_at_eos=False), logits_hook=spy)
+        result = generate(tiny, PROMPTS, GenerationSettings(max_new_tokens=2, stop_at_eos=False), logits_hook=spy)
     for row, prompt in enumerate(PROMPTS):
         ids = tiny.tokenize(tiny.format_prompts([prompt])).input_ids[0].tolist() + result.token_ids[row][:1]
         for j, cand in enumerate(seen["cands"][row].tolist()):
@@ -179,10 +179,10 @@ def test_lookahead_training_and_files(tiny_llama, tmp_path):
     reward = train_lookahead_reward(tiny_llama, data[:20], epochs=50)
     loaded = load_reward(reward.save(tmp_path / "l.safetensors"), tiny_llama)
     assert isinstance(loaded, LookaheadReward) and torch.equal(loaded.w, reward.w) and loaded.info == reward.info
-    config = GenerationConfig(max_new_tokens=4, seed=2)
+    config = GenerationSettings(max_new_tokens=4, seed=2)
     assert len(rad_generate(tiny_llama, PROMPTS, loaded, beta=3.0, top_k=4, config=config).token_ids) == 2
     plain = tiny_llama.generate(PROMPTS, max_new_tokens=4, do_sample=True, top_k=4, seed=2).token_ids
-    assert rad_generate(tiny_llama, PROMPTS, loaded, beta=0.0, top_k=4, config=GenerationConfig(max_new_tokens=4, seed=2, top_k=4, do_sample=True)).token_ids == plain
+    assert rad_generate(tiny_llama, PROMPTS, loaded, beta=0.0, top_k=4, config=GenerationSettings(max_new_tokens=4, seed=2, top_k=4, do_sample=True)).token_ids == plain
 
 
 def _external(reward_expert, seed=0):
@@ -214,7 +214,7 @@ def test_external_scores_equal_a_full_forward_over_the_generated_text(tiny_llama
             out = torch.full_like(logits, float("-inf"))
             return out.scatter(-1, top, logits.gather(-1, top) + 3.0 * scores[-1][1])
 
-        result = generate(tiny_llama, PROMPTS, GenerationConfig(max_new_tokens=4, stop_at_eos=False), logits_hook=hook)
+        result = generate(tiny_llama, PROMPTS, GenerationSettings(max_new_tokens=4, stop_at_eos=False), logits_hook=hook)
         seen.append((result.token_ids, scores))
     (ids, cached_scores), (ids_uncached, uncached_scores) = seen
     assert ids == ids_uncached
@@ -243,7 +243,7 @@ def test_external_reward_decoding_files_and_errors(tiny_llama, tmp_path):
     assert reward.info.heldout_mse is not None and reward.info.load_as == "tiny-gemma"
     loaded = load_reward(reward.save(tmp_path / "x.safetensors"), tiny_llama)
     assert isinstance(loaded, ExternalReward) and loaded.model is not None and loaded.info == reward.info
-    sampling = GenerationConfig(max_new_tokens=5, seed=2, top_k=4, do_sample=True)
+    sampling = GenerationSettings(max_new_tokens=5, seed=2, top_k=4, do_sample=True)
     plain = tiny_llama.generate(PROMPTS, max_new_tokens=5, do_sample=True, top_k=4, seed=2).token_ids
     assert rad_generate(tiny_llama, PROMPTS, loaded, beta=0.0, top_k=4, config=sampling).token_ids == plain
     cached = rad_generate(tiny_llama, PROMPTS, loaded, beta=8.0, top_k=4, config=sampling).token_ids
@@ -268,7 +268,7 @@ def test_logits_processor_matches_the_steerlab_loop(tiny_llama):
     d = tiny_llama.d_model
     activation = ActivationReward(torch.randn(d, generator=g), torch.randn(d, 2, generator=g),
                                   torch.randn(d, 2, generator=g), 0.0)
-    greedy = GenerationConfig(max_new_tokens=5)
+    greedy = GenerationSettings(max_new_tokens=5)
     batch = tiny_llama.tokenize(tiny_llama.format_prompts(PROMPTS))
     eos = tiny_llama.tokenizer.eos_token_id
     for reward in (activation, _external(Expert.load("tiny-gemma"))):
@@ -332,7 +332,7 @@ def test_rad_composes_with_steering_and_the_external_reward_is_not_steered(tiny_
 
     vector = SteeringVector({1: 3.0 * torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(4))},
                             provenance=Provenance())
-    sampling = GenerationConfig(max_new_tokens=5, seed=2, top_k=4, do_sample=True)
+    sampling = GenerationSettings(max_new_tokens=5, seed=2, top_k=4, do_sample=True)
     plain = tiny_llama.generate(PROMPTS, max_new_tokens=5, do_sample=True, top_k=4, seed=2).token_ids
     reward = _external(Expert.load("tiny-gemma"))
     with apply(tiny_llama, Steering(vector, coef=1.0)):

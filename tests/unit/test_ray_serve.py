@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("ray.serve", reason="the Ray extra is not installed: pip install 'steerlab[ray]'")
 
 from experts.expert import Expert  # noqa: E402
-from experts.generate import GenerationConfig  # noqa: E402
+from experts.generate import GenerationSettings  # noqa: E402
 from steer.ray_serve import ServeSettings, serve_router, shutdown  # noqa: E402
 from steer.router.answer import generate_adjusted  # noqa: E402
 from steer.router.router import Router  # noqa: E402
@@ -61,7 +61,7 @@ def _local_answer(folder, body):
     torch.set_num_threads(1)
     try:
         result = generate_adjusted(Expert.load(decision.expert), [request.prompt], adjustments, router.rules, folder,
-                                   GenerationConfig(**request.generation_settings()))
+                                   GenerationSettings(**request.generation_settings()))
     finally:
         torch.set_num_threads(threads)
     return decision, adjustments, result.texts[0]

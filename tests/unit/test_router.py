@@ -76,11 +76,11 @@ def test_reader_pools_over_the_query_in_its_prompt_format_and_flags_truncation(t
 
 
 def test_the_reader_answers_from_its_own_prefill(tiny_llama):
-    from experts.generate import GenerationConfig, generate
+    from experts.generate import GenerationSettings, generate
 
     query = ["Write a letter for Kelly"]
     reading = read(tiny_llama, query, layer=1, keep_prefill=True)
-    config = GenerationConfig(max_new_tokens=6, stop_at_eos=False)
+    config = GenerationSettings(max_new_tokens=6, stop_at_eos=False)
     reused = generate(tiny_llama, query, config, prefill=reading.prefill).token_ids
     assert reused == generate(tiny_llama, query, config).token_ids
     with pytest.raises(SteerlabError, match="exactly these formatted prompts"):

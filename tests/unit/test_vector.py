@@ -61,3 +61,35 @@ def test_bad_vectors_and_files(tmp_path):
     save_file({"x": torch.ones(3)}, str(tmp_path / "foreign.safetensors"))
     with pytest.raises(BadVectorFileError, match="not a steerlab vector"):
         SteeringVector.load(tmp_path / "foreign.safetensors")
+
+
+def test_repr_is_short_and_signatures_are_explicit(tiny_llama):
+    import inspect
+
+    v = SteeringVector({1: torch.ones(tiny_llama.d_model) * 2, 0: torch.ones(tiny_llama.d_model)},
+                       provenance=Provenance(method="mean_diff", dataset="sentiment", expert="tiny-llama"))
+    text = repr(v)
+    assert text == ("SteeringVector(hook_resid_post, d_model=64, norms={0: 8, 1: 16}, method='mean_diff', "
+                    "dataset='sentiment', expert='tiny-llama')") and "tensor" not in text
+    from experts.expert import Expert
+
+    for method, names in ((Expert.generate, {"max_new_tokens", "do_sample", "seed", "batch_size", "chat"}),
+                          (Expert.run_with_cache, {"reduce", "return_logits", "batch_size", "chat"})):
+        assert names <= set(inspect.signature(method).parameters)
+        assert "kwargs" not in inspect.signature(method).parameters
+
+
+def test_apply_and_patch_conveniences_equal_steer_apply(tiny_llama):
+    from steer.apply import Steering, apply
+
+    v = SteeringVector({1: torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(0)) * 8})
+    with apply(tiny_llama, Steering(v, coef=2.0, positions="generated")):
+        reference = tiny_llama.generate("Kelly is", max_new_tokens=5).token_ids
+    with v.apply(tiny_llama, coef=2.0, positions="generated"):
+        assert tiny_llama.generate("Kelly is", max_new_tokens=5).token_ids == reference
+    handle = v.patch(tiny_llama, coef=2.0, positions="generated")
+    try:
+        assert tiny_llama.generate("Kelly is", max_new_tokens=5).token_ids == reference
+    finally:
+        handle.remove()
+    assert tiny_llama.hooks() == []
