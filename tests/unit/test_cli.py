@@ -106,3 +106,11 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("steer 0.1.0")
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert "--max-new-tokens MAX_NEW_TOKENS\n                        default: 64" in out and "(default: 1)" in out
+    assert "(default: None)" not in out
