@@ -183,3 +183,22 @@ def test_sweep_coefficients_default_by_operator():
     assert SweepConfig(operator="ablate").coefs == (0.0, 0.25, 0.5, 0.75, 1.0)
     assert SweepConfig().coefs == (-8.0, -4.0, 0.0, 4.0, 8.0)
     assert SweepConfig(coefs=(1.0,), operator="ablate").coefs == (1.0,)
+
+
+def test_a_cache_that_fails_to_load_is_rebuilt_once(monkeypatch, tmp_path):
+    from experts import loading, registry
+
+    spec = registry.REAL_EXPERTS[registry.DEFAULT_EXPERT]
+    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path))
+    calls = {"load": 0, "convert": 0}
+
+    def load(folder):
+        calls["load"] += 1
+        if calls["load"] == 1:
+            raise OSError("unreadable body")
+        return "model", "tokenizer"
+
+    monkeypatch.setattr(loading, "_cache_is_intact", lambda spec, folder: True)
+    monkeypatch.setattr(loading, "_load_folder", load)
+    monkeypatch.setattr(loading, "_convert", lambda spec, folder: calls.__setitem__("convert", calls["convert"] + 1))
+    assert loading.load_cached(spec)[:2] == ("model", "tokenizer") and calls == {"load": 2, "convert": 1}
