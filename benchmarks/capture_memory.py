@@ -4,7 +4,7 @@
 Memory is counted as the bytes of the tensors the capture holds (its store and its result), which is
 what grows with prompts x layers; the forward pass's own transient activations are the same for both.
 
-Run: python benchmarks/capture_memory.py [--expert NAME] [--prompts N]
+Run: python benchmarks/capture_memory.py [--expert NAME] [--n-prompts N]
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ def _bytes(tensors) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--expert", default=registry.DEFAULT_EXPERT)
-    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--n-prompts", type=int, default=32)
     args = parser.parse_args()
     quiet()
     print(f"machine: {machine()}")
     expert = Expert.load(args.expert)
-    prompts = [TEMPLATES[i % 3].format(n=NAMES[i % 8]) * (1 + i % 4) for i in range(args.prompts)]
+    prompts = [TEMPLATES[i % 3].format(n=NAMES[i % 8]) * (1 + i % 4) for i in range(args.n_prompts)]
     names = [f"blocks.{layer}.hook_resid_post" for layer in range(expert.n_layers)]
     real_tokens = sum(len(expert.encode(p)) for p in prompts)
 
@@ -53,7 +53,7 @@ def main() -> None:
     full_kept = _bytes(full.activations.values())
     torch.testing.assert_close(last[names[-1]], full.last_token(names[-1]), atol=1e-4, rtol=1e-4)
     mib = 1 << 20
-    print(f"{args.prompts} prompts ({real_tokens} real tokens) x {expert.n_layers} layers of hook_resid_post")
+    print(f"{args.n_prompts} prompts ({real_tokens} real tokens) x {expert.n_layers} layers of hook_resid_post")
     print(f"real tokens' activations: {real_tokens * expert.d_model * 4 * expert.n_layers / mib:.1f} MiB")
     print(f"full capture (left-padded):      {full_kept / mib:8.2f} MiB kept, {full_s:.2f} s")
     print(f"reduce='last':                   {kept / mib:8.2f} MiB kept, {returned / mib:.2f} MiB returned "

@@ -159,7 +159,7 @@ def cmd_cache(args: argparse.Namespace) -> None:
     expert = _load(args)
     cache = expert.run_with_cache(prompts, names, chat=args.chat, batch_size=args.batch_size)
     cache.metadata |= provenance(expert=expert.name, names=names, chat=args.chat)
-    path = cache.save(args.out)
+    path = cache.save(args.output)
     shapes = {n: list(t.shape) for n, t in cache.activations.items()}
     print(f"wrote {path}: " + ", ".join(f"{n} {s}" for n, s in shapes.items()))
 
@@ -207,6 +207,8 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from experts import registry
+
     parser = argparse.ArgumentParser(prog="steer", description="Steer, read and audit small white-box experts.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -218,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_experts_list)
     info = experts_sub.add_parser("info", help="load an expert and describe it")
-    info.add_argument("expert")
+    info.add_argument("--expert", default=registry.DEFAULT_EXPERT, help="expert name or local HF folder")
     info.add_argument("--device", default=None)
     info.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     info.add_argument("--json", action="store_true")
@@ -249,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_expert_options(cache)
     _add_prompt_options(cache)
     cache.add_argument("--names", required=True, help="comma-separated TL hook names")
-    cache.add_argument("--out", required=True, help="output .safetensors")
+    cache.add_argument("-o", "--output", required=True, help="output .safetensors")
     cache.add_argument("--chat", action="store_true", help="apply the chat template first")
     cache.set_defaults(func=cmd_cache)
 

@@ -75,16 +75,16 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     reward = load_reward(args.reward, expert, force=args.force)
     prompts = _evaluation_prompts(args)
     out = Path(args.out)
-    rows, summary = rad_sweep(expert, reward, prompts, _coefs(args.betas), get_scorer(args.evaluator), top_k=args.top_k,
+    rows, summary = rad_sweep(expert, reward, prompts, _coefs(args.betas), get_scorer(args.scorer), top_k=args.top_k,
                               max_new_tokens=args.max_new_tokens, samples=args.samples, seed=args.seed,
                               batch_size=args.batch_size, out=out, executor=executor_from_args(args),
-                              settings={"evaluator": args.evaluator, "reward": str(args.reward)})
+                              settings={"scorer": args.scorer, "reward": str(args.reward)})
     for name, frame in (("rad_sweep.csv", rows), ("summary.csv", summary)):
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False)
-    save_figure(rad_sweep_plot(summary, args.evaluator, f"{expert.name}: {Path(args.reward).name}"), out / "rad_sweep.png")
+    save_figure(rad_sweep_plot(summary, args.scorer, f"{expert.name}: {Path(args.reward).name}"), out / "rad_sweep.png")
     write_json(out / "rad_sweep.json", {"summary": json.loads(summary.to_json(orient="records")),
-                                        **provenance(expert=expert.name, reward=str(args.reward), evaluator=args.evaluator,
+                                        **provenance(expert=expert.name, reward=str(args.reward), scorer=args.scorer,
                                                      betas=args.betas, top_k=args.top_k, seed=args.seed, prompts=prompts,
                                                      samples=args.samples, max_new_tokens=args.max_new_tokens)})
     print(summary.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
@@ -118,22 +118,22 @@ def cmd_compare(args: argparse.Namespace) -> None:
         raise SteerlabError("nothing to compare: give at least one --reward or --vector")
     prompts = _evaluation_prompts(args)
     out = Path(args.out)
-    rows, summary = compare(expert, methods, strengths, prompts, get_scorer(args.evaluator), top_k=args.top_k,
+    rows, summary = compare(expert, methods, strengths, prompts, get_scorer(args.scorer), top_k=args.top_k,
                             max_new_tokens=args.max_new_tokens, samples=args.samples, seed=args.seed,
                             batch_size=args.batch_size, out=out, executor=executor_from_args(args),
-                            settings={"evaluator": args.evaluator})
+                            settings={"scorer": args.scorer})
     plain = float(summary[summary.strength == 0].median_perplexity.iloc[0])
     budget = args.max_perplexity or plain * args.perplexity_ratio
     matched = matched_fluency(summary, budget)
     for name, frame in (("rows.csv", rows), ("summary.csv", summary), ("matched_fluency.csv", matched)):
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False)
-    save_figure(fluency_frontier_plot(summary, args.evaluator, f"{expert.name}: control at matched fluency", budget),
+    save_figure(fluency_frontier_plot(summary, args.scorer, f"{expert.name}: control at matched fluency", budget),
                 out / "frontier.png")
     write_json(out / "compare.json", {
         "summary": json.loads(summary.to_json(orient="records")), "matched": json.loads(matched.to_json(orient="records")),
         "perplexity_budget": budget, "plain_median_perplexity": plain,
-        **provenance(expert=expert.name, rewards=args.reward, vectors=args.vector, evaluator=args.evaluator,
+        **provenance(expert=expert.name, rewards=args.reward, vectors=args.vector, scorer=args.scorer,
                      betas=args.betas, coefs=args.coefs, top_k=args.top_k, seed=args.seed, prompts=prompts,
                      samples=args.samples, max_new_tokens=args.max_new_tokens)})
     fmt = lambda x: f"{x:.3f}"  # noqa: E731
@@ -145,10 +145,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `rad sweep` and `rad compare`: prompts, evaluator and decoding."""
-    parser.add_argument("--prompts", help="prompts file (default: shipped neutral prompts)")
+    """Options shared by `rad sweep` and `rad compare`: prompts, scorer and decoding."""
+    parser.add_argument("--prompts-file", help="UTF-8 file, one prompt per line (default: shipped neutral prompts)")
     parser.add_argument("--max-prompts", type=int, default=0)
-    parser.add_argument("--evaluator", default="sentiment", help="independent scorer: sentiment, formality, pronouns, lexicon:FILE")
+    parser.add_argument("--scorer", default="sentiment", help="independent scorer: sentiment, formality, pronouns, lexicon:FILE")
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -162,7 +162,7 @@ def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
 def _evaluation_prompts(args: argparse.Namespace) -> list[str]:
     from steer.datasets import load_prompts
 
-    prompts = load_prompts(args.prompts)
+    prompts = load_prompts(args.prompts_file)
     return prompts[: args.max_prompts] if args.max_prompts else prompts
 
 

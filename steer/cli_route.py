@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     tasks = task_set(args.tasks or DATA / "tasks.jsonl", seed=args.seed)
     experts = [e.strip() for e in args.experts.split(",") if e.strip()]
-    out = Path(args.output)
+    out = Path(args.out)
     quality = quality_table(experts, tasks, args.quality_dir or out / "quality")
     facts = quality.groupby("expert").n_params.first().to_dict()
     fingerprints = quality.groupby("expert").fingerprint.first().to_dict()
@@ -131,7 +131,7 @@ def add_route_commands(sub, add_prompt_options) -> None:
     train.add_argument("--policy", help="TOML with [[rule]] tables (when, kind, file, strength, ...)")
     train.add_argument("--quality-dir", help="where per-expert quality tables are (re)used")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("-o", "--output", required=True)
+    train.add_argument("--out", required=True, help="the router's folder")
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("route-eval", help="evaluate a router against baselines (also: steer route eval)")

@@ -63,7 +63,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
     expert = _load(args)
     scorer_name = args.scorer or builtin_datasets().get(args.pairs, {}).get("scorer")
     scorer = get_scorer(scorer_name) if scorer_name and scorer_name != "projection" else None
-    prompts = load_prompts(args.prompts)[: args.effect_prompts] if scorer else []
+    prompts = load_prompts(args.prompts_file)[: args.effect_prompts] if scorer else []
     result = search_layers(expert, pairs, layers=_layers(args.layers), method=args.method, seed=args.seed,
                            scorer=scorer, effect_prompts=prompts, progress=True)
     out = Path(args.out)
@@ -84,7 +84,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     expert = _load(args)
     vector = SteeringVector.load(args.vector, expert, force=args.force)
-    prompts = load_prompts(args.prompts)[: args.max_prompts] if args.max_prompts else load_prompts(args.prompts)
+    prompts = load_prompts(args.prompts_file)[: args.max_prompts] if args.max_prompts else load_prompts(args.prompts_file)
     dataset = builtin_datasets().get(Path(vector.provenance.dataset).name or "", {})
     instructions = (args.instruction_positive or dataset.get("instruction_positive"),
                     args.instruction_negative or dataset.get("instruction_negative"))
@@ -144,7 +144,7 @@ def add_vector_commands(sub, add_expert_options) -> None:
     layers.add_argument("--layers", help="layers to try (default: all)")
     layers.add_argument("--method", default="mean_diff", choices=["mean_diff", "pca", "probe"])
     layers.add_argument("--scorer", help="behaviour scorer for the effect (default: the dataset's)")
-    layers.add_argument("--prompts", help="prompts for the effect (default: shipped neutral prompts)")
+    layers.add_argument("--prompts-file", help="prompts for the effect, one per line (default: shipped neutral prompts)")
     layers.add_argument("--effect-prompts", type=int, default=4)
     layers.add_argument("--seed", type=int, default=0)
     layers.add_argument("--out", default="runs/layers")
@@ -153,7 +153,7 @@ def add_vector_commands(sub, add_expert_options) -> None:
     sw = vsub.add_parser("sweep", help="score, fluency and KL against the coefficient, with baselines")
     add_expert_options(sw)
     sw.add_argument("--vector", required=True)
-    sw.add_argument("--prompts", help="prompts file (default: shipped neutral prompts)")
+    sw.add_argument("--prompts-file", help="UTF-8 file, one prompt per line (default: shipped neutral prompts)")
     sw.add_argument("--max-prompts", type=int, default=0)
     sw.add_argument("--coefs", default=None,
                     help="comma-separated coefficients (default: -8,-4,0,4,8; for ablate 0,0.25,0.5,0.75,1)")

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("name", list(REAL_EXPERTS))
 def test_cli_on_real_expert(name, capsys, tmp_path):
-    assert main(["experts", "info", name, "--json"]) == 0
+    assert main(["experts", "info", "--expert", name, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["n_layers"] > 10 and info["d_model"] >= 576
 
@@ -24,6 +24,6 @@ def test_cli_on_real_expert(name, capsys, tmp_path):
 
     out = tmp_path / "acts.safetensors"
     last = f"blocks.{info['n_layers'] - 1}.hook_resid_post"
-    assert main(["cache", "--expert", name, "--names", f"blocks.0.hook_resid_pre,{last}", "--out", str(out), prompt]) == 0
+    assert main(["cache", "--expert", name, "--names", f"blocks.0.hook_resid_pre,{last}", "-o", str(out), prompt]) == 0
     with safe_open(str(out), "pt") as f:
         assert f.get_tensor(f"act.{last}").shape[-1] == info["d_model"]

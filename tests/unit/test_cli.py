@@ -19,7 +19,7 @@ def test_experts_list(capsys):
 
 
 def test_experts_info(capsys):
-    code, out, _ = run(capsys, "experts", "info", "tiny-gemma", "--json")
+    code, out, _ = run(capsys, "experts", "info", "--expert", "tiny-gemma", "--json")
     info = json.loads(out)
     assert code == 0 and info["n_layers"] == 2 and info["d_model"] == 64 and info["architecture"] == "gemma3"
 
@@ -37,7 +37,7 @@ def test_generate_json_and_prompts_file(capsys, tmp_path):
 def test_cache_writes_safetensors(capsys, tmp_path):
     out_file = tmp_path / "acts.safetensors"
     code, out, _ = run(capsys, "cache", "--expert", "tiny-llama", "--names", "blocks.1.hook_resid_post,hook_embed",
-                       "--out", str(out_file), "Kelly is warm", "Joseph is")
+                       "-o", str(out_file), "Kelly is warm", "Joseph is")
     assert code == 0 and "blocks.1.hook_resid_post [2," in out
     with safe_open(str(out_file), "pt") as f:
         assert f.get_tensor("act.blocks.1.hook_resid_post").shape[0] == 2
@@ -48,13 +48,13 @@ def test_cache_writes_safetensors(capsys, tmp_path):
     [
         (["generate", "--expert", "nope", "hi"], "unknown expert 'nope'; known experts:"),
         (["generate", "--expert", "tiny-llama"], "no prompts given"),
-        (["cache", "--expert", "tiny-llama", "--names", "blocks.9.hook_resid_post", "--out", "x.st", "hi"],
+        (["cache", "--expert", "tiny-llama", "--names", "blocks.9.hook_resid_post", "-o", "x.st", "hi"],
          "layer 9 in 'blocks.9.hook_resid_post' is out of range; this expert has layers 0..1"),
-        (["cache", "--expert", "tiny-llama", "--names", "blocks.1.hook_resid", "--out", "x.st", "hi"],
+        (["cache", "--expert", "tiny-llama", "--names", "blocks.1.hook_resid", "-o", "x.st", "hi"],
          "unknown hook name 'blocks.1.hook_resid'; did you mean"),
         (["generate", "--expert", "tiny-llama", "--max-new-tokens", "0", "hi"], "max_new_tokens=0"),
         (["generate", "--expert", "tiny-llama", "--batch-size", "0", "hi"], "invalid batch size 0"),
-        (["cache", "--expert", "tiny-llama", "--names", "hook_embed", "--out", "x.st", "--batch-size", "0", "hi"],
+        (["cache", "--expert", "tiny-llama", "--names", "hook_embed", "-o", "x.st", "--batch-size", "0", "hi"],
          "invalid batch size 0"),
         (["generate", "--expert", "tiny-llama", "--device", "nonsense", "hi"], "unknown device 'nonsense'"),
     ],
@@ -114,3 +114,29 @@ def test_help_shows_defaults(capsys):
     out = capsys.readouterr().out
     assert "--max-new-tokens MAX_NEW_TOKENS\n                        default: 64" in out and "(default: 1)" in out
     assert "(default: None)" not in out
+
+
+def _commands(parser, path=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*path, name))
+    if path:
+        yield " ".join(path), {s for a in parser._actions for s in a.option_strings}
+
+
+def test_flag_names_are_consistent_across_commands():
+    from steer.cli import build_parser
+
+    commands = dict(_commands(build_parser()))
+    for name, options in commands.items():
+        assert not options & {"--prompts", "--evaluator", "--output-dir"}, name
+    assert {"-o", "--output"} <= commands["cache"] and "--out" not in commands["cache"]  # one file
+    assert "--out" in commands["route-train"] and "--output" not in commands["route-train"]  # a folder
+    assert "--expert" in commands["experts info"]
+    for name in ("vector sweep", "vector layers", "rad sweep", "rad compare"):
+        assert "--prompts-file" in commands[name], name
+    for name in ("vector sweep", "rad sweep", "rad compare"):
+        assert "--scorer" in commands[name], name

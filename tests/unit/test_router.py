@@ -188,7 +188,7 @@ def test_route_train_and_eval_cli(tmp_path, capsys):
     out = tmp_path / "router"
     tasks = small_task_file(tmp_path, per_domain=10)
     assert main(["route", "train", "--tasks", str(tasks), "--experts", ",".join(TINY_EXPERTS), "--reader", "tiny-llama",
-                 "--layer", "1", "-o", str(out)]) == 0
+                 "--layer", "1", "--out", str(out)]) == 0
     assert "held-out AUROC" in capsys.readouterr().out
     assert main(["route", "eval", "--router", str(out), "--tasks", str(tasks), "--out", str(tmp_path / "eval")]) == 0
     table = pd.read_csv(tmp_path / "eval" / "routers.csv")
@@ -208,7 +208,7 @@ def test_route_train_and_eval_cli(tmp_path, capsys):
         evaluate_router(out, tmp_path / "bad", str(tasks), activations=torch.zeros(2, h.shape[1]))
     capsys.readouterr()
     assert main(["route", "train", "--tasks", str(tasks), "--experts", "tiny-llama", "--reader", "tiny-llama",
-                 "--layer", "9", "-o", str(out)]) == 2
+                 "--layer", "9", "--out", str(out)]) == 2
     assert "reader layer 9 is out of range" in capsys.readouterr().err
 
 
