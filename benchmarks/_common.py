@@ -24,6 +24,13 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {gpu}"
 
 
+def hf_generate(expert, batch, new_tokens: int) -> None:
+    """The baseline: plain transformers `generate`, greedy, exactly `new_tokens` tokens per row."""
+    with torch.inference_mode():
+        expert.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=new_tokens,
+                              min_new_tokens=new_tokens, do_sample=False, pad_token_id=expert.pad_token_id)
+
+
 def interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: bool = True) -> dict[str, float]:
     """Median seconds per callable, measured round-robin so drift hits all of them alike."""
     for fn in runs.values() if warmup else ():

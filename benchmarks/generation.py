@@ -12,7 +12,7 @@ import tempfile
 import time
 
 import torch
-from _common import interleaved, machine, quiet
+from _common import hf_generate, interleaved, machine, quiet
 
 from experts import loading, registry
 from experts.expert import Expert
@@ -62,9 +62,7 @@ def main() -> None:
         batch = expert.tokenize(expert.format_prompts(prompts))
 
         def hf():
-            with torch.inference_mode():
-                expert.model.generate(batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=n,
-                                      min_new_tokens=n, do_sample=False, pad_token_id=expert.pad_token_id)
+            hf_generate(expert, batch, n)
 
         def ours():
             expert.generate(prompts, max_new_tokens=n, stop_at_eos=False, batch_size=bs)

@@ -16,7 +16,7 @@ import sys
 from contextlib import nullcontext
 
 import torch
-from _common import interleaved, machine, quiet
+from _common import hf_generate, interleaved, machine, quiet
 
 from experts import registry
 from experts.expert import Expert
@@ -81,9 +81,7 @@ def speed(gpu: Expert, vector: SteeringVector, n: int, repeats: int, batches: li
         batch = gpu.tokenize(gpu.format_prompts(prompts))
 
         def hf():
-            with torch.inference_mode():
-                gpu.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=n,
-                                   min_new_tokens=n, do_sample=False, pad_token_id=gpu.pad_token_id)
+            hf_generate(gpu, batch, n)
 
         def ours(ctx):
             def go():

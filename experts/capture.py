@@ -181,8 +181,10 @@ class _Reducer:
         rows = torch.arange(acts.shape[0], device=acts.device)[:, None]
         return acts[rows, self.columns.to(acts.device)].clone()
 
-    def norms(self, acts: Tensor) -> Tensor:
-        return acts.float().norm(dim=-1) * self.mask.to(acts.device)
+
+def _token_norms(acts: Tensor, mask: Tensor) -> Tensor:
+    """(batch, pos) norm of each position's activation, zeros on padding."""
+    return acts.float().norm(dim=-1) * mask.to(acts.device)
 
 
 def _trim(full: TokenBatch, rows: slice) -> TokenBatch:
@@ -195,7 +197,7 @@ def _trim(full: TokenBatch, rows: slice) -> TokenBatch:
 
 @torch.inference_mode()
 def _capture_fast(expert: Expert, batch: TokenBatch, points: list[hookpoints.HookPoint], reducer: _Reducer | None,
-                  logits: bool, norm_reader: _Reducer | None) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
+                  logits: bool, keep_norms: bool) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
     store: dict[str, Tensor] = {}
     norms: dict[str, Tensor] = {}
     last = points[-1].name if points and not logits else None
@@ -206,8 +208,8 @@ def _capture_fast(expert: Expert, batch: TokenBatch, points: list[hookpoints.Hoo
                 store[name] = activation.detach().clone()
             else:
                 store[name] = reducer(activation.detach())
-            if norm_reader is not None:
-                norms[name] = norm_reader.norms(activation.detach())
+            if keep_norms:
+                norms[name] = _token_norms(activation.detach(), batch.attention_mask)
             if name == last:
                 raise _StopForward
 
@@ -294,10 +296,9 @@ def run_with_cache(
         rows = slice(start, start + batch_size)
         batch = _trim(full, rows)
         reducer = None if reduce == "none" else _Reducer(reduce, batch.attention_mask, offsets[rows])
-        norm_reader = (reducer or _Reducer("last", batch.attention_mask, offsets[rows])) if keep_norms else None
         state = DecodeState.for_batch(batch.attention_mask, first_row=start, n_prompts=n)
         with publish_state(state):
-            acts, batch_norms, batch_logits = _capture_fast(expert, batch, fast, reducer, return_logits, norm_reader) \
+            acts, batch_norms, batch_logits = _capture_fast(expert, batch, fast, reducer, return_logits, keep_norms) \
                 if fast or return_logits else ({}, {}, None)
             if slow:
                 whole = type(full)(full.input_ids[rows], full.attention_mask[rows], full.position_ids[rows])

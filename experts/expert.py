@@ -52,6 +52,11 @@ def _parse_device(device: str | torch.device | None) -> torch.device:
     return target
 
 
+def _architecture(spec: ExpertSpec, model: PreTrainedModel) -> str:
+    """A local folder's architecture is whatever its config says; a registered expert's is in its spec."""
+    return model.config.model_type if spec.source == "hf-folder" else spec.architecture
+
+
 def weights_fingerprint(model: torch.nn.Module, architecture: str) -> str:
     """Short hash of a strided sample of every tensor, read as float32 (tells experts apart cheaply).
 
@@ -93,7 +98,7 @@ class Expert:
         self.model = model
         self.tokenizer = tokenizer
         self.folder = folder
-        self.architecture = spec.architecture if spec.source != "hf-folder" else model.config.model_type
+        self.architecture = _architecture(spec, model)
         hookpoints.layout_for(self.architecture)  # fail early on an unsupported architecture
         self._fingerprint = fingerprint
 
@@ -111,11 +116,9 @@ class Expert:
             model, tokenizer = tiny.build_tiny(spec, folder)
         elif spec.source == "hf-folder":
             model, tokenizer, folder = loading.load_folder(spec)
-            loading.check_finite(model, spec.name)
-        else:  # checked once when the cache was built; its manifest's sha256s guard it since
+        else:
             model, tokenizer, folder = loading.load_cached(spec)
-        architecture = spec.architecture if spec.source != "hf-folder" else model.config.model_type
-        fingerprint = weights_fingerprint(model, architecture)  # of the float32 source, before the cast
+        fingerprint = weights_fingerprint(model, _architecture(spec, model))  # of the float32 source, before the cast
         return cls(spec, model.to(device=target, dtype=torch_dtype), tokenizer, folder, fingerprint)
 
     # -- facts -------------------------------------------------------------------------------

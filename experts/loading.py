@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from experts.errors import ChecksumMismatchError, ModelPackageMissingError, NonFiniteError, SteerlabError
-from experts.files import ordinary_permissions
+from experts.files import file_sha256, ordinary_permissions
 from experts.spec import ExpertSpec, WeightPart
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def _convert(spec: ExpertSpec, target: Path) -> None:
             "format": CACHE_FORMAT,
             "expert": spec.name,
             "source_sha256": spec.sha256,
-            "files": {p.name: _file_sha256(p) for p in staging.iterdir() if p.is_file()},
+            "files": {p.name: file_sha256(p) for p in staging.iterdir() if p.is_file()},
             "seconds": round(time.perf_counter() - started, 2),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
@@ -119,11 +119,6 @@ def _convert(spec: ExpertSpec, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _file_sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _cache_is_intact(spec: ExpertSpec, folder: Path) -> bool:
     """The manifest matches this expert and every file's content still has its recorded sha256."""
     try:
@@ -131,7 +126,7 @@ def _cache_is_intact(spec: ExpertSpec, folder: Path) -> bool:
         return (
             manifest["format"] == CACHE_FORMAT
             and manifest["source_sha256"] == spec.sha256
-            and all(_file_sha256(folder / name) == digest for name, digest in manifest["files"].items())
+            and all(file_sha256(folder / name) == digest for name, digest in manifest["files"].items())
         )
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -165,4 +160,5 @@ def load_folder(spec: ExpertSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerB
         model, tokenizer = _load_folder(folder)
     except (OSError, ValueError) as error:
         raise SteerlabError(f"cannot load the model folder {folder}: {error}") from None
+    check_finite(model, spec.name)
     return model, tokenizer, folder

@@ -85,6 +85,7 @@ def cmd_experts_info(args: argparse.Namespace) -> None:
 
 def _steering(args: argparse.Namespace, expert):
     """The steering asked for (or None) and a record of exactly what is applied."""
+    from experts.files import file_sha256
     from steer.apply import Steering, default_coef
     from steer.vector import SteeringVector
 
@@ -97,13 +98,6 @@ def _steering(args: argparse.Namespace, expert):
               "hook": vector.hook, "coef": coef, "coef_default": args.coef is None, "operator": args.operator,
               "positions": args.positions, "made_for": vector.provenance.fingerprint, "forced": args.force}
     return steering, record
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def run_record(loaded, **settings) -> dict:

@@ -38,8 +38,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from experts.errors import SteerlabError
+    from experts.files import file_sha256
     from experts.generate import GenerationSettings
-    from steer.cli import _load, _read_prompts, file_sha256, run_record
+    from steer.cli import _load, _read_prompts, run_record
     from steer.rad import rad_generate
     from steer.rewards import load_reward
 
