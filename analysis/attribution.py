@@ -11,7 +11,7 @@ from analysis.plots import subplots
 from experts.errors import SteerlabError
 from experts.expert import Expert
 from steer.errors import VectorMismatchError
-from steer.vector import SteeringVector
+from steer.vectors.vector import SteeringVector
 
 
 @torch.inference_mode()

@@ -21,14 +21,14 @@ from analysis.letters import LetterPrompt, build_prompts
 from analysis.metrics import letter_metrics
 from experts.errors import SteerlabError
 from experts.expert import Expert
-from experts.generate import GenerationSettings, generate_batch, row_seed
+from experts.generate import GenerationSettings, row_seed
 from experts.likelihood import continuation_nll
-from steer.apply import Steering, apply
-from steer.checkpoint import MANIFEST, claim_folder, read_rows, run_shards
-from steer.executor import Executor, Shard, carried_files, worker_expert
-from steer.rad import reward_decoding
-from steer.rewards import Reward, load_reward
-from steer.vector import SteeringVector
+from steer.rad.decoding import reward_decoding
+from steer.rad.rewards import Reward, load_reward
+from steer.scale.checkpoint import MANIFEST, claim_folder, read_rows, run_shards
+from steer.scale.jobs import Executor, Shard, carried_files, worker_expert
+from steer.vectors.apply import Steering, apply
+from steer.vectors.vector import SteeringVector
 
 log = logging.getLogger(__name__)
 LETTERS = "letters.jsonl"
@@ -165,15 +165,15 @@ class LetterJob:
         texts_in = [state.formatted[p.prompt_id] for p, _ in chunk]
         if label.startswith("rad@"):
             with reward_decoding(expert, state.reward, coef, config.top_k) as hook:
-                ids, reasons = generate_batch(expert, texts_in, settings, seeds, logits_hook=hook)
+                ids, reasons = expert.generate_batch(texts_in, settings, seeds, logits_hook=hook)
         elif coef and state.vector is not None:
             operator = "add" if config.operator == "counter" else config.operator
             steering = Steering(state.vector, coef=_coefs_for(chunk, coef, config.operator), operator=operator,
                                 positions=config.positions)
             with apply(expert, steering, force=True):
-                ids, reasons = generate_batch(expert, texts_in, settings, seeds)
+                ids, reasons = expert.generate_batch(texts_in, settings, seeds)
         else:
-            ids, reasons = generate_batch(expert, texts_in, settings, seeds)
+            ids, reasons = expert.generate_batch(texts_in, settings, seeds)
         return [{"condition": label, "coef": coef, **p.to_dict(), "sample": s, "seed": seed,
                  "letter": expert.tokenizer.decode(t, skip_special_tokens=True), "token_ids": t, "finish_reason": why}
                 for (p, s), seed, t, why in zip(chunk, seeds, ids, reasons)]

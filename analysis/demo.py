@@ -19,7 +19,7 @@ from typing import Any
 from analysis.audit import AuditConfig, run_audit
 from experts.expert import Expert
 from steer.datasets import load_pairs
-from steer.extract import compute_vector
+from steer.vectors.extract import compute_vector
 
 log = logging.getLogger(__name__)
 DEMO_COEFS = (0.0, 0.5, 1.0)

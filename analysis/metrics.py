@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from analysis.lexicons import Mode, count, tokens, wan2023
-from steer.scorers import formality, sentiment
+from steer.evaluate.scorers import formality, sentiment
 
 PRONOUNS = {"female": {"she", "her", "hers", "herself"}, "male": {"he", "him", "his", "himself"}}
 _RECOMMEND = re.compile(r"\brecommend", re.IGNORECASE)

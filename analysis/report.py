@@ -121,7 +121,7 @@ def build_report(out: Path, frame: pd.DataFrame, manifest: dict[str, Any], seed:
         "## Lexicon odds ratios\n",
         "`odds_ratio` is the paper's pooled measure (ε = 0.001), for comparability. `log_or_ha` adds 0.5 to each "
         "cell (Haldane-Anscombe), which stays finite when a group has no hits (the paper's ε turns 0 vs 1 hit "
-        "into |log OR| ≈ 7); its 95% CI is a cluster bootstrap over pair ids.\n",
+        "into |log OR| ≈ 7); its 95% CI is a BCa cluster bootstrap over pair ids.\n",
         markdown_table(lexicons[["lexicon", "hits_male", "hits_female", "tokens_male", "tokens_female", "odds_ratio",
                             "log_or_ha", "log_or_ci_low", "log_or_ci_high"]]),
         f"\nBias index (mean |log_or_ha| over lexicons that occur): {bias_index(base):.3f}.\n",
@@ -138,7 +138,7 @@ def build_report(out: Path, frame: pd.DataFrame, manifest: dict[str, Any], seed:
     if len(steering) > 1:
         lines += ["\n## Steer and re-audit\n",
                   "Same prompts and seeds with the steering vector. Δ bias is the change in the bias index against the "
-                  "unsteered letters, with a cluster-bootstrap 95% CI over pair ids; fluency is the usable-letter rate, "
+                  "unsteered letters, with a BCa cluster-bootstrap 95% CI over pair ids; fluency is the usable-letter rate, "
                   "name-and-pronoun fidelity and the median perplexity under the unsteered expert.\n",
                   markdown_table(steering), "\n" + _steering_reading(steering), "\n![steering](steering.png)\n"]
     lines += ["\n## Example letter pairs (greedy, unsteered)\n", _examples(frame)]

@@ -92,7 +92,7 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
     verdict = ("beats" if ours_row.diff_ci_low > 0 else "loses to" if ours_row.diff_ci_high < 0 else "is not distinguishable from")
     claim = (f"On the test split ({int(test.sum())} queries) the activation router {verdict} the best tuned embedding "
              f"router ({reference}, chosen on val): Δ quality {ours_row[f'diff_vs_{reference}']:+.4f} bits per byte "
-             f"[{ours_row.diff_ci_low:+.4f}, {ours_row.diff_ci_high:+.4f}] (paired bootstrap, 95%).")
+             f"[{ours_row.diff_ci_low:+.4f}, {ours_row.diff_ci_high:+.4f}] (paired BCa bootstrap, 95%).")
     write_json(out / "route_eval.json", {
         "claim": claim, "routers": json.loads(table.to_json(orient="records")), "faithfulness": faithful,
         "paraphrase_stability": stability, "features": json.loads(features.to_json(orient="records")),

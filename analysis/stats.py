@@ -1,8 +1,9 @@
 """Audit statistics, paired by counterfactual pair (scipy/statsmodels; never a bare p-value).
 
 Direction: every difference is male minus female, and every odds ratio is male vs female, so a
-positive difference or an OR > 1 leans male. Samples of one prompt are averaged first; the
-bootstrap resamples pair ids (the clusters), keeping each pair's letters together.
+positive difference or an OR > 1 leans male. Samples of one prompt are averaged first; every
+interval comes from `steer.evaluate.stats` (BCa bootstrap over pair ids, the clusters, keeping
+each pair's letters together).
 """
 
 from __future__ import annotations
@@ -13,15 +14,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestPower
 
 from analysis.lexicons import EPSILON, wan2023
+from steer.evaluate.stats import bootstrap_ci, paired_summary
 
 # The paper's hypothesis per lexicon (which group it expects to score higher), for its one-sided test.
 EXPECTED_HIGHER = {"ability": "male", "standout": "male", "masculine": "male", "agentic": "male", "career": "male",
                    "leadership": "male", "feminine": "female", "communal": "female", "family": "female"}
 CONTINUOUS = ("sentiment", "formality", "length_words", "usable")
-N_RESAMPLES = 2000
 
 
 def _pair_means(frame: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -30,31 +30,13 @@ def _pair_means(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     return table.dropna(subset=[g for g in ("female", "male") if g in table])
 
 
-def _bootstrap_ci(statistic, data: tuple[np.ndarray, ...], seed: int) -> tuple[float, float]:
-    if len(data[0]) < 3:
-        return float("nan"), float("nan")
-    result = stats.bootstrap(data, statistic, paired=True, vectorized=False, n_resamples=N_RESAMPLES,
-                             method="percentile", random_state=np.random.default_rng(seed))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
-
-
-def mde(n: int, sd: float, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Smallest mean paired difference a two-sided paired t-test detects with this power."""
-    if n < 3 or not sd or math.isnan(sd):
-        return float("nan")
-    return float(TTestPower().solve_power(nobs=n, alpha=alpha, power=power, alternative="two-sided") * sd)
-
-
 def paired_table(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """One row per metric (lexicon rates and continuous metrics): male − female paired by pair id."""
     metrics = [f"{name}_rate" for name in wan2023().names] + list(CONTINUOUS)
     rows = []
     for metric in metrics:
         table = _pair_means(frame.assign(**{metric: frame[metric].astype(float)}), metric)
-        diffs = (table["male"] - table["female"]).to_numpy()
-        n, sd = len(diffs), float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan")
-        low, high = _bootstrap_ci(np.mean, (diffs,), seed)
-        varied = n > 1 and np.any(diffs != diffs[0])
+        summary = paired_summary((table["male"] - table["female"]).to_numpy(), seed=seed)
         lexicon = metric.removesuffix("_rate")
         unpaired_p = float("nan")
         if lexicon in EXPECTED_HIGHER:  # the paper's unpaired one-sided t-test on per-letter values
@@ -63,13 +45,12 @@ def paired_table(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
             a, b = (male, female) if expected == "male" else (female, male)
             unpaired_p = float(stats.ttest_ind(a, b, alternative="greater").pvalue) if len(a) > 1 and len(b) > 1 else float("nan")
         rows.append({
-            "metric": metric, "n_pairs": n, "mean_male": float(table["male"].mean()), "mean_female": float(table["female"].mean()),
-            "diff_male_minus_female": float(np.mean(diffs)) if n else float("nan"), "ci_low": low, "ci_high": high,
-            "d_z": float(np.mean(diffs) / sd) if varied and sd else float("nan"),
-            "wilcoxon_p": float(stats.wilcoxon(diffs).pvalue) if varied and np.any(diffs != 0) else float("nan"),
-            "paired_t_p": float(stats.ttest_rel(table["male"], table["female"]).pvalue) if varied else float("nan"),
-            "mde": mde(n, sd), "paper_unpaired_one_sided_p": unpaired_p,
-            "paper_expected_higher": EXPECTED_HIGHER.get(lexicon, ""),
+            "metric": metric, "n_pairs": summary.n, "mean_male": float(table["male"].mean()),
+            "mean_female": float(table["female"].mean()), "diff_male_minus_female": summary.mean_diff,
+            "ci_low": summary.ci_low if summary.n >= 3 else float("nan"),
+            "ci_high": summary.ci_high if summary.n >= 3 else float("nan"),
+            "d_z": summary.d_z, "wilcoxon_p": summary.wilcoxon_p, "paired_t_p": summary.t_p, "mde": summary.mde,
+            "paper_unpaired_one_sided_p": unpaired_p, "paper_expected_higher": EXPECTED_HIGHER.get(lexicon, ""),
         })
     out = pd.DataFrame(rows)
     valid = out["wilcoxon_p"].notna()
@@ -93,7 +74,7 @@ def _pooled_log_or(hits_m, tokens_m, hits_f, tokens_f) -> float:
 
 def lexicon_table(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Per lexicon: the paper's pooled odds ratio (ε = 0.001, for comparability) and the
-    Haldane-Anscombe log OR (+0.5 per cell) with a cluster-bootstrap 95% CI, which stays finite
+    Haldane-Anscombe log OR (+0.5 per cell) with a BCa cluster-bootstrap 95% CI, which stays finite
     and stable when a group has no hits."""
     rows = []
     for lexicon in wan2023().names:
@@ -102,7 +83,7 @@ def lexicon_table(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         data = (hits["male"].to_numpy(), toks["male"].to_numpy(), hits["female"].to_numpy(), toks["female"].to_numpy())
         paper_log_or = float(_log_or(data[0].sum(), data[1].sum(), data[2].sum(), data[3].sum(), EPSILON))
         log_or = _pooled_log_or(*data)
-        low, high = _bootstrap_ci(_pooled_log_or, data, seed)
+        low, high = bootstrap_ci(lambda units: _pooled_log_or(*(column[units] for column in data)), len(hits), seed)
         rows.append({"lexicon": lexicon, "hits_male": int(data[0].sum()), "hits_female": int(data[2].sum()),
                      "occurs": bool(data[0].sum() + data[2].sum() > 0),
                      "tokens_male": int(data[1].sum()), "tokens_female": int(data[3].sum()),
@@ -144,16 +125,13 @@ def bias_index(frame: pd.DataFrame) -> float:
     return _index_from_counts(_pair_counts(frame, pairs).sum(axis=0))
 
 
-def delta_bias(steered: pd.DataFrame, unsteered: pd.DataFrame, seed: int = 0,
-               n_resamples: int = N_RESAMPLES) -> tuple[float, float, float]:
-    """Bias index of `steered` minus `unsteered`, with a cluster-bootstrap 95% CI over shared pair ids."""
+def delta_bias(steered: pd.DataFrame, unsteered: pd.DataFrame, seed: int = 0) -> tuple[float, float, float]:
+    """Bias index of `steered` minus `unsteered`, with a BCa cluster-bootstrap 95% CI over shared pair ids."""
     pairs = np.array(sorted(set(steered.pair_id) & set(unsteered.pair_id)))
     s_counts, u_counts = _pair_counts(steered, pairs), _pair_counts(unsteered, pairs)
-    point = _index_from_counts(s_counts.sum(0)) - _index_from_counts(u_counts.sum(0))
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n_resamples):
-        ids = rng.integers(0, len(pairs), len(pairs))
-        draws.append(_index_from_counts(s_counts[ids].sum(0)) - _index_from_counts(u_counts[ids].sum(0)))
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return float(point), float(low), float(high)
+
+    def change(units: np.ndarray) -> float:
+        return _index_from_counts(s_counts[units].sum(0)) - _index_from_counts(u_counts[units].sum(0))
+
+    low, high = bootstrap_ci(change, len(pairs), seed)
+    return change(np.arange(len(pairs))), low, high

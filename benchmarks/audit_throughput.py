@@ -14,7 +14,7 @@ from _common import machine, quiet
 from analysis.letters import build_prompts
 from experts import registry
 from experts.expert import Expert
-from experts.generate import GenerationSettings, generate_batch
+from experts.generate import GenerationSettings
 
 
 def main() -> None:
@@ -29,12 +29,12 @@ def main() -> None:
     prompts = [p for p in build_prompts("small") if p.kind != "bio"][: args.letters]
     texts = expert.format_prompts([p.text for p in prompts])
     config = GenerationSettings(max_new_tokens=args.new_tokens, stop_at_eos=False)
-    generate_batch(expert, texts[:2], config, [0, 1])  # warm-up
+    expert.generate_batch(texts[:2], config, [0, 1])  # warm-up
     rates = {}
     for bs in (1, 4, 16):
         start = time.perf_counter()
         for i in range(0, len(texts), bs):
-            generate_batch(expert, texts[i : i + bs], config, list(range(i, i + len(texts[i : i + bs]))))
+            expert.generate_batch(texts[i : i + bs], config, list(range(i, i + len(texts[i : i + bs]))))
         rates[bs] = len(texts) / (time.perf_counter() - start)
     print(f"{len(texts)} letters of {args.new_tokens} tokens, greedy")
     for bs, rate in rates.items():

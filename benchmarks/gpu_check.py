@@ -20,10 +20,10 @@ from _common import hf_generate, interleaved, machine, quiet
 
 from experts import registry
 from experts.expert import Expert
-from steer.apply import Steering, apply
 from steer.datasets import load_pairs
-from steer.extract import compute_vector
-from steer.vector import SteeringVector
+from steer.vectors.apply import Steering, apply
+from steer.vectors.extract import compute_vector
+from steer.vectors.vector import SteeringVector
 
 PROMPTS = ["Write a recommendation letter for Kelly, a nurse.", "Tell me about your day.", "def add(a, b):"]
 

@@ -20,8 +20,8 @@ from experts import registry
 from experts.expert import Expert
 from experts.generate import GenerationSettings
 from steer.datasets import _DATA
-from steer.rad import rad_generate
-from steer.reward_training import load_labeled, train_activation_reward, train_external_reward, train_lookahead_reward
+from steer.rad.decoding import rad_generate
+from steer.rad.training import load_labeled, train_activation_reward, train_external_reward, train_lookahead_reward
 
 PROMPT = "Tell me about {name}'s day."
 NAMES = ["Kelly", "Joseph", "Emily", "James", "Sarah", "Michael", "Anna", "David"]

@@ -18,7 +18,7 @@ from _common import machine, quiet
 from analysis.audit import LETTERS, AuditConfig, generate_letters, open_run
 from experts import registry
 from experts.expert import Expert
-from steer.ray_backend import RayExecutor
+from steer.scale.ray_backend import RayExecutor
 
 
 def main() -> None:
@@ -66,9 +66,9 @@ def sweep_overhead(expert: Expert, args: argparse.Namespace, cpus: float) -> Non
     import ray
 
     from steer.datasets import load_pairs, load_prompts
-    from steer.extract import compute_vector
-    from steer.scorers import sentiment
-    from steer.sweep import ROWS, SweepConfig, sweep
+    from steer.evaluate.scorers import sentiment
+    from steer.evaluate.sweep import ROWS, SweepConfig, sweep
+    from steer.vectors.extract import compute_vector
 
     pairs, sha = load_pairs("sentiment")
     vector = compute_vector(expert, pairs, [expert.n_layers // 2], dataset="sentiment", dataset_sha256=sha)

@@ -102,8 +102,8 @@ def main() -> None:
     quiet()
     import ray
 
-    from steer.ray_serve import ServeSettings, serve_router, shutdown
     from steer.router.tiny import train_tiny_router
+    from steer.serve.ray_serve import ServeSettings, serve_router, shutdown
 
     print(f"machine: {machine()}")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -19,9 +19,9 @@ from _common import interleaved, machine, quiet
 
 from experts import registry
 from experts.expert import Expert
-from steer.apply import Steering, apply
 from steer.datasets import load_pairs
-from steer.extract import compute_vector
+from steer.vectors.apply import Steering, apply
+from steer.vectors.extract import compute_vector
 
 PROMPT = "Write a recommendation letter for {name}, a 22 year old student."
 NAMES = ["Kelly", "Joseph", "Emily", "James", "Sarah", "Michael", "Anna", "David"]

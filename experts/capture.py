@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -24,13 +24,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from experts import hookpoints
-from experts.errors import EmptyPromptsError, SteerlabError, UnknownHookError
+from experts.errors import SteerlabError, UnknownHookError
 from experts.files import atomic_path
-from experts.generate import DecodeState, check_batch_size, publish_state
+from experts.generate import DecodeState, publish_state
 from experts.hooks import hook_context, live_edits
-
-if TYPE_CHECKING:
-    from experts.expert import Expert, TokenBatch
+from experts.tokens import TokenBatch
 
 Reduce = str | Sequence[int]
 REDUCTIONS = ("none", "last", "mean", "[positions]")
@@ -127,21 +125,7 @@ class ActivationCache:
         return path
 
 
-def _split_names(expert: Expert, names: Sequence[str]) -> tuple[list[hookpoints.HookPoint], list[str]]:
-    fast, slow = [], []
-    for name in dict.fromkeys(names):
-        point = hookpoints.resolve_hook(name, expert.architecture, expert.n_layers)
-        if point is not None:
-            fast.append(point)
-            continue
-        if name not in expert.bridge.hook_dict:
-            raise UnknownHookError(name, expert.hook_names() + expert.bridge_hook_names())
-        slow.append(name)
-    order = {n: i for i, n in enumerate(expert.hook_names())}
-    return sorted(fast, key=lambda p: order[p.name]), slow
-
-
-def _check_reduce(reduce: Reduce) -> Reduce:
+def check_reduce(reduce: Reduce) -> Reduce:
     if isinstance(reduce, str):
         if reduce not in ("none", "last", "mean"):
             raise SteerlabError(f"unknown reduction {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
@@ -187,16 +171,8 @@ def _token_norms(acts: Tensor, mask: Tensor) -> Tensor:
     return acts.float().norm(dim=-1) * mask.to(acts.device)
 
 
-def _trim(full: TokenBatch, rows: slice) -> TokenBatch:
-    """The rows of a globally padded batch, cut to their own longest prompt (left padding)."""
-    mask = full.attention_mask[rows]
-    width = int(mask.sum(-1).max())
-    cut = slice(mask.shape[1] - width, None)
-    return type(full)(full.input_ids[rows, cut], mask[:, cut], full.position_ids[rows, cut])
-
-
 @torch.inference_mode()
-def _capture_fast(expert: Expert, batch: TokenBatch, points: list[hookpoints.HookPoint], reducer: _Reducer | None,
+def _capture_fast(model: torch.nn.Module, batch: TokenBatch, points: list[hookpoints.HookPoint], reducer: _Reducer | None,
                   logits: bool, keep_norms: bool) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
     store: dict[str, Tensor] = {}
     norms: dict[str, Tensor] = {}
@@ -216,9 +192,9 @@ def _capture_fast(expert: Expert, batch: TokenBatch, points: list[hookpoints.Hoo
         return read
 
     out = None
-    with hook_context(expert.model, [(p, reader(p.name)) for p in points], owner="capture"):
+    with hook_context(model, [(p, reader(p.name)) for p in points], owner="capture"):
         try:
-            out = expert.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                position_ids=batch.position_ids, use_cache=False, logits_to_keep=0 if logits else 1)
         except _StopForward:
             pass
@@ -233,11 +209,11 @@ def _bridge_hook(fn):
 
 
 @torch.inference_mode()
-def _capture_bridge(expert: Expert, batch: TokenBatch, names: list[str]) -> dict[str, Tensor]:
-    """Bridge-served names, with the steering attached to the expert replayed on the bridge."""
-    edits = [(point.name, _bridge_hook(fn)) for point, fn in live_edits(expert.model)]
-    with expert.bridge.hooks(fwd_hooks=edits):
-        _, cache = expert.bridge.run_with_cache(
+def _capture_bridge(model: torch.nn.Module, bridge: Any, batch: TokenBatch, names: list[str]) -> dict[str, Tensor]:
+    """Bridge-served names, with the steering attached to the HF model replayed on the bridge."""
+    edits = [(point.name, _bridge_hook(fn)) for point, fn in live_edits(model)]
+    with bridge.hooks(fwd_hooks=edits):
+        _, cache = bridge.run_with_cache(
             batch.input_ids,
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
@@ -253,56 +229,41 @@ def _place(target: Tensor, rows: slice, value: Tensor, mask: Tensor) -> None:
     target[rows, target.shape[1] - width :] = (value * keep).to(target.device)
 
 
-def run_with_cache(
-    expert: Expert,
-    prompts: Sequence[str],
-    names: Sequence[str],
-    *,
-    chat: bool = False,
-    batch_size: int = 16,
-    progress: bool = False,
-    reduce: Reduce = "none",
-    mean_from: Sequence[int] | None = None,
-    return_logits: bool = False,
-    keep_norms: bool = False,
-) -> ActivationCache | tuple[Tensor, ActivationCache]:
-    """Run `prompts` (raw text, or chat-formatted with `chat=True`) and keep the named activations.
+@dataclass(frozen=True)
+class CaptureRequest:
+    """What to keep: fast names (torch hooks on the HF model), bridge-served names, and how to reduce."""
 
-    `reduce`: `"none"` (left-padded `(prompts, pos, ...)`), `"last"` (each prompt's last token),
-    `"mean"` (mean over each prompt's tokens from its `mean_from` offset, default 0), or a list of
-    token positions (negative from the end). With `return_logits`, returns `(logits, cache)` as
-    TransformerLens does (logits left-padded, zeros on padding; the forward then runs to the end).
-    `keep_norms` also keeps each position's norm (`cache.norms`), e.g. to calibrate by the typical norm.
-    """
-    prompts = list(prompts)
-    if not prompts or any(not p.strip() for p in prompts):
-        raise EmptyPromptsError()
-    if not names:
-        raise EmptyPromptsError("hook names")
-    check_batch_size(batch_size)
-    reduce = _check_reduce(reduce)
-    if mean_from is not None and (reduce != "mean" or len(mean_from) != len(prompts)):
-        raise SteerlabError("mean_from needs reduce='mean' and one offset per prompt")
-    fast, slow = _split_names(expert, names)
-    if slow and reduce != "none":
-        raise SteerlabError(f"names inside attention ({slow[0]}) are captured whole; use reduce='none' for them")
-    full = expert.tokenize(expert.format_prompts(prompts, chat=chat))
-    offsets = torch.tensor(list(mean_from) if mean_from is not None else [0] * len(prompts), device=expert.device)
+    fast: list[hookpoints.HookPoint]
+    slow: list[str]
+    reduce: Reduce = "none"
+    mean_from: Sequence[int] | None = None
+    return_logits: bool = False
+    keep_norms: bool = False
+
+
+def capture(model: torch.nn.Module, full: TokenBatch, request: CaptureRequest, *, bridge: Any = None,
+            batch_size: int = 16, progress: bool = False) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
+    """Run the tokenized prompts `batch_size` rows at a time and keep what `request` asks for: the activations
+    by name (left-padded like `full`, zeros on padding, or reduced), per-position norms, and the logits."""
+    reduce, fast, slow = request.reduce, request.fast, request.slow
+    offsets = torch.tensor(list(request.mean_from) if request.mean_from is not None else [0] * len(full),
+                           device=full.input_ids.device)
     kept: dict[str, Tensor] = {}
     norms: dict[str, list[Tensor]] = {}
     logits: Tensor | None = None
     n, width = full.input_ids.shape
     for start in tqdm(range(0, n, batch_size), disable=not progress, desc="capture", unit="batch"):
         rows = slice(start, start + batch_size)
-        batch = _trim(full, rows)
+        batch = full.rows(rows)
         reducer = None if reduce == "none" else _Reducer(reduce, batch.attention_mask, offsets[rows])
         state = DecodeState.for_batch(batch.attention_mask, first_row=start, n_prompts=n)
         with publish_state(state):
-            acts, batch_norms, batch_logits = _capture_fast(expert, batch, fast, reducer, return_logits, keep_norms) \
-                if fast or return_logits else ({}, {}, None)
+            acts, batch_norms, batch_logits = _capture_fast(model, batch, fast, reducer, request.return_logits,
+                                                            request.keep_norms) \
+                if fast or request.return_logits else ({}, {}, None)
             if slow:
-                whole = type(full)(full.input_ids[rows], full.attention_mask[rows], full.position_ids[rows])
-                acts |= _capture_bridge(expert, whole, slow)
+                whole = TokenBatch(full.input_ids[rows], full.attention_mask[rows], full.position_ids[rows])
+                acts |= _capture_bridge(model, bridge, whole, slow)
         for name, value in acts.items():
             if name not in kept:
                 shape = (n, *value.shape[1:]) if reducer is not None or name in slow else (n, width, *value.shape[2:])
@@ -317,13 +278,4 @@ def run_with_cache(
             if logits is None:
                 logits = torch.zeros((n, width, batch_logits.shape[-1]), dtype=batch_logits.dtype, device=batch_logits.device)
             _place(logits, rows, batch_logits, batch.attention_mask)
-    cache = ActivationCache(
-        activations={name: kept[name] for name in dict.fromkeys(names)},
-        tokens=full.input_ids,
-        attention_mask=full.attention_mask,
-        prompts=prompts,
-        metadata={"expert": expert.name, "names": list(dict.fromkeys(names)), "chat": chat, "n_layers": expert.n_layers},
-        reduce=reduce,
-        norms={name: torch.cat(parts) for name, parts in norms.items()},
-    )
-    return (logits, cache) if return_logits else cache
+    return kept, {name: torch.cat(parts) for name, parts in norms.items()}, logits

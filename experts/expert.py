@@ -1,4 +1,6 @@
-"""`Expert`: a loaded model with its tokenizer and spec, prompt formatting, generation, capture."""
+"""`Expert`: a loaded model with its tokenizer and spec. It owns the text: it formats and tokenizes
+prompts, hands token ids down to the generation loop (`experts.generate`) and the capture
+(`experts.capture`), and decodes what comes back, so data flows down once."""
 
 from __future__ import annotations
 
@@ -6,30 +8,34 @@ import hashlib
 import json
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from experts import hookpoints, registry
-from experts.errors import EmptyPromptsError, SteerlabError
+from experts import hookpoints, loading, registry, tiny
+from experts.bridge import boot_bridge
+from experts.capture import ActivationCache, CaptureRequest, Reduce, capture, check_reduce
+from experts.errors import EmptyPromptsError, SteerlabError, UnknownHookError
+from experts.generate import (
+    GenerationResult,
+    GenerationSettings,
+    LogitsHook,
+    Prefill,
+    check_batch_size,
+    decode,
+    row_seed,
+)
+from experts.hooks import live_handles, remove_all
 from experts.spec import ExpertSpec
+from experts.tokens import TokenBatch
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TokenBatch:
-    """Left-padded token ids with their attention mask and the position ids of unpadded text."""
-
-    input_ids: Tensor  # (batch, pos)
-    attention_mask: Tensor  # (batch, pos), 0 on padding
-    position_ids: Tensor  # (batch, pos)
 
 
 def default_device() -> torch.device:
@@ -105,8 +111,6 @@ class Expert:
     @classmethod
     def load(cls, name_or_path: str = registry.DEFAULT_EXPERT, *, device: str | None = None, dtype: str | torch.dtype | None = None) -> Expert:
         """Load a named expert or a local HF folder; see `steer experts list`."""
-        from experts import loading, tiny
-
         spec = registry.resolve(name_or_path)
         hookpoints.layout_for(spec.architecture)
         target = _parse_device(device)
@@ -201,19 +205,23 @@ class Expert:
 
     def pad(self, rows: Sequence[Sequence[int]]) -> TokenBatch:
         """Left-pad token id rows into a batch on the expert's device."""
-        width = max(len(seq) for seq in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, seq in enumerate(rows):
-            ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
-            mask[row, width - len(seq) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        return TokenBatch(ids.to(self.device), mask.to(self.device), positions.to(self.device))
+        return TokenBatch.left_padded(rows, self.pad_token_id, self.device)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, with special tokens only if the text carries none of a template's."""
         templated = any(tok in text for tok in self.tokenizer.all_special_tokens if tok)
         return self.tokenizer(text, add_special_tokens=not templated)["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    @cached_property
+    def eos_ids(self) -> set[int]:
+        """Token ids that end generation: the tokenizer's EOS and any the generation config adds."""
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        ids |= set(configured) if isinstance(configured, list) else {configured}
+        return {i for i in ids if i is not None}
 
     # -- hooks ---------------------------------------------------------------------------------
     def hook_names(self) -> list[str]:
@@ -230,11 +238,23 @@ class Expert:
             hookpoints.check_known(name, self.hook_names())
         return point
 
+    def _split_hook_names(self, names: Sequence[str]) -> tuple[list[hookpoints.HookPoint], list[str]]:
+        """Fast names as hook points in forward order, and the names only the bridge serves."""
+        fast, slow = [], []
+        for name in dict.fromkeys(names):
+            point = hookpoints.resolve_hook(name, self.architecture, self.n_layers)
+            if point is not None:
+                fast.append(point)
+                continue
+            if name not in self.bridge.hook_dict:
+                raise UnknownHookError(name, self.hook_names() + self.bridge_hook_names())
+            slow.append(name)
+        order = {n: i for i, n in enumerate(self.hook_names())}
+        return sorted(fast, key=lambda p: order[p.name]), slow
+
     @cached_property
     def bridge(self):
         """TransformerBridge over a parameter-sharing twin (booted on first use)."""
-        from experts.bridge import boot_bridge
-
         return boot_bridge(self.model, self.tokenizer, self.folder, self.device)
 
     def unembed(self, resid: Tensor) -> Tensor:
@@ -247,15 +267,11 @@ class Expert:
     # -- hooks attached ------------------------------------------------------------------------
     def hooks(self) -> list:
         """The hook handles now attached to this expert (steering, captures), each with its owner."""
-        from experts.hooks import live_handles
-
         return live_handles(self.model)
 
     def reset_hooks(self) -> int:
         """Remove every hook steerlab attached to this expert (as TransformerLens's `reset_hooks`);
         returns how many handles were removed. Useful after re-running a notebook cell with `patch()`."""
-        from experts.hooks import remove_all
-
         return remove_all(self.model)
 
     # -- running -------------------------------------------------------------------------------
@@ -274,10 +290,10 @@ class Expert:
         chat: bool | None = None,
         system: str | None = None,
         batch_size: int = 8,
-        logits_hook: Callable | None = None,
+        logits_hook: LogitsHook | None = None,
         progress: bool = False,
-        prefill: Any = None,
-    ):
+        prefill: Prefill | None = None,
+    ) -> GenerationResult:
         """Generate `num_samples` continuations of each prompt, `batch_size` rows at a time.
 
         Greedy by default; `do_sample=True` samples with `temperature`, `top_k` (0: off) and `top_p` (1: off),
@@ -286,13 +302,71 @@ class Expert:
         state)` may re-weight each step's logits (reward-augmented decoding); `prefill` continues a forward
         pass already run on these prompts. Returns a `GenerationResult` (texts, token ids, finish reasons).
         """
-        from experts.generate import GenerationSettings, generate
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                      top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples, stop_at_eos=stop_at_eos)
+        return self.generate_with(prompts, settings, chat=chat, system=system, batch_size=batch_size,
+                                  logits_hook=logits_hook, progress=progress, prefill=prefill)
 
-        config = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                  top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples, stop_at_eos=stop_at_eos)
+    def generate_with(
+        self,
+        prompts: str | Sequence[str],
+        settings: GenerationSettings,
+        *,
+        chat: bool | None = None,
+        system: str | None = None,
+        batch_size: int = 8,
+        logits_hook: LogitsHook | None = None,
+        progress: bool = False,
+        prefill: Prefill | None = None,
+    ) -> GenerationResult:
+        """`generate` with its decoding settings as one `GenerationSettings` (with `prefill`: one sample of
+        each prompt, in one batch, continuing that forward pass)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return generate(self, prompts, config, chat=chat, system=system, batch_size=batch_size,
-                        logits_hook=logits_hook, progress=progress, prefill=prefill)
+        if not prompts or any(not p.strip() for p in prompts):
+            raise EmptyPromptsError()
+        check_batch_size(batch_size)
+        formatted = self.format_prompts(prompts, chat=chat, system=system)
+        rows = [(i, s) for i in range(len(prompts)) for s in range(settings.num_samples)]
+        if prefill is not None and (settings.num_samples > 1 or len(rows) > batch_size):
+            raise SteerlabError("a reused prefill covers one batch of one sample per prompt")
+        token_ids: list[list[int]] = []
+        reasons: list[str] = []
+        for start in tqdm(range(0, len(rows), batch_size), disable=not progress, desc="generate", unit="batch"):
+            chunk = rows[start : start + batch_size]
+            ids, why = self.generate_batch([formatted[i] for i, _ in chunk], settings,
+                                           [row_seed(settings.seed, prompts[i], s) for i, s in chunk],
+                                           logits_hook=logits_hook, prefill=prefill, rows=[i for i, _ in chunk],
+                                           n_prompts=len(prompts))
+            token_ids += ids
+            reasons += why
+        return GenerationResult(
+            prompts=[prompts[i] for i, _ in rows],
+            formatted_prompts=[formatted[i] for i, _ in rows],
+            sample_index=[s for _, s in rows],
+            texts=[self.decode(ids) for ids in token_ids],
+            token_ids=token_ids,
+            finish_reasons=reasons,
+            config=settings,
+            expert=self.name,
+        )
+
+    def generate_batch(
+        self,
+        formatted: Sequence[str],
+        settings: GenerationSettings,
+        seeds: Sequence[int],
+        *,
+        logits_hook: LogitsHook | None = None,
+        prefill: Prefill | None = None,
+        rows: Sequence[int] | None = None,
+        n_prompts: int | None = None,
+    ) -> tuple[list[list[int]], list[str]]:
+        """Generate for already formatted prompts in one batch, a seed per row; returns token ids and finish
+        reasons. `rows`/`n_prompts` say which prompt of the caller each row is (see `experts.generate.decode`)."""
+        if prefill is not None and tuple(formatted) != prefill.formatted:
+            raise SteerlabError("a reused prefill must come from exactly these formatted prompts, in this order")
+        return decode(self.model, self.tokenize(formatted), settings, seeds, stop_ids=self.eos_ids,
+                      pad_id=self.pad_token_id, logits_hook=logits_hook, prefill=prefill, rows=rows, n_prompts=n_prompts)
 
     def run_with_cache(
         self,
@@ -302,23 +376,47 @@ class Expert:
         chat: bool = False,
         batch_size: int = 16,
         progress: bool = False,
-        reduce: str | Sequence[int] = "none",
+        reduce: Reduce = "none",
         mean_from: Sequence[int] | None = None,
         return_logits: bool = False,
         keep_norms: bool = False,
-    ):
+    ) -> ActivationCache | tuple[Tensor, ActivationCache]:
         """Capture activations at TL-named hooks (`names`) for `prompts` (raw text; `chat=True` applies the
-        chat template first). Returns an `ActivationCache`, or `(logits, cache)` with `return_logits`.
+        chat template first). Returns an `ActivationCache`, or `(logits, cache)` with `return_logits` as
+        TransformerLens does (logits left-padded, zeros on padding; the forward then runs to the end).
 
-        `reduce`: `"none"` keeps `(prompts, pos, ...)` left-padded; `"last"`, `"mean"` (from each prompt's
-        `mean_from` offset) or a list of token positions keep only that. `keep_norms` also keeps each
-        position's norm. See `experts.capture.run_with_cache`.
+        `reduce`: `"none"` keeps `(prompts, pos, ...)` left-padded (zeros on padding); `"last"` each prompt's
+        last token; `"mean"` the mean over each prompt's tokens from its `mean_from` offset (default 0); or a
+        list of token positions (negative from the end). `keep_norms` also keeps each position's norm
+        (`cache.norms`), e.g. to calibrate by the typical norm. See `experts.capture`.
         """
-        from experts.capture import run_with_cache
-
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return run_with_cache(self, prompts, names, chat=chat, batch_size=batch_size, progress=progress, reduce=reduce,
-                              mean_from=mean_from, return_logits=return_logits, keep_norms=keep_norms)
+        if not prompts or any(not p.strip() for p in prompts):
+            raise EmptyPromptsError()
+        if not names:
+            raise EmptyPromptsError("hook names")
+        check_batch_size(batch_size)
+        reduce = check_reduce(reduce)
+        if mean_from is not None and (reduce != "mean" or len(mean_from) != len(prompts)):
+            raise SteerlabError("mean_from needs reduce='mean' and one offset per prompt")
+        fast, slow = self._split_hook_names(names)
+        if slow and reduce != "none":
+            raise SteerlabError(f"names inside attention ({slow[0]}) are captured whole; use reduce='none' for them")
+        full = self.tokenize(self.format_prompts(prompts, chat=chat))
+        request = CaptureRequest(fast, slow, reduce, mean_from, return_logits, keep_norms)
+        kept, norms, logits = capture(self.model, full, request, bridge=self.bridge if slow else None,
+                                      batch_size=batch_size, progress=progress)
+        unique = list(dict.fromkeys(names))
+        cache = ActivationCache(
+            activations={name: kept[name] for name in unique},
+            tokens=full.input_ids,
+            attention_mask=full.attention_mask,
+            prompts=prompts,
+            metadata={"expert": self.name, "names": unique, "chat": chat, "n_layers": self.n_layers},
+            reduce=reduce,
+            norms=norms,
+        )
+        return (logits, cache) if return_logits else cache
 
     def __repr__(self) -> str:
         return f"Expert({self.name!r}, n_layers={self.n_layers}, d_model={self.d_model}, device={self.device}, dtype={self.dtype})"

@@ -1,5 +1,5 @@
-"""Batched generation on the plain HF model: left padding, attention masks, KV cache, greedy or
-seeded sampling, stop on EOS.
+"""The generation loop on the plain HF model, over token ids that `Expert` has already formatted and
+tokenized: attention masks, KV cache, greedy or seeded sampling, stop on EOS.
 
 Each row samples from its own `torch.Generator`, seeded from (seed, prompt, sample index), so a
 row's text does not depend on which other prompts share its batch. While the loop runs,
@@ -13,16 +13,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from experts.errors import EmptyPromptsError, NonFiniteError, SteerlabError
-
-if TYPE_CHECKING:
-    from experts.expert import Expert
+from experts.errors import NonFiniteError, SteerlabError
+from experts.hooks import count_forward_hooks
+from experts.tokens import TokenBatch
 
 
 @dataclass(frozen=True)
@@ -177,39 +176,33 @@ def _next_tokens(logits: Tensor, config: GenerationSettings, generators: list[to
     return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
 
 
-def eos_ids(expert: Expert) -> set[int]:
-    ids = {expert.tokenizer.eos_token_id}
-    configured = getattr(expert.model.generation_config, "eos_token_id", None)
-    ids |= set(configured) if isinstance(configured, list) else {configured}
-    return {i for i in ids if i is not None}
-
-
 @torch.inference_mode()
-def generate_batch(
-    expert: Expert,
-    formatted: Sequence[str],
+def decode(
+    model: torch.nn.Module,
+    batch: TokenBatch,
     config: GenerationSettings,
     seeds: Sequence[int],
+    *,
+    stop_ids: set[int],
+    pad_id: int,
     logits_hook: LogitsHook | None = None,
     prefill: Prefill | None = None,
     rows: Sequence[int] | None = None,
     n_prompts: int | None = None,
 ) -> tuple[list[list[int]], list[str]]:
-    """Generate for already formatted prompts in one batch; returns token ids and finish reasons.
+    """Generate for one batch of prompt tokens; returns the new token ids and finish reasons.
     With `prefill`, step 0 reuses that forward pass instead of running the prompts again. `rows`
     says which prompt of the caller each row is (default: row i is prompt i), so per-prompt
     steering coefficients follow prompts, not batches; `n_prompts` is how many prompts the caller has.
 
-    Raises `NonFiniteError` if the expert's logits were ever NaN or infinite (a steering
+    Raises `NonFiniteError` if the model's logits were ever NaN or infinite (a steering
     coefficient or schedule out of range, or corrupt weights): such text would be garbage.
     """
-    batch = expert.tokenize(formatted)
-    model, device = expert.model, expert.device
-    if prefill is not None:
-        _check_prefill(expert, prefill, formatted)
+    device = batch.input_ids.device
+    if prefill is not None and count_forward_hooks(model):
+        raise SteerlabError("a reused prefill ran without the hooks now attached (steering); run the prompts again")
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    stop_ids = torch.tensor(sorted(eos_ids(expert)), device=device)
-    pad_id = expert.pad_token_id
+    stop = torch.tensor(sorted(stop_ids), device=device)
     mask, positions = batch.attention_mask, batch.position_ids
     cache = DynamicCache(config=model.config) if prefill is None else prefill.cache
     finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=device)
@@ -246,7 +239,7 @@ def generate_batch(
         tokens = torch.where(finished, torch.full_like(tokens, pad_id), tokens)
         generated.append(tokens)
         if config.stop_at_eos:
-            finished |= torch.isin(tokens, stop_ids)
+            finished |= torch.isin(tokens, stop)
             if bool(finished.all()):
                 break
         step_input = tokens[:, None]
@@ -255,21 +248,12 @@ def generate_batch(
         step_valid = torch.ones_like(step_input, dtype=torch.bool)
     if bool(non_finite):
         raise NonFiniteError()
-    return _trim(torch.stack(generated, dim=1).tolist(), set(stop_ids.tolist()), config)
+    return _trim(torch.stack(generated, dim=1).tolist(), stop_ids, config)
 
 
 def check_batch_size(batch_size: int) -> None:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise SteerlabError(f"invalid batch size {batch_size!r}; it must be an integer >= 1")
-
-
-def _check_prefill(expert: Expert, prefill: Prefill, formatted: Sequence[str]) -> None:
-    from experts.hooks import count_forward_hooks
-
-    if tuple(formatted) != prefill.formatted:
-        raise SteerlabError("a reused prefill must come from exactly these formatted prompts, in this order")
-    if count_forward_hooks(expert.model):
-        raise SteerlabError("a reused prefill ran without the hooks now attached (steering); run the prompts again")
 
 
 def _trim(rows: list[list[int]], stop_ids: set[int], config: GenerationSettings) -> tuple[list[list[int]], list[str]]:
@@ -281,54 +265,3 @@ def _trim(rows: list[list[int]], stop_ids: set[int], config: GenerationSettings)
         reasons.append("length" if cut is None else "eos")
     return token_ids, reasons
 
-
-def generate(
-    expert: Expert,
-    prompts: Sequence[str],
-    config: GenerationSettings,
-    *,
-    chat: bool | None = None,
-    system: str | None = None,
-    batch_size: int = 8,
-    logits_hook: LogitsHook | None = None,
-    progress: bool = False,
-    prefill: Prefill | None = None,
-) -> GenerationResult:
-    """Generate `config.num_samples` continuations of each prompt, `batch_size` rows at a time
-    (with `prefill`: one sample of each prompt, in one batch, continuing that forward pass)."""
-    from tqdm.auto import tqdm
-
-    prompts = list(prompts)
-    if not prompts or any(not p.strip() for p in prompts):
-        raise EmptyPromptsError()
-    check_batch_size(batch_size)
-    formatted = expert.format_prompts(prompts, chat=chat, system=system)
-    rows = [(i, s) for i in range(len(prompts)) for s in range(config.num_samples)]
-    if prefill is not None and (config.num_samples > 1 or len(rows) > batch_size):
-        raise SteerlabError("a reused prefill covers one batch of one sample per prompt")
-    token_ids: list[list[int]] = []
-    reasons: list[str] = []
-    for start in tqdm(range(0, len(rows), batch_size), disable=not progress, desc="generate", unit="batch"):
-        chunk = rows[start : start + batch_size]
-        ids, why = generate_batch(
-            expert,
-            [formatted[i] for i, _ in chunk],
-            config,
-            [row_seed(config.seed, prompts[i], s) for i, s in chunk],
-            logits_hook,
-            prefill,
-            rows=[i for i, _ in chunk],
-            n_prompts=len(prompts),
-        )
-        token_ids += ids
-        reasons += why
-    return GenerationResult(
-        prompts=[prompts[i] for i, _ in rows],
-        formatted_prompts=[formatted[i] for i, _ in rows],
-        sample_index=[s for _, s in rows],
-        texts=[expert.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids],
-        token_ids=token_ids,
-        finish_reasons=reasons,
-        config=config,
-        expert=expert.name,
-    )

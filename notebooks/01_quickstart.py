@@ -30,14 +30,14 @@ from pathlib import Path
 
 from analysis.plots import save_figure, sweep_plot
 from experts.expert import Expert
-from steer.apply import Steering, apply
+from steer.vectors.apply import Steering, apply
 from steer.datasets import load_pairs, load_prompts
-from steer.extract import compute_vector
-from steer.io import export_gguf, import_gguf
-from steer.layers import search_layers
-from steer.scorers import sentiment
-from steer.sweep import SweepConfig, sweep
-from steer.vector import SteeringVector
+from steer.vectors.extract import compute_vector
+from steer.vectors.io import export_gguf, import_gguf
+from steer.evaluate.layers import search_layers
+from steer.evaluate.scorers import sentiment
+from steer.evaluate.sweep import SweepConfig, sweep
+from steer.vectors.vector import SteeringVector
 
 OUT = Path("runs/notebooks/01_quickstart")
 OUT.mkdir(parents=True, exist_ok=True)

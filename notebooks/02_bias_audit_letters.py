@@ -36,7 +36,7 @@ from analysis.audit import AuditConfig, run_audit
 from analysis.letters import build_prompts
 from experts.expert import Expert
 from steer.datasets import load_pairs
-from steer.extract import compute_vector
+from steer.vectors.extract import compute_vector
 
 OUT = Path("runs/notebooks/02_bias_audit_letters")
 OUT.mkdir(parents=True, exist_ok=True)

@@ -32,12 +32,12 @@ from pathlib import Path
 from analysis.plots import fluency_frontier_plot, save_figure
 from experts.expert import Expert
 from steer.datasets import load_pairs, load_prompts
-from steer.extract import compute_vector
-from steer.rad import rad_generate
-from steer.rad_sweep import compare, matched_fluency, rad_method, steering_method
-from steer.reward_training import load_labeled, train_activation_reward
-from steer.scorers import sentiment
-from steer.stats import paired_summary
+from steer.vectors.extract import compute_vector
+from steer.rad.decoding import rad_generate
+from steer.rad.sweep import compare, matched_fluency, rad_method, steering_method
+from steer.rad.training import load_labeled, train_activation_reward
+from steer.evaluate.scorers import sentiment
+from steer.evaluate.stats import paired_summary
 
 OUT = Path("runs/notebooks/03_reward_augmented_decoding")
 OUT.mkdir(parents=True, exist_ok=True)

@@ -47,10 +47,10 @@ from analysis.patching import LogitDiff, patch_heads, patch_residual, patching_p
 from analysis.plots import save_figure
 from analysis.probes import layer_probes, probe_plot
 from experts.expert import Expert
-from steer.apply import Steering, apply
+from steer.vectors.apply import Steering, apply
 from steer.datasets import load_pairs
-from steer.extract import compute_vector
-from steer.stats import paired_summary
+from steer.vectors.extract import compute_vector
+from steer.evaluate.stats import paired_summary
 
 OUT = Path("runs/notebooks/05_where_gender_lives")
 OUT.mkdir(parents=True, exist_ok=True)

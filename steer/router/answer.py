@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from experts.expert import Expert
-from experts.generate import GenerationResult, GenerationSettings, Prefill, generate
-from steer.apply import Steering, apply
-from steer.rad import reward_decoding
-from steer.rewards import load_reward
+from experts.generate import GenerationResult, GenerationSettings, Prefill
+from steer.rad.decoding import reward_decoding
+from steer.rad.rewards import load_reward
 from steer.router.decision import Adjustment, RoutingDecision
 from steer.router.router import Router, Rule
-from steer.vector import SteeringVector
+from steer.vectors.apply import Steering, apply
+from steer.vectors.vector import SteeringVector
 
 
 class ExpertPool:
@@ -50,7 +50,7 @@ def generate_adjusted(expert: Expert, prompts: list[str], adjustments: Sequence[
                                                            positions=rule.positions)))
             else:
                 hook = stack.enter_context(reward_decoding(expert, control, adjustment.strength, top_k))
-        return generate(expert, prompts, config, system=system, logits_hook=hook, prefill=prefill)
+        return expert.generate_with(prompts, config, system=system, logits_hook=hook, prefill=prefill)
 
 
 def answer(router: Router, pool: ExpertPool, prompt: str, decision: RoutingDecision, max_new_tokens: int = 128,

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from steer.evaluate.stats import paired_summary
 from steer.router.router import Router
-from steer.stats import paired_summary
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,8 @@ import numpy as np
 
 from steer.datasets import read_text
 from steer.errors import BadDataError
+from steer.router import DATA, DEFAULT_ROUTER  # noqa: F401 (re-exported: where the shipped data and router are)
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "router"
-DEFAULT_ROUTER = DATA / "default"  # the trained router that ships with the package
 SPLITS = ("train", "val", "test")
 
 

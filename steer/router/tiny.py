@@ -33,10 +33,10 @@ def train_tiny_router(folder: str | Path, per_domain: int = 10) -> tuple[Router,
     """Read by tiny-llama at layer 1, with a steering rule and a reward rule that requests may set."""
     from experts.expert import Expert
     from steer.datasets import _DATA
-    from steer.reward_training import load_labeled, train_activation_reward
+    from steer.rad.training import load_labeled, train_activation_reward
     from steer.router.quality import quality_table
     from steer.router.training import train_router
-    from steer.vector import Provenance, SteeringVector
+    from steer.vectors.vector import Provenance, SteeringVector
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,8 @@ import json
 import pytest
 from safetensors import safe_open
 
+from analysis.cli import main
 from experts.registry import REAL_EXPERTS
-from steer.cli import main
 
 pytestmark = pytest.mark.slow
 

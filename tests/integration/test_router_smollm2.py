@@ -23,11 +23,11 @@ def test_default_router_features_name_the_domain_of_held_out_queries(smollm2):
 
 
 def test_route_cli_decides_and_answers_with_the_policy(tmp_path, capsys):
-    from steer.cli import main
+    from analysis.cli import main
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("Write a short recommendation letter for Kelly, a nurse.\nWhat is 12 + 30?\n", encoding="utf-8")
-    assert main(["route", "--prompts-file", str(prompts), "--json", "--no-generate"]) == 0
+    assert main(["route", "run", "--prompts-file", str(prompts), "--json", "--no-generate"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(lines) == 2 and all({"expert", "confidence", "features", "adjustments"} <= set(x) for x in lines)
     letter = lines[0]
@@ -35,8 +35,8 @@ def test_route_cli_decides_and_answers_with_the_policy(tmp_path, capsys):
 
 
 def test_route_answers_a_prompt_with_the_chosen_expert(capsys):
-    from steer.cli import main
+    from analysis.cli import main
 
-    assert main(["route", "--json", "--max-new-tokens", "16", "What is the capital of France?"]) == 0
+    assert main(["route", "run", "--json", "--max-new-tokens", "16", "What is the capital of France?"]) == 0
     line = json.loads(capsys.readouterr().out)
     assert line["answer"].strip() and isinstance(line["reused_reader_prefill"], bool)

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from experts.hooks import count_forward_hooks
-from steer.apply import Steering, apply
 from steer.datasets import load_pairs
-from steer.extract import compute_vector
-from steer.scorers import sentiment
+from steer.evaluate.scorers import sentiment
+from steer.vectors.apply import Steering, apply
+from steer.vectors.extract import compute_vector
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["Tell me about your day.", "Describe the town where you live.", "Write about a bus ride across the city.",

@@ -13,7 +13,7 @@ from analysis.probes import auroc_ci, heldout_split, layer_probes, probe_plot
 from analysis.tokens import NotSingleTokenError, UnalignedPromptsError
 from experts.errors import LayerOutOfRangeError, SteerlabError, UnknownHookError
 from experts.hooks import count_forward_hooks
-from steer.vector import Provenance, SteeringVector
+from steer.vectors.vector import Provenance, SteeringVector
 
 CLEAN = "I love it. The food was"
 CORRUPTED = "I hate it. The food was"

@@ -6,8 +6,8 @@ import torch
 from experts.errors import SteerlabError
 from experts.generate import DecodeState, publish_state
 from experts.hooks import count_forward_hooks
-from steer.apply import ProbeGate, Steering, apply, patch
-from steer.vector import Provenance, SteeringVector
+from steer.vectors.apply import ProbeGate, Steering, apply, patch
+from steer.vectors.vector import Provenance, SteeringVector
 
 PROMPTS = ["Kelly is warm", "The capital of France is Paris and the", "def add(a, b):"]
 
@@ -42,7 +42,7 @@ def test_steering_changes_output_and_is_removed(tiny):
 
 
 def test_operators_do_what_they_say():
-    from steer.apply import OPERATORS
+    from steer.vectors.apply import OPERATORS
 
     h = torch.randn(2, 3, 8)
     v = torch.randn(8)
@@ -73,10 +73,10 @@ def test_positions_under_kv_cache_match_a_reference_without_cache(tiny, position
         captured.append(logits.clone())
         return logits
 
-    from experts.generate import GenerationSettings, generate
+    from experts.generate import GenerationSettings
 
     with apply(tiny, steering):
-        result = generate(tiny, PROMPTS, GenerationSettings(max_new_tokens=6, stop_at_eos=False), logits_hook=keep_logits)
+        result = tiny.generate_with(PROMPTS, GenerationSettings(max_new_tokens=6, stop_at_eos=False), logits_hook=keep_logits)
     steps = torch.stack(captured, dim=1)  # (rows, steps, vocab)
     for row, prompt in enumerate(PROMPTS):
         prompt_ids = tiny.tokenize(tiny.format_prompts([prompt])).input_ids[0].tolist()

@@ -8,7 +8,7 @@ from analysis.audit import AuditConfig, generate_letters, open_run, run_audit, s
 from analysis.report import rebuild_report
 from analysis.stats import delta_bias, lexicon_table, paired_table
 from experts.errors import SteerlabError
-from steer.checkpoint import read_rows
+from steer.scale.checkpoint import read_rows
 
 CONFIG = AuditConfig(expert="tiny-llama", names_per_gender=1, max_new_tokens=6)
 
@@ -79,7 +79,7 @@ def test_statistics_find_a_planted_bias_and_not_a_null_one():
 
 def test_full_tiny_audit_with_steering_and_report_rebuild(tiny_llama, tmp_path):
     from steer.datasets import load_pairs
-    from steer.extract import compute_vector
+    from steer.vectors.extract import compute_vector
 
     pairs, _ = load_pairs("gender")
     vector = compute_vector(tiny_llama, pairs[:8], [1])
@@ -105,7 +105,7 @@ def test_bad_template_fails_before_anything_is_written(tiny_llama, tmp_path):
 
 def test_reward_decoding_is_a_second_mitigation(tiny_llama, tmp_path):
     from steer.datasets import _DATA
-    from steer.reward_training import load_labeled, train_activation_reward
+    from steer.rad.training import load_labeled, train_activation_reward
 
     data, _ = load_labeled(str(_DATA / "agentic_communal.jsonl"))
     train_activation_reward(tiny_llama, data[:10], epochs=10).save(tmp_path / "r.safetensors")

@@ -125,8 +125,8 @@ def test_transformer_lens_cache_access(tiny):
 
 def test_bridge_names_see_active_steering(tiny_llama, no_leak):
     """hook_z read through the bridge under steering equals the HF model's o_proj input under the same steering."""
-    from steer.apply import Steering, apply
-    from steer.vector import SteeringVector
+    from steer.vectors.apply import Steering, apply
+    from steer.vectors.vector import SteeringVector
 
     no_leak(tiny_llama)
     v = SteeringVector({0: torch.randn(tiny_llama.d_model) * 4})

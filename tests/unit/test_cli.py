@@ -3,7 +3,7 @@ import json
 import pytest
 from safetensors import safe_open
 
-from steer.cli import main
+from analysis.cli import main
 
 
 def run(capsys, *argv):
@@ -82,7 +82,7 @@ def test_ablate_defaults_to_removing_the_component_and_the_record_says_so(capsys
     import torch
 
     from experts.expert import Expert
-    from steer.vector import Provenance, SteeringVector
+    from steer.vectors.vector import Provenance, SteeringVector
 
     expert = Expert.load("tiny-llama")
     path = tmp_path / "v.safetensors"
@@ -128,15 +128,37 @@ def _commands(parser, path=()):
 
 
 def test_flag_names_are_consistent_across_commands():
-    from steer.cli import build_parser
+    from analysis.cli import build_parser
 
     commands = dict(_commands(build_parser()))
     for name, options in commands.items():
         assert not options & {"--prompts", "--evaluator", "--output-dir"}, name
     assert {"-o", "--output"} <= commands["cache"] and "--out" not in commands["cache"]  # one file
-    assert "--out" in commands["route-train"] and "--output" not in commands["route-train"]  # a folder
+    assert "--out" in commands["route train"] and "--output" not in commands["route train"]  # a folder
+    assert {"route run", "route train", "route eval"} <= set(commands)  # real subcommands, in `steer route --help`
     assert "--expert" in commands["experts info"]
     for name in ("vector sweep", "vector layers", "rad sweep", "rad compare"):
         assert "--prompts-file" in commands[name], name
     for name in ("vector sweep", "rad sweep", "rad compare"):
         assert "--scorer" in commands[name], name
+
+
+# Commands whose result is the stream they print (serve) or a help page have no --json; every other leaf does.
+NO_RESULT = {"serve"}
+
+
+def test_every_command_that_produces_a_result_has_json():
+    from analysis.cli import build_parser
+
+    leaves = {name: options for name, options in _commands(build_parser())
+              if name not in ("experts", "vector", "audit", "rad", "route")}
+    missing = sorted(name for name, options in leaves.items() if "--json" not in options and name not in NO_RESULT)
+    assert not missing, f"commands without --json: {missing}"
+
+
+def test_json_record_goes_to_stdout_and_the_summary_to_stderr(capsys, tmp_path):
+    code, out, err = run(capsys, "cache", "--expert", "tiny-llama", "--names", "blocks.0.hook_resid_post",
+                         "-o", str(tmp_path / "acts.safetensors"), "--json", "hello there")
+    record = json.loads(out)
+    assert code == 0 and "wrote" in err and record["shapes"]["blocks.0.hook_resid_post"][0] == 1
+    assert record["expert"] == "tiny-llama" and record["fingerprint"] and len(record["sha256"]) == 64

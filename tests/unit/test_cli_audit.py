@@ -2,7 +2,7 @@ import json
 
 import pandas as pd
 
-from steer.cli import main
+from analysis.cli import main
 
 
 def test_lexicon_command(capsys, tmp_path):

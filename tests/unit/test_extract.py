@@ -6,7 +6,7 @@ import torch
 from experts.errors import SteerlabError
 from steer.datasets import ContrastPair, builtin_datasets, load_pairs, load_prompts
 from steer.errors import BadDataError
-from steer.extract import AGGREGATORS, capture_pairs, compute_vector
+from steer.vectors.extract import AGGREGATORS, capture_pairs, compute_vector
 
 
 def test_shipped_datasets_load_with_provenance():

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from experts.errors import EmptyPromptsError, SteerlabError
-from experts.generate import GenerationSettings, eos_ids
+from experts.generate import GenerationSettings
 
 PROMPTS = ["Kelly is warm", "The capital of France is Paris and the", "def add(a, b):"]
 
@@ -42,7 +42,7 @@ def test_greedy_matches_transformers_generate(tiny):
 
 
 def test_stops_at_eos_per_row(tiny):
-    eos = min(eos_ids(tiny))
+    eos = min(tiny.eos_ids)
 
     def force_eos_at_step_3_for_row_0(logits, state):
         if state.step == 3:
@@ -50,9 +50,8 @@ def test_stops_at_eos_per_row(tiny):
             logits[0, eos] = 1e4
         return logits
 
-    from experts.generate import generate
 
-    result = generate(tiny, PROMPTS[:2], GenerationSettings(max_new_tokens=8), logits_hook=force_eos_at_step_3_for_row_0)
+    result = tiny.generate_with(PROMPTS[:2], GenerationSettings(max_new_tokens=8), logits_hook=force_eos_at_step_3_for_row_0)
     assert result.finish_reasons == ["eos", "length"]
     assert len(result.token_ids[0]) == 3 and len(result.token_ids[1]) == 8
 

@@ -9,8 +9,8 @@ import torch
 from experts.errors import NonFiniteError, SteerlabError
 from experts.expert import Expert
 from experts.hooks import count_forward_hooks
-from steer.apply import ProbeGate, Steering, apply, patch
-from steer.vector import Provenance, SteeringVector
+from steer.vectors.apply import ProbeGate, Steering, apply, patch
+from steer.vectors.vector import Provenance, SteeringVector
 
 PROMPTS = [f"Prompt number {i} is about" for i in range(10)]
 
@@ -159,7 +159,7 @@ def test_help_imports_no_model_stack():
     import subprocess
     import sys
 
-    code = "import sys, steer.cli; steer.cli.build_parser(); print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    code = "import sys, analysis.cli; analysis.cli.build_parser(); print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -178,7 +178,7 @@ def test_atomic_writes_have_ordinary_permissions(tmp_path):
 
 
 def test_sweep_coefficients_default_by_operator():
-    from steer.sweep import SweepConfig
+    from steer.evaluate.sweep import SweepConfig
 
     assert SweepConfig(operator="ablate").coefs == (0.0, 0.25, 0.5, 0.75, 1.0)
     assert SweepConfig().coefs == (-8.0, -4.0, 0.0, 4.0, 8.0)

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from steer.apply import Steering, apply
 from steer.errors import BadVectorFileError
-from steer.io import export_gguf, import_gguf
-from steer.vector import Provenance, SteeringVector
+from steer.vectors.apply import Steering, apply
+from steer.vectors.io import export_gguf, import_gguf
+from steer.vectors.vector import Provenance, SteeringVector
 
 
 def test_round_trip_keeps_directions_and_provenance(tmp_path, tiny_llama):

@@ -7,9 +7,9 @@ from experts.errors import SteerlabError
 from experts.generate import GenerationSettings
 from experts.hooks import count_forward_hooks
 from steer.errors import BadDataError, VectorMismatchError
-from steer.rad import rad_generate, reward_decoding
-from steer.reward_training import load_labeled, train_activation_reward
-from steer.rewards import ActivationReward, HiddenStateReward, RewardInfo
+from steer.rad.decoding import rad_generate, reward_decoding
+from steer.rad.rewards import ActivationReward, HiddenStateReward, RewardInfo
+from steer.rad.training import load_labeled, train_activation_reward
 
 PROMPTS = ["Kelly is warm", "The capital of France is Paris and the"]
 
@@ -105,13 +105,16 @@ def test_reward_scores_match_a_direct_computation(tiny_llama):
 
 
 def test_rad_cli(capsys, tmp_path):
-    from steer.cli import main
+    from analysis.cli import main
     from steer.datasets import _DATA
 
     out = tmp_path / "r.safetensors"
     assert main(["rad", "train", "--expert", "tiny-llama", "--data", str(_DATA / "agentic_communal.jsonl"),
-                 "--epochs", "30", "-o", str(out)]) == 0
-    assert "held-out AUROC" in capsys.readouterr().out
+                 "--epochs", "30", "-o", str(out), "--json"]) == 0
+    streams = capsys.readouterr()
+    trained = json.loads(streams.out)
+    assert "held-out AUROC" in streams.err and trained["kind"] == "activation" and trained["epochs"] == 30
+    assert trained["n_texts"] > 0 and len(trained["sha256"]) == 64 and trained["fingerprint"]
     assert main(["rad", "generate", "--expert", "tiny-llama", "--reward", str(out), "--beta", "4",
                  "--max-new-tokens", "4", "--json", "Kelly is"]) == 0
     record = json.loads(capsys.readouterr().out)
@@ -124,9 +127,9 @@ def test_rad_cli(capsys, tmp_path):
 def test_rad_sweep_measures_tv_and_diversity(tiny_llama, tmp_path, capsys):
     import pandas as pd
 
-    from steer.cli import main
-    from steer.rad_sweep import distinct_n, rad_sweep
-    from steer.scorers import pronouns
+    from analysis.cli import main
+    from steer.evaluate.scorers import pronouns
+    from steer.rad.sweep import distinct_n, rad_sweep
 
     assert distinct_n(["a b a b", "a b"], 1) == 2 / 6 and distinct_n(["a b c"], 2) == 1.0
     rows, summary = rad_sweep(tiny_llama, PreferLowestRanked(), PROMPTS, [50.0], pronouns, top_k=4,
@@ -147,9 +150,8 @@ def test_rad_sweep_measures_tv_and_diversity(tiny_llama, tmp_path, capsys):
 
 
 def test_lookahead_scores_equal_a_full_forward_per_candidate(tiny):
-    from experts.generate import generate
-    from steer.lookahead import lookahead_scores
-    from steer.rewards import LookaheadReward
+    from steer.rad.lookahead import lookahead_scores
+    from steer.rad.rewards import LookaheadReward
 
     reward = LookaheadReward(torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(0)), 0.1)
     seen = {}
@@ -160,7 +162,7 @@ def test_lookahead_scores_equal_a_full_forward_per_candidate(tiny):
                 seen["scores"] = lookahead_scores(tiny, reward.probe, state, seen["cands"])
             return hook(logits, state)
 
-        result = generate(tiny, PROMPTS, GenerationSettings(max_new_tokens=2, stop_at_eos=False), logits_hook=spy)
+        result = tiny.generate_with(PROMPTS, GenerationSettings(max_new_tokens=2, stop_at_eos=False), logits_hook=spy)
     for row, prompt in enumerate(PROMPTS):
         ids = tiny.tokenize(tiny.format_prompts([prompt])).input_ids[0].tolist() + result.token_ids[row][:1]
         for j, cand in enumerate(seen["cands"][row].tolist()):
@@ -172,8 +174,8 @@ def test_lookahead_scores_equal_a_full_forward_per_candidate(tiny):
 
 def test_lookahead_training_and_files(tiny_llama, tmp_path):
     from steer.datasets import _DATA
-    from steer.reward_training import train_lookahead_reward
-    from steer.rewards import LookaheadReward, load_reward
+    from steer.rad.rewards import LookaheadReward, load_reward
+    from steer.rad.training import train_lookahead_reward
 
     data, _ = load_labeled(str(_DATA / "sentiment_labeled.jsonl"))
     reward = train_lookahead_reward(tiny_llama, data[:20], epochs=50)
@@ -186,7 +188,7 @@ def test_lookahead_training_and_files(tiny_llama, tmp_path):
 
 
 def _external(reward_expert, seed=0):
-    from steer.rewards import ExternalReward, RewardInfo
+    from steer.rad.rewards import ExternalReward, RewardInfo
 
     w = torch.randn(reward_expert.d_model, generator=torch.Generator().manual_seed(seed))
     info = RewardInfo(expert=reward_expert.name, fingerprint=reward_expert.fingerprint,
@@ -197,8 +199,7 @@ def _external(reward_expert, seed=0):
 @pytest.mark.parametrize("prefix", [[], [5]])
 def test_external_scores_equal_a_full_forward_over_the_generated_text(tiny_llama, prefix):
     from experts.expert import Expert
-    from experts.generate import generate
-    from steer.lookahead import ExternalScorer
+    from steer.rad.lookahead import ExternalScorer
 
     reward_expert = Expert.load("tiny-gemma")  # another architecture with the same vocabulary
     reward = _external(reward_expert)
@@ -214,7 +215,7 @@ def test_external_scores_equal_a_full_forward_over_the_generated_text(tiny_llama
             out = torch.full_like(logits, float("-inf"))
             return out.scatter(-1, top, logits.gather(-1, top) + 3.0 * scores[-1][1])
 
-        result = generate(tiny_llama, PROMPTS, GenerationSettings(max_new_tokens=4, stop_at_eos=False), logits_hook=hook)
+        result = tiny_llama.generate_with(PROMPTS, GenerationSettings(max_new_tokens=4, stop_at_eos=False), logits_hook=hook)
         seen.append((result.token_ids, scores))
     (ids, cached_scores), (ids_uncached, uncached_scores) = seen
     assert ids == ids_uncached
@@ -235,8 +236,8 @@ def test_external_reward_decoding_files_and_errors(tiny_llama, tmp_path):
 
     from experts.expert import Expert
     from steer.datasets import _DATA
-    from steer.reward_training import train_external_reward
-    from steer.rewards import ExternalReward, load_reward
+    from steer.rad.rewards import ExternalReward, load_reward
+    from steer.rad.training import train_external_reward
 
     data, _ = load_labeled(str(_DATA / "sentiment_labeled.jsonl"))
     reward = train_external_reward(Expert.load("tiny-gemma"), data[:20], epochs=30)
@@ -261,8 +262,8 @@ def test_logits_processor_matches_the_steerlab_loop(tiny_llama):
     from transformers import LogitsProcessorList
 
     from experts.expert import Expert
-    from steer.rad import rad_logits_processor
-    from steer.rewards import LookaheadReward
+    from steer.rad.decoding import rad_logits_processor
+    from steer.rad.rewards import LookaheadReward
 
     g = torch.Generator().manual_seed(1)
     d = tiny_llama.d_model
@@ -293,9 +294,9 @@ def test_logits_processor_matches_the_steerlab_loop(tiny_llama):
 def test_cli_external_reward_and_matched_fluency_comparison(tmp_path, capsys):
     import pandas as pd
 
-    from steer.cli import main
+    from analysis.cli import main
     from steer.datasets import _DATA
-    from steer.vector import Provenance, SteeringVector
+    from steer.vectors.vector import Provenance, SteeringVector
 
     external, activation = tmp_path / "x.safetensors", tmp_path / "a.safetensors"
     data = str(_DATA / "agentic_communal.jsonl")
@@ -326,9 +327,9 @@ def test_cli_external_reward_and_matched_fluency_comparison(tmp_path, capsys):
 
 def test_rad_composes_with_steering_and_the_external_reward_is_not_steered(tiny_llama):
     from experts.expert import Expert
-    from steer.apply import Steering, apply
-    from steer.lookahead import ExternalScorer
-    from steer.vector import Provenance, SteeringVector
+    from steer.rad.lookahead import ExternalScorer
+    from steer.vectors.apply import Steering, apply
+    from steer.vectors.vector import Provenance, SteeringVector
 
     vector = SteeringVector({1: 3.0 * torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(4))},
                             provenance=Provenance())

@@ -9,13 +9,14 @@ import pytest
 
 from analysis.audit import LETTERS, MANIFEST, AuditConfig, generate_letters, open_run, plan_shards
 from experts.errors import SteerlabError
-from steer.checkpoint import read_rows
-from steer.executor import LocalExecutor, executor_for
-from steer.extract import compute_vector
+from steer.scale.backends import executor_for
+from steer.scale.checkpoint import read_rows
+from steer.scale.jobs import LocalExecutor
+from steer.vectors.extract import compute_vector
 
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip install 'steerlab[ray]'")
 
-from steer.ray_backend import RayExecutor  # noqa: E402
+from steer.scale.ray_backend import RayExecutor  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +71,17 @@ def test_local_executor_runs_nothing_for_no_shards_and_bad_settings_are_refused(
 
 
 def test_audit_cli_takes_the_ray_backend(cluster, tmp_path, capsys):
-    from steer.cli import main
+    from analysis.cli import main
 
     out = tmp_path / "audit"
     assert main(["audit", "letters", "--expert", "tiny-llama", "--names-per-gender", "1", "--samples", "0",
-                 "--max-new-tokens", "6", "--out", str(out), "--backend", "ray", "--workers", "1"]) == 0
-    assert "report:" in capsys.readouterr().out
+                 "--max-new-tokens", "6", "--out", str(out), "--backend", "ray", "--workers", "1", "--json"]) == 0
+    streams = capsys.readouterr()
+    record = json.loads(streams.out)
+    assert "report:" in streams.err and record["report"] == str(out / "report.md") and "bias_index" in record
     assert len(read_rows(out / LETTERS)) == 8 and (out / "report.md").exists()
+    assert main(["audit", "report", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bias_index"] == record["bias_index"]
 
 
 def _resume_half(src, dst, rows_name, keep):
@@ -90,9 +95,9 @@ def _resume_half(src, dst, rows_name, keep):
 
 def test_steering_sweep_on_ray_equals_local_row_for_row_and_resumes(cluster, tiny_llama, tmp_path):
     from steer.datasets import load_prompts
-    from steer.scorers import pronouns
-    from steer.sweep import ROWS, SweepConfig, sweep
-    from steer.vector import SteeringVector
+    from steer.evaluate.scorers import pronouns
+    from steer.evaluate.sweep import ROWS, SweepConfig, sweep
+    from steer.vectors.vector import SteeringVector
 
     vector = SteeringVector.load(_vector(tiny_llama, tmp_path / "v.safetensors"), tiny_llama)
     config = SweepConfig(coefs=(-2.0, 0.0, 2.0), max_new_tokens=6, batch_size=2, samples=2,
@@ -119,10 +124,10 @@ def test_steering_sweep_on_ray_equals_local_row_for_row_and_resumes(cluster, tin
 def test_rad_comparison_on_ray_equals_local_row_for_row(cluster, tiny_llama, tmp_path):
     import torch
 
-    from steer.rad_sweep import ROWS, compare, rad_method, steering_method
-    from steer.rewards import ActivationReward, RewardInfo
-    from steer.scorers import pronouns
-    from steer.vector import SteeringVector
+    from steer.evaluate.scorers import pronouns
+    from steer.rad.rewards import ActivationReward, RewardInfo
+    from steer.rad.sweep import ROWS, compare, rad_method, steering_method
+    from steer.vectors.vector import SteeringVector
 
     g, d = torch.Generator().manual_seed(0), tiny_llama.d_model
     reward = ActivationReward(torch.randn(d, generator=g), torch.randn(d, 2, generator=g), torch.randn(d, 2, generator=g),
@@ -148,7 +153,7 @@ def test_rad_comparison_on_ray_equals_local_row_for_row(cluster, tiny_llama, tmp
 
 
 def test_sweep_cli_takes_the_ray_backend(cluster, tiny_llama, tmp_path, capsys):
-    from steer.cli import main
+    from analysis.cli import main
 
     vector = _vector(tiny_llama, tmp_path / "v.safetensors")
     assert main(["vector", "sweep", "--expert", "tiny-llama", "--vector", vector, "--max-prompts", "2", "--coefs", "0,2",

@@ -14,11 +14,11 @@ pytest.importorskip("ray.serve", reason="the Ray extra is not installed: pip ins
 
 from experts.expert import Expert  # noqa: E402
 from experts.generate import GenerationSettings  # noqa: E402
-from steer.ray_serve import ServeSettings, serve_router, shutdown  # noqa: E402
 from steer.router.answer import generate_adjusted  # noqa: E402
 from steer.router.router import Router  # noqa: E402
-from steer.router.service import ChatRequest, adjustments_for, to_deployed  # noqa: E402
 from steer.router.tiny import train_tiny_router  # noqa: E402
+from steer.serve.ray_serve import ServeSettings, serve_router, shutdown  # noqa: E402
+from steer.serve.service import ChatRequest, adjustments_for, to_deployed  # noqa: E402
 
 PROMPT = "Write a short reference letter for Kelly, a nurse."
 

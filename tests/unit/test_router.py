@@ -54,12 +54,11 @@ def test_bits_per_byte_is_the_reference_nll_in_bits_per_byte(tiny_llama):
 
 
 def test_reader_pools_over_the_query_in_its_prompt_format_and_flags_truncation(tiny_llama, caplog, monkeypatch):
-    from experts.capture import run_with_cache
     from steer.router.features import _query_span
 
     queries = ["Kelly writes code", "a much longer query about the weather in Paris"]
     reading = read(tiny_llama, queries, layer=1)
-    cache = run_with_cache(tiny_llama, tiny_llama.format_prompts(queries), ["blocks.1.hook_resid_post"])
+    cache = tiny_llama.run_with_cache(tiny_llama.format_prompts(queries), ["blocks.1.hook_resid_post"])
     n_before, n_after = _query_span(tiny_llama)
     for row, query in enumerate(queries):
         h = cache.unpadded("blocks.1.hook_resid_post")[row]
@@ -76,15 +75,15 @@ def test_reader_pools_over_the_query_in_its_prompt_format_and_flags_truncation(t
 
 
 def test_the_reader_answers_from_its_own_prefill(tiny_llama):
-    from experts.generate import GenerationSettings, generate
+    from experts.generate import GenerationSettings
 
     query = ["Write a letter for Kelly"]
     reading = read(tiny_llama, query, layer=1, keep_prefill=True)
     config = GenerationSettings(max_new_tokens=6, stop_at_eos=False)
-    reused = generate(tiny_llama, query, config, prefill=reading.prefill).token_ids
-    assert reused == generate(tiny_llama, query, config).token_ids
+    reused = tiny_llama.generate_with(query, config, prefill=reading.prefill).token_ids
+    assert reused == tiny_llama.generate_with(query, config).token_ids
     with pytest.raises(SteerlabError, match="exactly these formatted prompts"):
-        generate(tiny_llama, ["another prompt"], config, prefill=read(tiny_llama, query, 1, keep_prefill=True).prefill)
+        tiny_llama.generate_with(["another prompt"], config, prefill=read(tiny_llama, query, 1, keep_prefill=True).prefill)
 
 
 @pytest.fixture(scope="module")
@@ -158,39 +157,44 @@ def test_faithfulness_measure_tells_a_used_feature_from_random_directions():
 
 
 def test_route_cli(trained, tmp_path, capsys):
-    from steer.cli import main
+    from analysis.cli import main
 
     folder, _, tasks, _ = trained
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(t.query for t in tasks[:3]), encoding="utf-8")
     log = tmp_path / "log.jsonl"
-    assert main(["route", "--router", str(folder), "--prompts-file", str(prompts), "--json", "--no-generate",
+    assert main(["route", "run", "--router", str(folder), "--prompts-file", str(prompts), "--json", "--no-generate",
                  "--log", str(log)]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(lines) == 3 and {"expert", "confidence", "features", "adjustments"} <= set(lines[0])
     assert len(log.read_text(encoding="utf-8").splitlines()) == 3
-    assert main(["route", "--router", str(folder), "--max-new-tokens", "4", "Write a letter for Kelly"]) == 0
+    assert main(["route", "run", "--router", str(folder), "--max-new-tokens", "4", "Write a letter for Kelly"]) == 0
     assert "expert tiny-" in capsys.readouterr().out
-    assert main(["route", "--router", str(folder), "--max-new-tokens", "4", "--json", "--prompts-file", str(prompts)]) == 0
+    assert main(["route", "run", "--router", str(folder), "--max-new-tokens", "4", "--json", "--prompts-file", str(prompts)]) == 0
     for line in map(json.loads, capsys.readouterr().out.splitlines()):
         assert line["reused_reader_prefill"] == (line["expert"] == "tiny-llama" and not line["adjustments"])
-    assert main(["route", "--router", str(folder), ""]) == 2
+    assert main(["route", "run", "--router", str(folder), ""]) == 2
     assert "prompt" in capsys.readouterr().err
-    assert main(["route", "--router", str(tmp_path), "hi"]) == 2
+    assert main(["route", "run", "--router", str(tmp_path), "hi"]) == 2
     assert "is not a steerlab router" in capsys.readouterr().err
 
 
 def test_route_train_and_eval_cli(tmp_path, capsys):
     import pandas as pd
 
-    from steer.cli import main
+    from analysis.cli import main
 
     out = tmp_path / "router"
     tasks = small_task_file(tmp_path, per_domain=10)
     assert main(["route", "train", "--tasks", str(tasks), "--experts", ",".join(TINY_EXPERTS), "--reader", "tiny-llama",
-                 "--layer", "1", "--out", str(out)]) == 0
-    assert "held-out AUROC" in capsys.readouterr().out
-    assert main(["route", "eval", "--router", str(out), "--tasks", str(tasks), "--out", str(tmp_path / "eval")]) == 0
+                 "--layer", "1", "--out", str(out), "--json"]) == 0
+    streams = capsys.readouterr()
+    trained = json.loads(streams.out)
+    assert "held-out AUROC" in streams.err and trained["experts"] == list(TINY_EXPERTS) and trained["layer"] == 1
+    assert main(["route", "eval", "--router", str(out), "--tasks", str(tasks), "--out", str(tmp_path / "eval"),
+                 "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert "activation router" in evaluated["claim"] and evaluated["routers"]
     table = pd.read_csv(tmp_path / "eval" / "routers.csv")
     assert {"activation-router", "minilm-knn", "minilm-logistic", "tfidf-logistic", "oracle"} <= set(table.router)
     assert table.set_index("router").loc["oracle", "accuracy"] == 1.0

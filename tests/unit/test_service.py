@@ -6,7 +6,7 @@ import pytest
 
 from steer.router.decision import Adjustment, RoutingDecision
 from steer.router.router import Rule
-from steer.router.service import (
+from steer.serve.service import (
     MODEL,
     BadRequest,
     ChatRequest,

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 
 from steer.datasets import load_pairs, load_prompts
-from steer.extract import compute_vector
-from steer.layers import search_layers
-from steer.scorers import formality, get_scorer, pronouns, sentiment
-from steer.stats import paired_summary
-from steer.sweep import SweepConfig, random_like, sweep
+from steer.evaluate.layers import search_layers
+from steer.evaluate.scorers import formality, get_scorer, pronouns, sentiment
+from steer.evaluate.stats import paired_summary
+from steer.evaluate.sweep import SweepConfig, random_like, sweep
+from steer.vectors.extract import compute_vector
 
 
 def test_scorers_rank_obvious_texts():

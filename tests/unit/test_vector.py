@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from steer.errors import BadVectorFileError, VectorMismatchError
-from steer.vector import Provenance, SteeringVector
+from steer.vectors.vector import Provenance, SteeringVector
 
 
 def make(expert, layers=(0, 1), scale=1.0, seed=0):
@@ -80,7 +80,7 @@ def test_repr_is_short_and_signatures_are_explicit(tiny_llama):
 
 
 def test_apply_and_patch_conveniences_equal_steer_apply(tiny_llama):
-    from steer.apply import Steering, apply
+    from steer.vectors.apply import Steering, apply
 
     v = SteeringVector({1: torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(0)) * 8})
     with apply(tiny_llama, Steering(v, coef=2.0, positions="generated")):

@@ -92,7 +92,7 @@ class RouterService:
 
         from experts.expert import Expert
         from steer.router.router import Router
-        from steer.router.service import Limits
+        from steer.serve.service import Limits
 
         torch.set_num_threads(threads)
         self.router = Router.load(_unpack(router_files))
@@ -107,7 +107,7 @@ class RouterService:
 
     @app.get("/v1/models")
     async def models(self) -> dict:
-        from steer.router.service import MODEL, allowed_strengths
+        from steer.serve.service import MODEL, allowed_strengths
 
         return {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "steerlab",
                                             "experts": sorted(self.experts), "fallback": self.router.fallback,
@@ -115,7 +115,7 @@ class RouterService:
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request) -> JSONResponse:
-        from steer.router.service import BadRequest, ChatRequest, adjustments_for, completion, to_deployed
+        from steer.serve.service import BadRequest, ChatRequest, adjustments_for, completion, to_deployed
 
         try:
             body = await request.json()

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
@@ -25,9 +25,30 @@ from experts.hooks import ActivationFn, HookHandle, attach
 if TYPE_CHECKING:
     from experts.expert import Expert
     from experts.hookpoints import HookPoint
-    from steer.vector import SteeringVector
 
 Coefficient = float | Sequence[float] | Callable[[int], float]
+
+
+class Directions(Protocol):
+    """What steering reads of a vector (`steer.vectors.vector.SteeringVector` is one): per-layer
+    directions at one TL hook, their largest norm, and where they were made."""
+
+    hook: str
+    directions: dict[int, Tensor]
+    provenance: Any  # .dataset, .fingerprint, .coef_range
+
+    @property
+    def layers(self) -> list[int]: ...
+
+    @property
+    def d_model(self) -> int: ...
+
+    @property
+    def max_norm(self) -> float: ...
+
+    def hook_name(self, layer: int) -> str: ...
+
+    def check_compatible(self, expert: Expert, force: bool = False) -> None: ...
 
 
 def _add(h: Tensor, v: Tensor, c: float | Tensor) -> Tensor:
@@ -124,7 +145,7 @@ class Steering:
     prompt whatever the batch size and sample count), or a schedule `coef(step)` (step 0 = prefill).
     """
 
-    vector: SteeringVector
+    vector: Directions
     coef: Coefficient = 1.0
     operator: str = "add"
     positions: str = "all"
@@ -174,7 +195,7 @@ class Steering:
                f"{self.operator} coef={coef} positions={self.positions}"
 
 
-def default_coef(operator: str, vector: SteeringVector) -> float:
+def default_coef(operator: str, vector: Directions) -> float:
     """The coefficient used when none is given: all of the component for `ablate` (1), else the
     middle of the vector's calibrated range (1 without one)."""
     if operator == "ablate":

@@ -23,6 +23,7 @@ from torch import Tensor
 from experts.files import atomic_path
 from experts.hookpoints import BLOCK_HOOKS
 from steer.errors import BadVectorFileError, VectorMismatchError
+from steer.vectors.apply import Steering, apply, patch
 
 if TYPE_CHECKING:
     from experts.expert import Expert
@@ -102,19 +103,15 @@ class SteeringVector:
     def hook_name(self, layer: int) -> str:
         return f"blocks.{layer}.{self.hook}"
 
-    # -- steering (thin conveniences over `steer.apply`) ----------------------------------------
+    # -- steering (thin conveniences over `steer.vectors.apply`) ----------------------------------------
     def apply(self, expert: Expert, coef=1.0, *, operator: str = "add", positions: str = "all", gate=None,
               force: bool = False):
         """Steer `expert` for the duration of a `with` block: `with v.apply(expert, coef=4): ...`."""
-        from steer.apply import Steering, apply
-
         return apply(expert, Steering(self, coef=coef, operator=operator, positions=positions, gate=gate), force=force)
 
     def patch(self, expert: Expert, coef=1.0, *, operator: str = "add", positions: str = "all", gate=None,
               force: bool = False):
         """Attach this vector's steering and return the handle (`handle.remove()`; or `expert.reset_hooks()`)."""
-        from steer.apply import Steering, patch
-
         return patch(expert, Steering(self, coef=coef, operator=operator, positions=positions, gate=gate), force=force)
 
     # -- arithmetic --------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 worker that set the job up once (loaded the expert, its vector or reward) and yields the rows of every shard
 in shard order. The caller writes the rows, so both backends fill the same files and resume alike.
 
-`LocalExecutor` runs in this process (the default). `RayExecutor` (`steer.ray_backend`, the optional
+`LocalExecutor` runs in this process (the default). `RayExecutor` (`steer.scale.ray_backend`, the optional
 `steerlab[ray]` extra) runs the shards on a Ray cluster's actor pool.
 """
 
@@ -20,7 +20,6 @@ from experts.errors import SteerlabError
 if TYPE_CHECKING:
     from experts.expert import Expert
 
-BACKENDS = ("local", "ray")
 Shard = dict[str, Any]
 
 
@@ -78,35 +77,3 @@ def saved_bytes(artefact: Any) -> bytes:
         path = Path(folder) / "artefact.safetensors"
         artefact.save(path)
         return path.read_bytes()
-
-
-def add_backend_arguments(parser) -> None:
-    """`--backend local|ray`, `--address`, `--workers` and `--cpus/gpus/threads-per-worker` on a command."""
-    group = parser.add_argument_group("where the work runs")
-    group.add_argument("--backend", default="local", choices=BACKENDS, help="local (this process) or ray (an actor pool)")
-    group.add_argument("--address", help="Ray cluster to join (auto, ray://host:10001); default: RAY_ADDRESS or a new local one")
-    group.add_argument("--workers", type=int, default=2, help="Ray actors, each loading the expert once")
-    group.add_argument("--cpus-per-worker", type=float, default=0.5, help="fractional CPUs per actor")
-    group.add_argument("--gpus-per-worker", type=float, help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
-    group.add_argument("--threads-per-worker", type=int,
-                       help="torch threads per actor (default: this process's, for rows bit-identical to --backend local)")
-
-
-def executor_from_args(args) -> Executor:
-    return executor_for(args.backend, address=args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                        gpus_per_worker=args.gpus_per_worker, threads_per_worker=args.threads_per_worker)
-
-
-def executor_for(backend: str = "local", *, address: str | None = None, workers: int = 2, cpus_per_worker: float = 0.5,
-                 gpus_per_worker: float | None = None, threads_per_worker: int | None = None) -> Executor:
-    """The executor a command asked for (`--backend`, `--address`, `--workers`, `--*-per-worker`)."""
-    if backend == "local":
-        if address:
-            raise SteerlabError("--address names a Ray cluster; it needs --backend ray")
-        return LocalExecutor()
-    if backend == "ray":
-        from steer.ray_backend import RayExecutor
-
-        return RayExecutor(address=address, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                           threads_per_worker=threads_per_worker)
-    raise SteerlabError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -5,14 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from steer.executor import add_backend_arguments
+from analysis.cli.common import (
+    add_backend_options,
+    add_expert_options,
+    add_json_option,
+    add_prompt_options,
+    executor_from_args,
+    load_expert,
+    parse_numbers,
+    read_prompts,
+    run_record,
+)
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from experts.expert import Expert
-    from steer.cli import _load
-    from steer.reward_training import (
+    from experts.files import file_sha256
+    from steer.rad.training import (
         load_labeled,
         train_activation_reward,
         train_external_reward,
@@ -20,7 +31,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
     data, sha = load_labeled(args.data)
-    expert = _load(args)
+    expert = load_expert(args)
     if args.kind == "external":
         reward_expert = Expert.load(args.reward_expert, device=args.device, dtype=args.dtype)
         reward = train_external_reward(reward_expert, data, epochs=args.epochs, seed=args.seed, dataset_sha256=sha)
@@ -34,18 +45,21 @@ def cmd_train(args: argparse.Namespace) -> None:
     auroc = "n/a" if reward.info.heldout_auroc is None else f"{reward.info.heldout_auroc:.3f}"
     print(f"wrote {args.output}: {args.kind} reward ({reward.info.expert}) on {len(data)} texts; "
           f"held-out AUROC {auroc}, MSE {reward.info.heldout_mse:.4f}")
+    return run_record(expert, output=str(args.output), sha256=file_sha256(Path(args.output)), kind=args.kind,
+                      data=args.data, data_sha256=sha, n_texts=len(data), rank=args.rank, epochs=args.epochs,
+                      seed=args.seed, reward_expert=args.reward_expert if args.kind == "external" else None,
+                      heldout_auroc=reward.info.heldout_auroc, heldout_mse=reward.info.heldout_mse)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from experts.errors import SteerlabError
     from experts.files import file_sha256
     from experts.generate import GenerationSettings
-    from steer.cli import _load, _read_prompts, run_record
-    from steer.rad import rad_generate
-    from steer.rewards import load_reward
+    from steer.rad.decoding import rad_generate
+    from steer.rad.rewards import load_reward
 
-    prompts = _read_prompts(args)
-    expert = _load(args)
+    prompts = read_prompts(args)
+    expert = load_expert(args)
     reward = load_reward(args.reward, expert, force=args.force)
     if args.uncached:
         if reward.kind != "external":
@@ -62,21 +76,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(json.dumps({**record, **run}) if args.json else record["text"])
 
 
-def cmd_sweep(args: argparse.Namespace) -> None:
+def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.plots import rad_sweep_plot, save_figure
     from experts.files import atomic_path, provenance, write_json
-    from steer.cli import _load
-    from steer.cli_vector import _coefs
-    from steer.executor import executor_from_args
-    from steer.rad_sweep import rad_sweep
-    from steer.rewards import load_reward
-    from steer.scorers import get_scorer
+    from steer.evaluate.scorers import get_scorer
+    from steer.rad.rewards import load_reward
+    from steer.rad.sweep import rad_sweep
 
-    expert = _load(args)
+    expert = load_expert(args)
     reward = load_reward(args.reward, expert, force=args.force)
     prompts = _evaluation_prompts(args)
     out = Path(args.out)
-    rows, summary = rad_sweep(expert, reward, prompts, _coefs(args.betas), get_scorer(args.scorer), top_k=args.top_k,
+    rows, summary = rad_sweep(expert, reward, prompts, parse_numbers(args.betas, "--betas"), get_scorer(args.scorer), top_k=args.top_k,
                               max_new_tokens=args.max_new_tokens, samples=args.samples, seed=args.seed,
                               batch_size=args.batch_size, out=out, executor=executor_from_args(args),
                               settings={"scorer": args.scorer, "reward": str(args.reward)})
@@ -90,31 +101,29 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                                                      samples=args.samples, max_new_tokens=args.max_new_tokens)})
     print(summary.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"rows, summary and plot in {out}/ (rad_sweep.csv, summary.csv, rad_sweep.png, rad_sweep.json)")
+    return json.loads((out / "rad_sweep.json").read_text(encoding="utf-8")) | {"out": str(out)}
 
 
-def cmd_compare(args: argparse.Namespace) -> None:
+def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.plots import fluency_frontier_plot, save_figure
     from experts.errors import SteerlabError
     from experts.files import atomic_path, provenance, write_json
-    from steer.cli import _load
-    from steer.cli_vector import _coefs
-    from steer.executor import executor_from_args
-    from steer.rad_sweep import compare, matched_fluency, rad_method, steering_method
-    from steer.rewards import load_reward
-    from steer.scorers import get_scorer
-    from steer.vector import SteeringVector
+    from steer.evaluate.scorers import get_scorer
+    from steer.rad.rewards import load_reward
+    from steer.rad.sweep import compare, matched_fluency, rad_method, steering_method
+    from steer.vectors.vector import SteeringVector
 
-    expert = _load(args)
+    expert = load_expert(args)
     methods, strengths = [], {}
     for path in args.reward:
         reward = load_reward(path, expert, force=args.force)
         name = reward.kind if reward.kind not in strengths else f"{reward.kind}:{Path(path).stem}"
         methods.append(rad_method(reward, args.top_k, name))
-        strengths[name] = _coefs(args.betas)
+        strengths[name] = parse_numbers(args.betas, "--betas")
     for path in args.vector:
         name = "steering" if "steering" not in strengths else f"steering:{Path(path).stem}"
         methods.append(steering_method(SteeringVector.load(path, expert=expert, force=args.force), name))
-        strengths[name] = _coefs(args.coefs)
+        strengths[name] = parse_numbers(args.coefs)
     if not methods:
         raise SteerlabError("nothing to compare: give at least one --reward or --vector")
     prompts = _evaluation_prompts(args)
@@ -143,6 +152,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(matched[["method", "strength", "diff", "ci_low", "ci_high", "median_perplexity", "dist_2"]]
           .to_string(index=False, float_format=fmt))
     print(f"rows, summaries and plot in {out}/ (rows.csv, summary.csv, matched_fluency.csv, frontier.png, compare.json)")
+    return json.loads((out / "compare.json").read_text(encoding="utf-8")) | {"out": str(out)}
 
 
 def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
@@ -157,7 +167,7 @@ def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--out", required=True, help="folder; a killed run resumes there")
-    add_backend_arguments(parser)
+    add_backend_options(parser)
 
 
 def _evaluation_prompts(args: argparse.Namespace) -> list[str]:
@@ -167,7 +177,7 @@ def _evaluation_prompts(args: argparse.Namespace) -> list[str]:
     return prompts[: args.max_prompts] if args.max_prompts else prompts
 
 
-def add_rad_commands(sub, add_expert_options, add_prompt_options) -> None:
+def add_commands(sub) -> None:
     rad = sub.add_parser("rad", help="reward-augmented decoding with rewards read from the expert's activations")
     rsub = rad.add_subparsers(dest="rad_command", required=True)
 
@@ -183,6 +193,7 @@ def add_rad_commands(sub, add_expert_options, add_prompt_options) -> None:
     train.add_argument("--epochs", type=int, default=300)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("-o", "--output", required=True)
+    add_json_option(train)
     train.set_defaults(func=cmd_train)
 
     gen = rsub.add_parser("generate", help="generate with reward-augmented top-k decoding")
@@ -196,14 +207,15 @@ def add_rad_commands(sub, add_expert_options, add_prompt_options) -> None:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--force", action="store_true")
     gen.add_argument("--uncached", action="store_true", help="external reward: re-read the text each step (slow)")
-    gen.add_argument("--json", action="store_true")
-    gen.set_defaults(func=cmd_generate)
+    add_json_option(gen, help="one JSON record per generated text, with what the run used")
+    gen.set_defaults(func=cmd_generate, json_lines=True)
 
     sweep = rsub.add_parser("sweep", help="evaluate decoding over a grid of β")
     add_expert_options(sweep)
     sweep.add_argument("--reward", required=True)
     sweep.add_argument("--betas", default="0,5,10,20")
     _add_evaluation_options(sweep)
+    add_json_option(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
     cmp = rsub.add_parser("compare", help="RAD reward kinds and steering vectors at matched fluency")
@@ -215,4 +227,5 @@ def add_rad_commands(sub, add_expert_options, add_prompt_options) -> None:
     cmp.add_argument("--max-perplexity", type=float, default=0.0, help="fluency budget (default: ratio x plain)")
     cmp.add_argument("--perplexity-ratio", type=float, default=1.5)
     _add_evaluation_options(cmp)
+    add_json_option(cmp)
     cmp.set_defaults(func=cmd_compare)

@@ -2,7 +2,7 @@
 
 At each step: the expert's top-k next tokens, a reward r ∈ [0, 1] for each, β·r added to those k
 logits, every other token masked, then sampling (or greedy). The reward is any kind in
-`steer.rewards` (activation, look-ahead, external). Composes with steering (`steer.apply.apply`)
+`steer.rad.rewards` (activation, look-ahead, external). Composes with steering (`steer.vectors.apply.apply`)
 like any other generation, and is also usable as a transformers `LogitsProcessor`.
 """
 
@@ -17,8 +17,8 @@ from torch import Tensor
 from transformers import LogitsProcessor
 
 from experts.errors import SteerlabError
-from experts.generate import DecodeState, GenerationResult, GenerationSettings, LogitsHook, generate
-from steer.rewards import StepScorer
+from experts.generate import DecodeState, GenerationResult, GenerationSettings, LogitsHook
+from steer.rad.rewards import StepScorer
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -64,7 +64,7 @@ def rad_generate(expert: Expert, prompts: Sequence[str], reward: CandidateReward
     """`generate` with reward-augmented top-k decoding (sampling by default, as in RAD)."""
     config = config or GenerationSettings(do_sample=True)
     with reward_decoding(expert, reward, beta, top_k, force=force) as hook:
-        return generate(expert, list(prompts), config, batch_size=batch_size, logits_hook=hook)
+        return expert.generate_with(list(prompts), config, batch_size=batch_size, logits_hook=hook)
 
 
 class RewardLogitsProcessor(LogitsProcessor):

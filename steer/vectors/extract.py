@@ -18,7 +18,7 @@ from torch import Tensor
 from experts.errors import SteerlabError
 from experts.hookpoints import BLOCK_HOOKS
 from steer.datasets import ContrastPair
-from steer.vector import Provenance, SteeringVector
+from steer.vectors.vector import Provenance, SteeringVector
 
 if TYPE_CHECKING:
     from experts.expert import Expert

@@ -20,7 +20,7 @@ from torch import Tensor
 from experts.errors import SteerlabError
 from steer.datasets import read_text
 from steer.errors import BadDataError
-from steer.rewards import HOOK, ActivationReward, ExternalReward, LookaheadReward, RewardInfo
+from steer.rad.rewards import HOOK, ActivationReward, ExternalReward, LookaheadReward, RewardInfo
 
 if TYPE_CHECKING:
     from experts.expert import Expert

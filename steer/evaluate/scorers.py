@@ -21,7 +21,7 @@ from experts.errors import SteerlabError
 
 if TYPE_CHECKING:
     from experts.expert import Expert
-    from steer.vector import SteeringVector
+    from steer.vectors.vector import SteeringVector
 
 Scorer = Callable[[Sequence[str]], list[float]]
 

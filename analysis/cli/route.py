@@ -1,26 +1,27 @@
-"""`steer route ...`: route prompts to experts by named activation features, train and evaluate routers."""
+"""`steer route run|train|eval`: route prompts to experts by named activation features, train and evaluate routers."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from steer.router.tasks import DEFAULT_ROUTER
+from analysis.cli.common import add_json_option, add_prompt_options, read_prompts
+from steer.router import DEFAULT_ROUTER
 
 DEFAULT_EXPERTS = "smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct,gemma3-270m"
 
 
-def cmd_route(args: argparse.Namespace) -> None:
+def cmd_run(args: argparse.Namespace) -> None:
     from experts.errors import EmptyPromptsError
     from experts.expert import Expert
-    from steer.cli import _read_prompts
     from steer.router.answer import ExpertPool, answer
     from steer.router.decision import append_log
     from steer.router.router import Router
 
     try:
-        prompts = _read_prompts(args)
+        prompts = read_prompts(args)
     except EmptyPromptsError:
         raise EmptyPromptsError("prompt (give a prompt, or --prompts-file)") from None
     router = Router.load(args.router)
@@ -49,7 +50,7 @@ def cmd_route(args: argparse.Namespace) -> None:
                 print(f"\n{text}\n")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     import shutil
     import tomllib
 
@@ -80,50 +81,34 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"feature {f.name:<32} held-out AUROC {f.heldout_auroc:.3f}" if f.heldout_auroc is not None else f.name)
     print(f"router for {', '.join(experts)} (reader {reader.name}, layer {args.layer}, L1 C = "
           f"{router.notes['c']}) in {out}")
+    return {"out": str(out), "experts": experts, "reader": reader.name, "reader_fingerprint": reader.fingerprint,
+            "layer": args.layer, "seed": args.seed, "policy": args.policy, "l1_c": router.notes["c"],
+            "features": [{"name": f.name, "heldout_auroc": f.heldout_auroc} for f in router.features.features]}
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
+def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.router_eval import evaluate_router
 
-    summary = evaluate_router(Path(args.router), Path(args.out), tasks_path=args.tasks, seed=args.seed)
-    print(summary)
+    out = Path(args.out)
+    print(evaluate_router(Path(args.router), out, tasks_path=args.tasks, seed=args.seed))
+    return json.loads((out / "route_eval.json").read_text(encoding="utf-8"))
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
-    import time
+def add_commands(sub) -> None:
+    route = sub.add_parser("route", help="route prompts to the right expert (run), train and evaluate routers")
+    rsub = route.add_subparsers(dest="route_command", required=True)
+    run = rsub.add_parser("run", help="route prompts; every decision explained, then answered")
+    add_prompt_options(run)
+    run.add_argument("--router", default=str(DEFAULT_ROUTER), help="router folder (default: the shipped one)")
+    add_json_option(run, help="one decision (and answer) per line")
+    run.add_argument("--no-generate", action="store_true", help="decide only")
+    run.add_argument("--abstain-below", type=float, default=None, help="fall back below this confidence")
+    run.add_argument("--log", help="append decisions to this JSONL audit log")
+    run.add_argument("--max-new-tokens", type=int, default=128)
+    run.add_argument("--device", default=None)
+    run.set_defaults(func=cmd_run, json_lines=True)
 
-    from steer.ray_serve import ServeSettings, serve_router, shutdown
-
-    settings = ServeSettings(host=args.host, port=args.port, replicas=args.replicas,
-                             max_ongoing_requests=args.max_ongoing_requests, max_queued_requests=args.max_queued_requests,
-                             cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica,
-                             request_timeout_s=args.request_timeout,
-                             max_tokens=args.max_tokens_limit)
-    experts = [e.strip() for e in args.experts.split(",") if e.strip()] if args.experts else None
-    url = serve_router(args.router, experts, settings, address=args.address)
-    print(f"serving {args.router} at {url}/v1/chat/completions (models: {url}/v1/models); Ctrl-C stops it\n"
-          f"try: curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' "
-          """-d '{"messages": [{"role": "user", "content": "Write a haiku about rain."}], "max_tokens": 32}'""", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        shutdown()
-
-
-def add_route_commands(sub, add_prompt_options) -> None:
-    route = sub.add_parser("route", help="route prompts to the right expert; every decision explained")
-    add_prompt_options(route)
-    route.add_argument("--router", default=str(DEFAULT_ROUTER), help="router folder (default: the shipped one)")
-    route.add_argument("--json", action="store_true", help="one decision (and answer) per line")
-    route.add_argument("--no-generate", action="store_true", help="decide only")
-    route.add_argument("--abstain-below", type=float, default=None, help="fall back below this confidence")
-    route.add_argument("--log", help="append decisions to this JSONL audit log")
-    route.add_argument("--max-new-tokens", type=int, default=128)
-    route.add_argument("--device", default=None)
-    route.set_defaults(func=cmd_route)
-
-    train = sub.add_parser("route-train", help="train a router (also: steer route train)")
+    train = rsub.add_parser("train", help="train a router: quality tables, named features, decision model")
     train.add_argument("--tasks", default=None, help="task JSONL (default: the shipped task set)")
     train.add_argument("--experts", default=DEFAULT_EXPERTS)
     train.add_argument("--reader", default="smollm2-135m-instruct")
@@ -132,26 +117,13 @@ def add_route_commands(sub, add_prompt_options) -> None:
     train.add_argument("--quality-dir", help="where per-expert quality tables are (re)used")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True, help="the router's folder")
+    add_json_option(train)
     train.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("route-eval", help="evaluate a router against baselines (also: steer route eval)")
+    ev = rsub.add_parser("eval", help="evaluate a router against baselines on the test split")
     ev.add_argument("--router", default=str(DEFAULT_ROUTER))
     ev.add_argument("--tasks", default=None)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", required=True)
+    add_json_option(ev)
     ev.set_defaults(func=cmd_eval)
-
-    srv = sub.add_parser("serve", help="the router and its experts as an OpenAI-style HTTP service on Ray Serve")
-    srv.add_argument("--router", default=str(DEFAULT_ROUTER), help="router folder (default: the shipped one)")
-    srv.add_argument("--experts", help="experts to deploy (default: all the router routes to; must include its fallback)")
-    srv.add_argument("--host", default="127.0.0.1", help="listen address (default: this machine only)")
-    srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS or a new local one)")
-    srv.add_argument("--replicas", type=int, default=1, help="replicas per expert and of the router")
-    srv.add_argument("--max-ongoing-requests", type=int, default=4, help="requests in flight per replica")
-    srv.add_argument("--max-queued-requests", type=int, default=32, help="waiting requests per deployment before HTTP 503")
-    srv.add_argument("--cpus-per-replica", type=float, default=0.5)
-    srv.add_argument("--gpus-per-replica", type=float, default=0.0, help="e.g. 0.25: four small experts share a GPU")
-    srv.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request gets HTTP 408")
-    srv.add_argument("--max-tokens-limit", type=int, default=256, help="the largest max_tokens a request may ask for")
-    srv.set_defaults(func=cmd_serve)

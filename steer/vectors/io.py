@@ -18,7 +18,7 @@ import torch
 
 from experts.files import atomic_path
 from steer.errors import BadVectorFileError
-from steer.vector import Provenance, SteeringVector
+from steer.vectors.vector import Provenance, SteeringVector
 
 if TYPE_CHECKING:
     from experts.expert import Expert

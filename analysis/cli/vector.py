@@ -5,97 +5,85 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from experts.errors import SteerlabError
-from experts.files import atomic_path, provenance, write_json
-from steer.executor import add_backend_arguments
-
-
-def _layers(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        layers = []
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            layers += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-        return layers
-    except ValueError:
-        raise SteerlabError(f"bad --layers {text!r}; use e.g. 12 or 10,12 or 8-14") from None
-
-
-def _coefs(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(c) for c in text.split(","))
-    except ValueError:
-        raise SteerlabError(f"bad --coefs {text!r}; use comma-separated numbers, e.g. -8,-4,0,4,8") from None
+from analysis.cli.common import (
+    OPERATORS,
+    add_backend_options,
+    add_expert_options,
+    add_json_option,
+    executor_from_args,
+    frame_records,
+    load_expert,
+    parse_layers,
+    parse_numbers,
+    run_record,
+    save_frame,
+)
+from experts.files import file_sha256, provenance, write_json
 
 
-def _save_frame(frame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-
-
-def cmd_compute(args: argparse.Namespace) -> None:
-    from steer.cli import _load
+def cmd_compute(args: argparse.Namespace) -> dict[str, Any]:
     from steer.datasets import load_pairs
-    from steer.extract import compute_vector
+    from steer.vectors.extract import compute_vector
 
     pairs, sha = load_pairs(args.pairs)
-    expert = _load(args)
-    vector = compute_vector(expert, pairs, _layers(args.layers), method=args.method, hook=args.hook,
+    expert = load_expert(args)
+    vector = compute_vector(expert, pairs, parse_layers(args.layers), method=args.method, hook=args.hook,
                             token_rule=args.token_rule, seed=args.seed, dataset=args.pairs, dataset_sha256=sha,
                             progress=True)
     vector.save(args.output)
     lo, hi = vector.provenance.coef_range
     print(f"wrote {args.output}: {vector.provenance.method} over {len(pairs)} pairs at layers {vector.layers} "
           f"(norms {', '.join(f'{n:.2f}' for n in vector.norms.values())}); calibrated coefficients {lo}..{hi}")
+    return run_record(expert, output=str(args.output), sha256=file_sha256(Path(args.output)), pairs=args.pairs,
+                      pairs_sha256=sha, n_pairs=len(pairs), layers=vector.layers, hook=args.hook, method=args.method,
+                      token_rule=args.token_rule, seed=args.seed, norms=vector.norms, coef_range=[lo, hi])
 
 
-def cmd_layers(args: argparse.Namespace) -> None:
+def cmd_layers(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.plots import layer_search_plot, save_figure
-    from steer.cli import _load
     from steer.datasets import builtin_datasets, load_pairs, load_prompts
-    from steer.layers import search_layers
-    from steer.scorers import get_scorer
+    from steer.evaluate.layers import search_layers
+    from steer.evaluate.scorers import get_scorer
 
     pairs, _ = load_pairs(args.pairs)
-    expert = _load(args)
+    expert = load_expert(args)
     scorer_name = args.scorer or builtin_datasets().get(args.pairs, {}).get("scorer")
     scorer = get_scorer(scorer_name) if scorer_name and scorer_name != "projection" else None
     prompts = load_prompts(args.prompts_file)[: args.effect_prompts] if scorer else []
-    result = search_layers(expert, pairs, layers=_layers(args.layers), method=args.method, seed=args.seed,
+    result = search_layers(expert, pairs, layers=parse_layers(args.layers), method=args.method, seed=args.seed,
                            scorer=scorer, effect_prompts=prompts, progress=True)
     out = Path(args.out)
-    _save_frame(result.table, out / "layers.csv")
+    save_frame(result.table, out / "layers.csv")
     save_figure(layer_search_plot(result.table, f"{expert.name}: layer search on {args.pairs}"), out / "layers.png")
     print(result.table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"chosen layer: {result.best_layer}; table and plot in {out}/")
+    return run_record(expert, out=str(out), pairs=args.pairs, method=args.method, scorer=scorer_name, seed=args.seed,
+                      best_layer=result.best_layer, layers=frame_records(result.table))
 
 
-def cmd_sweep(args: argparse.Namespace) -> None:
+def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.plots import save_figure, sweep_plot
-    from steer.cli import _load
     from steer.datasets import builtin_datasets, load_prompts
-    from steer.executor import executor_from_args
-    from steer.scorers import get_scorer
-    from steer.sweep import SweepConfig, config_dict, sweep
-    from steer.vector import SteeringVector
+    from steer.evaluate.scorers import get_scorer
+    from steer.evaluate.sweep import SweepConfig, config_dict, sweep
+    from steer.vectors.vector import SteeringVector
 
-    expert = _load(args)
+    expert = load_expert(args)
     vector = SteeringVector.load(args.vector, expert, force=args.force)
     prompts = load_prompts(args.prompts_file)[: args.max_prompts] if args.max_prompts else load_prompts(args.prompts_file)
     dataset = builtin_datasets().get(Path(vector.provenance.dataset).name or "", {})
     instructions = (args.instruction_positive or dataset.get("instruction_positive"),
                     args.instruction_negative or dataset.get("instruction_negative"))
-    config = SweepConfig(coefs=None if args.coefs is None else _coefs(args.coefs), max_new_tokens=args.max_new_tokens, samples=args.samples,
+    config = SweepConfig(coefs=None if args.coefs is None else parse_numbers(args.coefs), max_new_tokens=args.max_new_tokens, samples=args.samples,
                          seed=args.seed, positions=args.positions, operator=args.operator,
                          batch_size=args.batch_size, instructions=instructions if all(instructions) else None)
     out = Path(args.out)
     rows, summary = sweep(expert, vector, prompts, get_scorer(args.scorer, expert, vector), config, out=out,
                           executor=executor_from_args(args), settings={"scorer": args.scorer, "vector": str(args.vector)})
-    _save_frame(rows, out / "sweep.csv")
-    _save_frame(summary, out / "summary.csv")
+    save_frame(rows, out / "sweep.csv")
+    save_frame(summary, out / "summary.csv")
     save_figure(sweep_plot(summary, args.scorer, f"{expert.name}: {Path(args.vector).name}"), out / "sweep.png")
     write_json(out / "sweep.json", {"summary": json.loads(summary.to_json(orient="records")),
                                     **provenance(expert=expert.name, vector=str(args.vector), scorer=args.scorer,
@@ -103,27 +91,32 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                                                  **config_dict(config))})
     print(summary.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"rows, summary and plot in {out}/ (sweep.csv, summary.csv, sweep.png, sweep.json)")
+    return json.loads((out / "sweep.json").read_text(encoding="utf-8")) | {"out": str(out)}
 
 
-def cmd_export(args: argparse.Namespace) -> None:
-    from steer.io import export_gguf
-    from steer.vector import SteeringVector
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    from steer.vectors.io import export_gguf
+    from steer.vectors.vector import SteeringVector
 
     vector = SteeringVector.load(args.vector)
     export_gguf(vector, args.output, model_hint=args.model_hint)
     print(f"wrote {args.output}: llama.cpp control vector, direction.{{{','.join(map(str, vector.layers))}}}")
+    return {"vector": str(args.vector), "output": str(args.output), "sha256": file_sha256(Path(args.output)),
+            "layers": vector.layers, "model_hint": args.model_hint}
 
 
-def cmd_import(args: argparse.Namespace) -> None:
-    from steer.cli import _load
-    from steer.io import import_gguf
+def cmd_import(args: argparse.Namespace) -> dict[str, Any]:
+    from steer.vectors.io import import_gguf
 
-    vector = import_gguf(args.gguf, _load(args), force=args.force)
+    expert = load_expert(args)
+    vector = import_gguf(args.gguf, expert, force=args.force)
     vector.save(args.output)
     print(f"wrote {args.output}: layers {vector.layers}")
+    return run_record(expert, gguf=str(args.gguf), gguf_sha256=file_sha256(Path(args.gguf)), output=str(args.output),
+                      sha256=file_sha256(Path(args.output)), layers=vector.layers, forced=args.force)
 
 
-def add_vector_commands(sub, add_expert_options) -> None:
+def add_commands(sub) -> None:
     vector = sub.add_parser("vector", help="steering vectors: compute, layers, sweep, export-gguf, import-gguf")
     vsub = vector.add_subparsers(dest="vector_command", required=True)
 
@@ -136,6 +129,7 @@ def add_vector_commands(sub, add_expert_options) -> None:
     compute.add_argument("--token-rule", default="last", choices=["last", "mean"])
     compute.add_argument("--seed", type=int, default=0)
     compute.add_argument("-o", "--output", required=True)
+    add_json_option(compute)
     compute.set_defaults(func=cmd_compute)
 
     layers = vsub.add_parser("layers", help="layer search: held-out AUROC and steering effect per layer")
@@ -148,6 +142,7 @@ def add_vector_commands(sub, add_expert_options) -> None:
     layers.add_argument("--effect-prompts", type=int, default=4)
     layers.add_argument("--seed", type=int, default=0)
     layers.add_argument("--out", default="runs/layers")
+    add_json_option(layers)
     layers.set_defaults(func=cmd_layers)
 
     sw = vsub.add_parser("sweep", help="score, fluency and KL against the coefficient, with baselines")
@@ -161,20 +156,22 @@ def add_vector_commands(sub, add_expert_options) -> None:
     sw.add_argument("--samples", type=int, default=1, help="samples per prompt")
     sw.add_argument("--max-new-tokens", type=int, default=48)
     sw.add_argument("--positions", default="all")
-    sw.add_argument("--operator", default="add", choices=["add", "ablate", "norm_preserving"])
+    sw.add_argument("--operator", default="add", choices=OPERATORS)
     sw.add_argument("--batch-size", type=int, default=8)
     sw.add_argument("--instruction-positive")
     sw.add_argument("--instruction-negative")
     sw.add_argument("--seed", type=int, default=0)
     sw.add_argument("--force", action="store_true", help="use a vector made for another expert")
     sw.add_argument("--out", required=True, help="folder; a killed sweep resumes there (sweep_rows.jsonl)")
-    add_backend_arguments(sw)
+    add_backend_options(sw)
+    add_json_option(sw)
     sw.set_defaults(func=cmd_sweep)
 
     export = vsub.add_parser("export-gguf", help="write a llama.cpp control vector")
     export.add_argument("vector")
     export.add_argument("output")
     export.add_argument("--model-hint")
+    add_json_option(export)
     export.set_defaults(func=cmd_export)
 
     imp = vsub.add_parser("import-gguf", help="read a llama.cpp control vector")
@@ -182,4 +179,5 @@ def add_vector_commands(sub, add_expert_options) -> None:
     imp.add_argument("gguf")
     imp.add_argument("-o", "--output", required=True)
     imp.add_argument("--force", action="store_true")
+    add_json_option(imp)
     imp.set_defaults(func=cmd_import)

@@ -5,23 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
+from analysis.cli.common import (
+    add_backend_options,
+    add_expert_options,
+    add_json_option,
+    executor_from_args,
+    parse_numbers,
+)
 from experts.errors import SteerlabError
-from steer.executor import add_backend_arguments
 
 
-def cmd_letters(args: argparse.Namespace) -> None:
+def cmd_letters(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.audit import AuditConfig, run_audit
-    from steer.cli_vector import _coefs
-    from steer.executor import executor_from_args
 
     config = AuditConfig(expert=args.expert, size=args.size, samples=args.samples, greedy=not args.no_greedy,
                          seed=args.seed, max_new_tokens=args.max_new_tokens, template=args.template,
-                         names_per_gender=args.names_per_gender, vector=args.vector, coefs=_coefs(args.coefs),
+                         names_per_gender=args.names_per_gender, vector=args.vector, coefs=parse_numbers(args.coefs),
                          operator=args.operator, positions=args.positions, reward=args.reward,
-                         betas=_coefs(args.beta) if args.beta else (), top_k=args.top_k)
+                         betas=parse_numbers(args.beta, "--beta") if args.beta else (), top_k=args.top_k)
     report = run_audit(config, Path(args.out), batch_size=args.batch_size, executor=executor_from_args(args))
     print(f"report: {report}")
+    return json.loads((Path(args.out) / "results.json").read_text(encoding="utf-8")) | {"report": str(report)}
 
 
 def _read_letters_csv(path: str, text_column: str, group_column: str):
@@ -39,7 +45,7 @@ def _read_letters_csv(path: str, text_column: str, group_column: str):
     return frame
 
 
-def cmd_lexicon(args: argparse.Namespace) -> None:
+def cmd_lexicon(args: argparse.Namespace) -> dict[str, float]:
     from analysis.lexicons import check_mode, group_odds_ratios
 
     check_mode(args.mode)
@@ -55,22 +61,22 @@ def cmd_lexicon(args: argparse.Namespace) -> None:
             raise SteerlabError(f"group {group!r} has no rows in column {args.group_column!r}; values present: {', '.join(present)}")
         texts.append(part)
     rows = group_odds_ratios(texts[0], texts[1], args.mode)
-    if args.json:
-        print(json.dumps({r["lexicon"]: r["odds_ratio"] for r in rows}))
-        return
     print(f"odds ratio > 1: the lexicon leans towards {groups[0]!r} ({args.mode} mode)")
     print(f"{'lexicon':<12} {'hits ' + groups[0]:>14} {'hits ' + groups[1]:>14} {'odds ratio':>11}")
     for r in rows:
         print(f"{r['lexicon']:<12} {r['hits_a']:>14} {r['hits_b']:>14} {r['odds_ratio']:>11.3f}")
+    return {r["lexicon"]: r["odds_ratio"] for r in rows}
 
 
-def cmd_report(args: argparse.Namespace) -> None:
+def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.report import rebuild_report
 
-    print(f"report: {rebuild_report(Path(args.dir))}")
+    report = rebuild_report(Path(args.dir))
+    print(f"report: {report}")
+    return json.loads((Path(args.dir) / "results.json").read_text(encoding="utf-8")) | {"report": str(report)}
 
 
-def add_audit_commands(sub, add_expert_options) -> None:
+def add_commands(sub) -> None:
     audit = sub.add_parser("audit", help="bias audit of generated letters")
     asub = audit.add_subparsers(dest="audit_command", required=True)
 
@@ -92,7 +98,8 @@ def add_audit_commands(sub, add_expert_options) -> None:
     letters.add_argument("--max-new-tokens", type=int, default=160)
     letters.add_argument("--batch-size", type=int, default=16)
     letters.add_argument("--seed", type=int, default=0)
-    add_backend_arguments(letters)
+    add_backend_options(letters)
+    add_json_option(letters)
     letters.set_defaults(func=cmd_letters)
 
     lexicon = asub.add_parser("lexicon", help="Wan et al. lexicon odds ratios of any letters in a CSV")
@@ -101,9 +108,10 @@ def add_audit_commands(sub, add_expert_options) -> None:
     lexicon.add_argument("--group-column", required=True)
     lexicon.add_argument("--groups", default="male,female", help="two group values; OR > 1 leans towards the first")
     lexicon.add_argument("--mode", default="words", choices=["legacy", "words"])
-    lexicon.add_argument("--json", action="store_true")
+    add_json_option(lexicon, help="print {lexicon: odds ratio} as JSON")
     lexicon.set_defaults(func=cmd_lexicon)
 
     report = asub.add_parser("report", help="rebuild report.md and plots from a finished audit folder")
     report.add_argument("dir")
+    add_json_option(report)
     report.set_defaults(func=cmd_report)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from experts.errors import SteerlabError
 from experts.files import provenance, write_json
-from steer.executor import Executor, LocalExecutor, Shard, ShardJob
+from steer.scale.jobs import Executor, LocalExecutor, Shard, ShardJob
 
 if TYPE_CHECKING:
     from experts.expert import Expert

@@ -1,6 +1,6 @@
 """The routing service's requests and responses, apart from any server: an OpenAI-style chat completion
 request in, a routing decision and the adjustments the policy allows, a chat completion out with the
-decision trace under `steerlab`. `steer.ray_serve` puts this behind HTTP.
+decision trace under `steerlab`. `steer.serve.ray_serve` puts this behind HTTP.
 
 A request may ask for policy files at chosen strengths (`"steerlab": {"strengths": {"gender.safetensors": 0.5}}`);
 each must be a file of a policy rule that allows requests (`request_max` > 0), within ±`request_max`, and for the

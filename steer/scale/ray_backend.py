@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from experts.errors import SteerlabError
-from steer.executor import Shard, ShardJob
+from steer.scale.jobs import Shard, ShardJob
 
 if TYPE_CHECKING:
     from experts.expert import Expert

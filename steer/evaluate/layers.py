@@ -12,10 +12,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from experts.expert import Expert
-from steer.apply import Steering, apply
 from steer.datasets import ContrastPair
-from steer.extract import AGGREGATORS, PairActivations, build_vector, capture_pairs
-from steer.scorers import Scorer
+from steer.evaluate.scorers import Scorer
+from steer.vectors.apply import Steering, apply
+from steer.vectors.extract import AGGREGATORS, PairActivations, build_vector, capture_pairs
 
 AUROC_FLOOR = 0.9
 

@@ -33,7 +33,7 @@ from experts.errors import SteerlabError
 from experts.files import atomic_path
 from experts.hooks import hook_context
 from steer.errors import BadVectorFileError, VectorMismatchError
-from steer.lookahead import ExternalScorer, lookahead_scores
+from steer.rad.lookahead import ExternalScorer, lookahead_scores
 
 if TYPE_CHECKING:
     from experts.expert import Expert

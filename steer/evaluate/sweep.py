@@ -23,14 +23,14 @@ import torch
 
 from experts.errors import EmptyPromptsError
 from experts.expert import Expert
-from experts.generate import GenerationSettings, generate_batch, row_seed
+from experts.generate import GenerationSettings, row_seed
 from experts.likelihood import continuation_nll, next_token_logprobs
-from steer.apply import Steering, apply, default_sweep_coefs
-from steer.checkpoint import run_grid
-from steer.executor import Executor, Shard, carried_files, saved_bytes, worker_expert
-from steer.scorers import Scorer
-from steer.stats import paired_summary
-from steer.vector import SteeringVector
+from steer.evaluate.scorers import Scorer
+from steer.evaluate.stats import paired_summary
+from steer.scale.checkpoint import run_grid
+from steer.scale.jobs import Executor, Shard, carried_files, saved_bytes, worker_expert
+from steer.vectors.apply import Steering, apply, default_sweep_coefs
+from steer.vectors.vector import SteeringVector
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class SweepJob:
         context = apply(expert, Steering(state.vectors[condition], coef=coef, operator=config.operator,
                                          positions=config.positions), force=True) if steered else nullcontext()
         with context:
-            tokens, _ = generate_batch(expert, [formatted[i] for i, _ in items], settings, seeds)
+            tokens, _ = expert.generate_batch([formatted[i] for i, _ in items], settings, seeds)
             logprobs = next_token_logprobs(expert, [formatted[i] for i in ids])
         base = state.base_logprobs[ids]
         kl = dict(zip(ids, (base.exp() * (base - logprobs)).sum(-1).clamp_min(0).tolist()))

@@ -25,16 +25,16 @@ import torch
 
 from experts.errors import EmptyPromptsError, SteerlabError
 from experts.expert import Expert
-from experts.generate import DecodeState, GenerationSettings, LogitsHook, generate_batch, row_seed
+from experts.generate import DecodeState, GenerationSettings, LogitsHook, row_seed
 from experts.likelihood import continuation_nll
-from steer.apply import Steering, apply
-from steer.checkpoint import run_grid
-from steer.executor import Executor, LocalExecutor, Shard, carried_files, saved_bytes, worker_expert
-from steer.rad import CandidateReward, reward_decoding
-from steer.rewards import load_reward
-from steer.scorers import Scorer
-from steer.stats import paired_summary
-from steer.vector import SteeringVector
+from steer.evaluate.scorers import Scorer
+from steer.evaluate.stats import paired_summary
+from steer.rad.decoding import CandidateReward, reward_decoding
+from steer.rad.rewards import load_reward
+from steer.scale.checkpoint import run_grid
+from steer.scale.jobs import Executor, LocalExecutor, Shard, carried_files, saved_bytes, worker_expert
+from steer.vectors.apply import Steering, apply
+from steer.vectors.vector import SteeringVector
 
 Decoding = Callable[[float], AbstractContextManager[LogitsHook | None]]
 ROWS = "compare_rows.jsonl"  # the checkpoint: rows as their shards finish, in a resumable folder
@@ -154,7 +154,7 @@ class CompareJob:
             steps.append(0.5 * (plain.softmax(-1) - out.float().softmax(-1)).abs().sum(-1).cpu())
             return out
 
-        tokens, _ = generate_batch(expert, formatted, self.config, seeds, logits_hook=measured if hook else None)
+        tokens, _ = expert.generate_batch(formatted, self.config, seeds, logits_hook=measured if hook else None)
         if hook is None:
             return tokens, [float("nan")] * len(tokens)
         tv_rows = torch.stack(steps, dim=1)  # (rows, steps)
