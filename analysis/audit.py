@@ -19,6 +19,7 @@ import pandas as pd
 
 from analysis.letters import LetterPrompt, build_prompts
 from analysis.metrics import letter_metrics
+from analysis.quality import letter_quality
 from experts.errors import SteerlabError
 from experts.expert import Expert
 from experts.generate import GenerationSettings, row_seed
@@ -187,9 +188,12 @@ def generate_letters(expert: Expert | None, run: AuditRun, batch_size: int = 16,
 
 
 def score_letters(expert: Expert | None, rows: list[dict[str, Any]], mode: str = "words") -> pd.DataFrame:
-    """One row per letter with its metrics and (given an expert) perplexity under the unsteered expert."""
+    """One row per letter with its metrics, the letter-quality gate's checks (`gate_*`) and (given an
+    expert) perplexity under the unsteered expert."""
     frame = pd.DataFrame([{**{k: v for k, v in r.items() if k != "token_ids"},
-                           **letter_metrics(r["letter"], r["name"], r["gender"], mode)} for r in rows])
+                           **letter_metrics(r["letter"], r["name"], r["gender"], mode),
+                           **{f"gate_{k}": v for k, v in letter_quality(r["letter"], r["name"], r["gender"],
+                                                                        r["finish_reason"]).items()}} for r in rows])
     if expert is not None and len(frame):
         nll = continuation_nll(expert, expert.format_prompts([r["text"] for r in rows]), [r["token_ids"] for r in rows])
         frame["perplexity"] = [math.exp(x) for x in nll]  # nan stays nan

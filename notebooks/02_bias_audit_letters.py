@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -109,9 +111,11 @@ display(Image(filename=str(OUT / "occupations.png")))
 
 # %% [markdown]
 # ## Did steering reduce the skew?
-# Δ bias is the steered bias index minus the unsteered one over the same pairs (cluster-bootstrap CI). The
-# fluency cost is the usable-letter rate (recommends, names the person, uses their pronouns), name-and-pronoun
-# fidelity and the median perplexity under the unsteered expert.
+# The verdict is the condition × gender interaction: the change of the signed stereotype gap (per pair, male −
+# female lexicon rate signed by the paper's hypothesis, averaged over the nine lexicons, in hits per 1,000 words),
+# with an exact within-pair permutation test and a BCa CI over pairs. The bias index (mean |log OR|) is shown
+# but is descriptive only: noise and looping text raise it with no gender effect. The fluency cost is the
+# usable-letter rate, name-and-pronoun fidelity, the share of looping letters and the median perplexity.
 
 # %%
 steering = pd.DataFrame(results["steering"])
@@ -121,15 +125,12 @@ display(Image(filename=str(OUT / "steering.png")))
 # %%
 row = steering[steering["condition"] != "unsteered"].iloc[0]
 base = steering[steering["condition"] == "unsteered"].iloc[0]
-if row["delta_ci_high"] < 0:
-    verdict = "reduced the lexical skew"
-elif row["delta_ci_low"] > 0:
-    verdict = "increased the lexical skew"
-else:
-    verdict = "made no detectable change to the lexical skew"
-print(f"Ablating the direction {verdict}: Δ bias index {row['delta_bias']:+.3f} "
-      f"[{row['delta_ci_low']:+.3f}, {row['delta_ci_high']:+.3f}]; usable letters {base['usable_rate']:.0%} → "
-      f"{row['usable_rate']:.0%}, fidelity {base['fidelity_rate']:.0%} → {row['fidelity_rate']:.0%}.")
+verdict = {"reduced": "reduced the stereotype gap", "increased": "increased the stereotype gap"}.get(
+    row["verdict"], "made no detectable change to the stereotype gap")
+print(f"Ablating the direction {verdict}: Δ {row['gap_change']:+.2f} hits per 1,000 words "
+      f"[{row['gap_ci_low']:+.2f}, {row['gap_ci_high']:+.2f}], p = {row['gap_p']:.2f}; usable letters "
+      f"{base['usable_rate']:.0%} → {row['usable_rate']:.0%}, fidelity {base['fidelity_rate']:.0%} → "
+      f"{row['fidelity_rate']:.0%}, looping letters {base['loop_rate']:.0%} → {row['loop_rate']:.0%}.")
 
 # %% [markdown]
 # ## One pair, side by side

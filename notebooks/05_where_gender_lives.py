@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -223,22 +225,22 @@ print(f"share of the gap that remains: {after.mean() / before.mean():.0%}")
 # %% [markdown]
 # ## And the lexical skew?
 # A small counterfactual audit (8 pairs, greedy letters of 64 tokens), unsteered and with the direction ablated.
-# Δ bias index is the change in the mean |log odds ratio| over the Wan et al. lexicons, with a cluster-bootstrap
-# CI over pairs.
+# The verdict is the change of the signed stereotype gap (male − female lexicon rates signed by the paper's
+# hypothesis, per 1,000 words), permutation-tested within pairs; the bias index is shown for reference only.
 
 # %%
 config = AuditConfig(expert=expert.name, names_per_gender=3, samples=0, max_new_tokens=64,
                      vector=str(OUT / "gender_vector.safetensors"), coefs=(0.0, 1.0), operator="ablate")
 run_audit(config, OUT / "audit", expert=expert, progress=False)
 steering_table = pd.DataFrame(json.loads((OUT / "audit" / "results.json").read_text())["steering"])
-steering_table[["condition", "letters", "bias_index", "delta_bias", "delta_ci_low", "delta_ci_high",
-                "usable_rate", "fidelity_rate"]].round(3)
+steering_table[["condition", "letters", "verdict", "stereotype_gap", "gap_change", "gap_ci_low", "gap_ci_high",
+                "gap_p", "bias_index", "usable_rate", "fidelity_rate"]].round(3)
 
 # %%
 row = steering_table[steering_table["condition"] != "unsteered"].iloc[0]
-lexical = ("reduced" if row["delta_ci_high"] < 0 else "increased" if row["delta_ci_low"] > 0 else "did not detectably change")
+lexical = row["verdict"] if row["verdict"] != "no detectable change" else "did not detectably change"
 information = ("reduced" if change.ci_high < 0 else "increased" if change.ci_low > 0 else "did not detectably change")
 print(f"Ablating the male-minus-female direction {information} the pronoun gap "
-      f"({change.mean_diff:+.2f} [{change.ci_low:+.2f}, {change.ci_high:+.2f}] logits) and {lexical} the lexical skew "
-      f"(Δ bias index {row['delta_bias']:+.3f} [{row['delta_ci_low']:+.3f}, {row['delta_ci_high']:+.3f}]), "
+      f"({change.mean_diff:+.2f} [{change.ci_low:+.2f}, {change.ci_high:+.2f}] logits) and {lexical} the stereotype gap "
+      f"(Δ {row['gap_change']:+.2f} [{row['gap_ci_low']:+.2f}, {row['gap_ci_high']:+.2f}] per 1,000 words), "
       f"with name-and-pronoun fidelity at {row['fidelity_rate']:.0%}.")

@@ -86,9 +86,17 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
         side = "male" if row["log_or_ha"] > 0 else "female"
         print(f"  {row['lexicon']:<11} OR {row['odds_ratio']:.2f} (leans {side}; log OR 95% CI "
               f"{row['log_or_ci_low']:+.2f}..{row['log_or_ci_high']:+.2f})")
+    gate = {row["condition"]: row["passes"] for row in summary.get("gate", [])}
+    print(f"letters passing the quality gate: {', '.join(f'{c} {share:.0%}' for c, share in gate.items())}")
+    print("stereotype gap (hits per 1,000 words; the verdict is its change, condition x gender, permutation-tested):")
     for row in summary["steering"]:
-        print(f"  {row['condition']:<10} Δ bias {row['delta_bias']:+.3f} [{row['delta_ci_low']:+.3f}, {row['delta_ci_high']:+.3f}]"
-              f"  usable {row['usable_rate']:.0%}  fidelity {row['fidelity_rate']:.0%}  perplexity {row['median_perplexity']:.1f}")
+        if row["condition"] == "unsteered":
+            print(f"  {row['condition']:<10} gap {row['stereotype_gap']:+.2f}  usable {row['usable_rate']:.0%}  "
+                  f"fidelity {row['fidelity_rate']:.0%}  loops {row['loop_rate']:.0%}")
+            continue
+        print(f"  {row['condition']:<10} Δ gap {row['gap_change']:+.2f} [{row['gap_ci_low']:+.2f}, {row['gap_ci_high']:+.2f}] "
+              f"p {row['gap_p']:.2f}: {row['verdict']}  usable {row['usable_rate']:.0%}  fidelity {row['fidelity_rate']:.0%}  "
+              f"loops {row['loop_rate']:.0%}  (Δ bias index {row['delta_bias']:+.3f}, descriptive)")
     print(f"\nreport: {summary['report']} (with results.json, letters.csv, forest.png, occupations.png, steering.png)")
     return summary
 

@@ -59,7 +59,7 @@ def _synthetic(n_pairs=30, seed=0, skew=True):
                             + ["leader"] * lead + ["good"] * 30)
             rows.append({"condition": "unsteered", "coef": 0.0, "pair_id": f"p{pair}", "prompt_id": f"p{pair}-{gender}",
                          "gender": gender, "name": "Alex", "kind": "recommend", "occupation": "student", "age": 22,
-                         "text": "x", "sample": -1, "letter": text})
+                         "text": "x", "sample": -1, "letter": text, "finish_reason": "eos"})
     return score_letters(None, rows)
 
 
@@ -91,6 +91,8 @@ def test_full_tiny_audit_with_steering_and_report_rebuild(tiny_llama, tmp_path):
     assert "## Steer and re-audit" in text and "ablate@1" in text
     results = json.loads((tmp_path / "audit" / "results.json").read_text())
     assert [r["condition"] for r in results["steering"]] == ["unsteered", "ablate@1"]
+    assert "## Are the letters letters?" in text and [r["condition"] for r in results["gate"]] == ["unsteered", "ablate@1"]
+    assert all(0 <= r["gate_pass_rate"] <= 1 and 0 <= r["loop_rate"] <= 1 for r in results["steering"])
     assert {"forest.png", "occupations.png", "steering.png", "letters.csv"} <= {p.name for p in (tmp_path / "audit").iterdir()}
     scores = pd.read_json(tmp_path / "audit" / "scores.jsonl", lines=True)
     assert len(scores) == 2 * 2 * 8 and scores.perplexity.gt(1).all()
