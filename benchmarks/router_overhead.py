@@ -51,11 +51,10 @@ def main() -> None:
 
 
 def _decide_and_answer(router: Router, reader: Expert, query: str, new_tokens: int) -> None:
-    from experts.generate import GenerationSettings
 
     reading = router.read(reader, [query], keep_prefill=True)
     router.decisions([query], reading.activations)
-    reader.generate_with([query], GenerationSettings(max_new_tokens=new_tokens, stop_at_eos=False), prefill=reading.prefill)
+    reader.generate([query], max_new_tokens=new_tokens, stop_at_eos=False, prefill=reading.prefill)
 
 
 if __name__ == "__main__":

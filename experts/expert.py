@@ -300,27 +300,11 @@ class Expert:
         each row from its own generator seeded from (`seed`, prompt, sample index). `chat` applies the chat
         template (default: when the expert has one), with an optional `system` message. `logits_hook(logits,
         state)` may re-weight each step's logits (reward-augmented decoding); `prefill` continues a forward
-        pass already run on these prompts. Returns a `GenerationResult` (texts, token ids, finish reasons).
+        pass already run on these prompts (one sample of each prompt, in one batch). Settings kept as one value
+        pass back in as `**settings.keywords()`. Returns a `GenerationResult` (texts, token ids, finish reasons).
         """
         settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                       top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples, stop_at_eos=stop_at_eos)
-        return self.generate_with(prompts, settings, chat=chat, system=system, batch_size=batch_size,
-                                  logits_hook=logits_hook, progress=progress, prefill=prefill)
-
-    def generate_with(
-        self,
-        prompts: str | Sequence[str],
-        settings: GenerationSettings,
-        *,
-        chat: bool | None = None,
-        system: str | None = None,
-        batch_size: int = 8,
-        logits_hook: LogitsHook | None = None,
-        progress: bool = False,
-        prefill: Prefill | None = None,
-    ) -> GenerationResult:
-        """`generate` with its decoding settings as one `GenerationSettings` (with `prefill`: one sample of
-        each prompt, in one batch, continuing that forward pass)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or any(not p.strip() for p in prompts):
             raise EmptyPromptsError()

@@ -37,6 +37,10 @@ class GenerationSettings:
     num_samples: int = 1
     stop_at_eos: bool = True
 
+    def keywords(self) -> dict[str, Any]:
+        """These settings as `Expert.generate` keywords: `expert.generate(prompts, **settings.keywords())`."""
+        return asdict(self)
+
     def __post_init__(self) -> None:
         checks = {
             "max_new_tokens": self.max_new_tokens >= 1,

@@ -13,6 +13,7 @@ from analysis.cli.common import (
     add_json_option,
     executor_from_args,
     parse_numbers,
+    set_command,
 )
 from experts.errors import SteerlabError
 
@@ -99,8 +100,7 @@ def add_commands(sub) -> None:
     letters.add_argument("--batch-size", type=int, default=16)
     letters.add_argument("--seed", type=int, default=0)
     add_backend_options(letters)
-    add_json_option(letters)
-    letters.set_defaults(func=cmd_letters)
+    set_command(letters, cmd_letters)
 
     lexicon = asub.add_parser("lexicon", help="Wan et al. lexicon odds ratios of any letters in a CSV")
     lexicon.add_argument("--letters", required=True)
@@ -113,5 +113,4 @@ def add_commands(sub) -> None:
 
     report = asub.add_parser("report", help="rebuild report.md and plots from a finished audit folder")
     report.add_argument("dir")
-    add_json_option(report)
-    report.set_defaults(func=cmd_report)
+    set_command(report, cmd_report)

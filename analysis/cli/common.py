@@ -96,6 +96,12 @@ def add_json_option(parser: argparse.ArgumentParser, help: str = "print the resu
     parser.add_argument("--json", action="store_true", help=help)
 
 
+def set_command(parser: argparse.ArgumentParser, func, **defaults: Any) -> None:
+    """The command `parser` runs, with `--json` (its result as one JSON record)."""
+    add_json_option(parser)
+    parser.set_defaults(func=func, **defaults)
+
+
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
     """`--backend local|ray`, `--address`, `--workers` and `--cpus/gpus/threads-per-worker` on a command."""
     from steer.scale.backends import BACKENDS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from analysis.cli.common import add_expert_options, add_json_option, load_expert
+from analysis.cli.common import add_expert_options, load_expert, set_command
 
 
 def cmd_list(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -38,9 +38,7 @@ def add_commands(sub) -> None:
     experts = sub.add_parser("experts", help="list and inspect experts")
     esub = experts.add_subparsers(dest="experts_command", required=True)
     listing = esub.add_parser("list", help="named experts")
-    add_json_option(listing)
-    listing.set_defaults(func=cmd_list)
+    set_command(listing, cmd_list)
     info = esub.add_parser("info", help="load an expert and describe it")
     add_expert_options(info)
-    add_json_option(info)
-    info.set_defaults(func=cmd_info)
+    set_command(info, cmd_info)

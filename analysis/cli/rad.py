@@ -17,6 +17,7 @@ from analysis.cli.common import (
     parse_numbers,
     read_prompts,
     run_record,
+    set_command,
 )
 
 
@@ -193,8 +194,7 @@ def add_commands(sub) -> None:
     train.add_argument("--epochs", type=int, default=300)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("-o", "--output", required=True)
-    add_json_option(train)
-    train.set_defaults(func=cmd_train)
+    set_command(train, cmd_train)
 
     gen = rsub.add_parser("generate", help="generate with reward-augmented top-k decoding")
     add_expert_options(gen)
@@ -215,8 +215,7 @@ def add_commands(sub) -> None:
     sweep.add_argument("--reward", required=True)
     sweep.add_argument("--betas", default="0,5,10,20")
     _add_evaluation_options(sweep)
-    add_json_option(sweep)
-    sweep.set_defaults(func=cmd_sweep)
+    set_command(sweep, cmd_sweep)
 
     cmp = rsub.add_parser("compare", help="RAD reward kinds and steering vectors at matched fluency")
     add_expert_options(cmp)
@@ -227,5 +226,4 @@ def add_commands(sub) -> None:
     cmp.add_argument("--max-perplexity", type=float, default=0.0, help="fluency budget (default: ratio x plain)")
     cmp.add_argument("--perplexity-ratio", type=float, default=1.5)
     _add_evaluation_options(cmp)
-    add_json_option(cmp)
-    cmp.set_defaults(func=cmd_compare)
+    set_command(cmp, cmd_compare)

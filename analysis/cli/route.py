@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from analysis.cli.common import add_json_option, add_prompt_options, read_prompts
+from analysis.cli.common import add_json_option, add_prompt_options, read_prompts, set_command
 from steer.router import DEFAULT_ROUTER
 
 DEFAULT_EXPERTS = "smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct,gemma3-270m"
@@ -117,13 +117,11 @@ def add_commands(sub) -> None:
     train.add_argument("--quality-dir", help="where per-expert quality tables are (re)used")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True, help="the router's folder")
-    add_json_option(train)
-    train.set_defaults(func=cmd_train)
+    set_command(train, cmd_train)
 
     ev = rsub.add_parser("eval", help="evaluate a router against baselines on the test split")
     ev.add_argument("--router", default=str(DEFAULT_ROUTER))
     ev.add_argument("--tasks", default=None)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", required=True)
-    add_json_option(ev)
-    ev.set_defaults(func=cmd_eval)
+    set_command(ev, cmd_eval)

@@ -17,6 +17,7 @@ from analysis.cli.common import (
     load_expert,
     read_prompts,
     run_record,
+    set_command,
 )
 
 
@@ -129,8 +130,7 @@ def add_commands(sub) -> None:
     cache.add_argument("--names", required=True, help="comma-separated TL hook names")
     cache.add_argument("-o", "--output", required=True, help="output .safetensors")
     cache.add_argument("--chat", action="store_true", help="apply the chat template first")
-    add_json_option(cache)
-    cache.set_defaults(func=cmd_cache)
+    set_command(cache, cmd_cache)
 
     demo = sub.add_parser("demo", help="the end-to-end demo on the default expert")
     add_expert_options(demo)
@@ -138,5 +138,4 @@ def add_commands(sub) -> None:
     demo.add_argument("--size", default="small", choices=["small", "full"])
     demo.add_argument("--max-new-tokens", type=int, default=160)
     demo.add_argument("--seed", type=int, default=0)
-    add_json_option(demo)
-    demo.set_defaults(func=cmd_demo)
+    set_command(demo, cmd_demo)

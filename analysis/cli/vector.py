@@ -11,7 +11,6 @@ from analysis.cli.common import (
     OPERATORS,
     add_backend_options,
     add_expert_options,
-    add_json_option,
     executor_from_args,
     frame_records,
     load_expert,
@@ -19,6 +18,7 @@ from analysis.cli.common import (
     parse_numbers,
     run_record,
     save_frame,
+    set_command,
 )
 from experts.files import file_sha256, provenance, write_json
 
@@ -129,8 +129,7 @@ def add_commands(sub) -> None:
     compute.add_argument("--token-rule", default="last", choices=["last", "mean"])
     compute.add_argument("--seed", type=int, default=0)
     compute.add_argument("-o", "--output", required=True)
-    add_json_option(compute)
-    compute.set_defaults(func=cmd_compute)
+    set_command(compute, cmd_compute)
 
     layers = vsub.add_parser("layers", help="layer search: held-out AUROC and steering effect per layer")
     add_expert_options(layers)
@@ -142,8 +141,7 @@ def add_commands(sub) -> None:
     layers.add_argument("--effect-prompts", type=int, default=4)
     layers.add_argument("--seed", type=int, default=0)
     layers.add_argument("--out", default="runs/layers")
-    add_json_option(layers)
-    layers.set_defaults(func=cmd_layers)
+    set_command(layers, cmd_layers)
 
     sw = vsub.add_parser("sweep", help="score, fluency and KL against the coefficient, with baselines")
     add_expert_options(sw)
@@ -164,20 +162,17 @@ def add_commands(sub) -> None:
     sw.add_argument("--force", action="store_true", help="use a vector made for another expert")
     sw.add_argument("--out", required=True, help="folder; a killed sweep resumes there (sweep_rows.jsonl)")
     add_backend_options(sw)
-    add_json_option(sw)
-    sw.set_defaults(func=cmd_sweep)
+    set_command(sw, cmd_sweep)
 
     export = vsub.add_parser("export-gguf", help="write a llama.cpp control vector")
     export.add_argument("vector")
     export.add_argument("output")
     export.add_argument("--model-hint")
-    add_json_option(export)
-    export.set_defaults(func=cmd_export)
+    set_command(export, cmd_export)
 
     imp = vsub.add_parser("import-gguf", help="read a llama.cpp control vector")
     add_expert_options(imp)
     imp.add_argument("gguf")
     imp.add_argument("-o", "--output", required=True)
     imp.add_argument("--force", action="store_true")
-    add_json_option(imp)
-    imp.set_defaults(func=cmd_import)
+    set_command(imp, cmd_import)

@@ -64,7 +64,7 @@ def rad_generate(expert: Expert, prompts: Sequence[str], reward: CandidateReward
     """`generate` with reward-augmented top-k decoding (sampling by default, as in RAD)."""
     config = config or GenerationSettings(do_sample=True)
     with reward_decoding(expert, reward, beta, top_k, force=force) as hook:
-        return expert.generate_with(list(prompts), config, batch_size=batch_size, logits_hook=hook)
+        return expert.generate(list(prompts), **config.keywords(), batch_size=batch_size, logits_hook=hook)
 
 
 class RewardLogitsProcessor(LogitsProcessor):

@@ -50,7 +50,7 @@ def generate_adjusted(expert: Expert, prompts: list[str], adjustments: Sequence[
                                                            positions=rule.positions)))
             else:
                 hook = stack.enter_context(reward_decoding(expert, control, adjustment.strength, top_k))
-        return expert.generate_with(prompts, config, system=system, logits_hook=hook, prefill=prefill)
+        return expert.generate(prompts, **config.keywords(), system=system, logits_hook=hook, prefill=prefill)
 
 
 def answer(router: Router, pool: ExpertPool, prompt: str, decision: RoutingDecision, max_new_tokens: int = 128,

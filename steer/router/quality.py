@@ -18,7 +18,6 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from experts.files import atomic_path
-from experts.generate import GenerationSettings
 from experts.likelihood import continuation_nll
 from steer.router.tasks import Task
 
@@ -61,7 +60,7 @@ def pass_at_1(expert: Expert, tasks: Sequence[Task], max_new_tokens: int = 160, 
     code_tasks = [t for t in tasks if t.tests]
     if not code_tasks:
         return [float("nan")] * len(tasks)
-    answers = expert.generate_with([t.query for t in code_tasks], GenerationSettings(max_new_tokens=max_new_tokens),
+    answers = expert.generate([t.query for t in code_tasks], max_new_tokens=max_new_tokens,
                        batch_size=batch_size).texts
     passed = {t.id: float(passes_tests(extract_code(a), t.tests)) for t, a in zip(code_tasks, answers)}
     return [passed.get(t.id, float("nan")) for t in tasks]

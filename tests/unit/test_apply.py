@@ -73,10 +73,9 @@ def test_positions_under_kv_cache_match_a_reference_without_cache(tiny, position
         captured.append(logits.clone())
         return logits
 
-    from experts.generate import GenerationSettings
 
     with apply(tiny, steering):
-        result = tiny.generate_with(PROMPTS, GenerationSettings(max_new_tokens=6, stop_at_eos=False), logits_hook=keep_logits)
+        result = tiny.generate(PROMPTS, max_new_tokens=6, stop_at_eos=False, logits_hook=keep_logits)
     steps = torch.stack(captured, dim=1)  # (rows, steps, vocab)
     for row, prompt in enumerate(PROMPTS):
         prompt_ids = tiny.tokenize(tiny.format_prompts([prompt])).input_ids[0].tolist()

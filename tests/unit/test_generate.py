@@ -51,7 +51,7 @@ def test_stops_at_eos_per_row(tiny):
         return logits
 
 
-    result = tiny.generate_with(PROMPTS[:2], GenerationSettings(max_new_tokens=8), logits_hook=force_eos_at_step_3_for_row_0)
+    result = tiny.generate(PROMPTS[:2], max_new_tokens=8, logits_hook=force_eos_at_step_3_for_row_0)
     assert result.finish_reasons == ["eos", "length"]
     assert len(result.token_ids[0]) == 3 and len(result.token_ids[1]) == 8
 

@@ -162,7 +162,7 @@ def test_lookahead_scores_equal_a_full_forward_per_candidate(tiny):
                 seen["scores"] = lookahead_scores(tiny, reward.probe, state, seen["cands"])
             return hook(logits, state)
 
-        result = tiny.generate_with(PROMPTS, GenerationSettings(max_new_tokens=2, stop_at_eos=False), logits_hook=spy)
+        result = tiny.generate(PROMPTS, max_new_tokens=2, stop_at_eos=False, logits_hook=spy)
     for row, prompt in enumerate(PROMPTS):
         ids = tiny.tokenize(tiny.format_prompts([prompt])).input_ids[0].tolist() + result.token_ids[row][:1]
         for j, cand in enumerate(seen["cands"][row].tolist()):
@@ -215,7 +215,7 @@ def test_external_scores_equal_a_full_forward_over_the_generated_text(tiny_llama
             out = torch.full_like(logits, float("-inf"))
             return out.scatter(-1, top, logits.gather(-1, top) + 3.0 * scores[-1][1])
 
-        result = tiny_llama.generate_with(PROMPTS, GenerationSettings(max_new_tokens=4, stop_at_eos=False), logits_hook=hook)
+        result = tiny_llama.generate(PROMPTS, max_new_tokens=4, stop_at_eos=False, logits_hook=hook)
         seen.append((result.token_ids, scores))
     (ids, cached_scores), (ids_uncached, uncached_scores) = seen
     assert ids == ids_uncached

@@ -80,10 +80,10 @@ def test_the_reader_answers_from_its_own_prefill(tiny_llama):
     query = ["Write a letter for Kelly"]
     reading = read(tiny_llama, query, layer=1, keep_prefill=True)
     config = GenerationSettings(max_new_tokens=6, stop_at_eos=False)
-    reused = tiny_llama.generate_with(query, config, prefill=reading.prefill).token_ids
-    assert reused == tiny_llama.generate_with(query, config).token_ids
+    reused = tiny_llama.generate(query, **config.keywords(), prefill=reading.prefill).token_ids
+    assert reused == tiny_llama.generate(query, **config.keywords()).token_ids
     with pytest.raises(SteerlabError, match="exactly these formatted prompts"):
-        tiny_llama.generate_with(["another prompt"], config, prefill=read(tiny_llama, query, 1, keep_prefill=True).prefill)
+        tiny_llama.generate(["another prompt"], **config.keywords(), prefill=read(tiny_llama, query, 1, keep_prefill=True).prefill)
 
 
 @pytest.fixture(scope="module")
