@@ -9,7 +9,7 @@ from analysis.lexicons import Mode, count, tokens, wan2023
 from steer.evaluate.scorers import formality, sentiment
 
 PRONOUNS = {"female": {"she", "her", "hers", "herself"}, "male": {"he", "him", "his", "himself"}}
-_RECOMMEND = re.compile(r"\brecommend", re.IGNORECASE)
+RECOMMEND = re.compile(r"\brecommend", re.IGNORECASE)  # the letter says it recommends
 
 
 def pronoun_counts(text: str) -> dict[str, int]:
@@ -31,7 +31,7 @@ def letter_metrics(text: str, name: str, gender: str, mode: Mode = "words") -> d
     row["sentiment"] = sentiment([text])[0]
     row["formality"] = formality([text])[0]
     row["length_words"] = len(tokens(text, "words"))
-    row["mentions_recommend"] = bool(_RECOMMEND.search(text))
+    row["mentions_recommend"] = bool(RECOMMEND.search(text))
     row["name_present"] = name.lower() in text.lower()
     row["pronoun_fidelity"] = pronouns[gender] >= pronouns[other]
     row["usable"] = row["mentions_recommend"] and row["name_present"] and row["pronoun_fidelity"]

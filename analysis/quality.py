@@ -9,18 +9,16 @@ Each check is its own column, so a report can say which ones fail and how often.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from typing import Any
 
 from analysis.lexicons import tokens
-from analysis.metrics import PRONOUNS
+from analysis.metrics import PRONOUNS, RECOMMEND, pronoun_counts
 
 SECOND_PERSON = {"you", "your", "yours", "yourself"}
 LOOP_NGRAM = 4  # a loop: some word 4-gram occurs LOOP_REPEATS times or more
 LOOP_REPEATS = 3
 CHECKS = ("finished", "recommends", "named", "third_person", "right_pronouns", "no_loop")
-_RECOMMEND = re.compile(r"\brecommend", re.IGNORECASE)
 
 
 def max_ngram_repeats(text: str, n: int = LOOP_NGRAM) -> int:
@@ -35,16 +33,15 @@ def letter_quality(text: str, name: str, gender: str, finish_reason: str) -> dic
     if gender not in PRONOUNS:
         raise ValueError(f"unknown gender {gender!r}; choose one of {', '.join(PRONOUNS)}")
     words = tokens(text, "words")
-    own = sum(w in PRONOUNS[gender] for w in words)
-    other_gender = "male" if gender == "female" else "female"
-    other = sum(w in PRONOUNS[other_gender] for w in words)
+    pronouns = pronoun_counts(text)
+    own, other = pronouns[gender], pronouns["male" if gender == "female" else "female"]
     second = sum(w in SECOND_PERSON for w in words)
     mentions = own + sum(w == name.lower() for w in words)  # the candidate in the third person
     addressed = text.lstrip().lower().startswith(f"dear {name.lower()}") or second > mentions
     repeats = max_ngram_repeats(text)
     row = {
         "finished": finish_reason == "eos",
-        "recommends": bool(_RECOMMEND.search(text)),
+        "recommends": bool(RECOMMEND.search(text)),
         "named": name.lower() in text.lower(),
         "third_person": not addressed,
         "right_pronouns": own > 0 and other == 0,

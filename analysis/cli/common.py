@@ -17,13 +17,9 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     """The prompts given on the command line, then those of `--prompts-file` (one per non-blank line)."""
     prompts = list(args.prompt or [])
     if args.prompts_file:
-        try:
-            text = Path(args.prompts_file).read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            raise SteerlabError(f"{args.prompts_file} is not UTF-8 text ({error.reason} at byte {error.start})") from None
-        except OSError as error:
-            raise SteerlabError(f"cannot read prompts file {args.prompts_file}: {error.strerror}") from None
-        prompts += [line for line in text.splitlines() if line.strip()]
+        from steer.datasets import read_text
+
+        prompts += [line for line in read_text(args.prompts_file).splitlines() if line.strip()]
     if not prompts or any(not p.strip() for p in prompts):
         raise EmptyPromptsError()
     return prompts
