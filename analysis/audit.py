@@ -11,19 +11,22 @@ import json
 import logging
 import math
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from analysis.letters import LetterPrompt, build_prompts
+from analysis.agency import agency_scores
+from analysis.letters import DEFAULT_OPENING, LetterPrompt, build_prompts, check_opening, instruction_for
 from analysis.metrics import letter_metrics
 from analysis.quality import letter_quality
 from experts.errors import SteerlabError
 from experts.expert import Expert
 from experts.generate import GenerationSettings, row_seed
 from experts.likelihood import continuation_nll
+from steer.evaluate.sweep import random_like
 from steer.rad.decoding import reward_decoding
 from steer.rad.rewards import Reward, load_reward
 from steer.scale.checkpoint import MANIFEST, claim_folder, read_rows, run_shards
@@ -38,6 +41,19 @@ OPERATORS = ("ablate", "counter")  # project the direction out, or push each gen
 
 
 @dataclass(frozen=True)
+class Condition:
+    """One way of writing the letters. `steers` are (vector role: vector, plant or random; operator; coefficient),
+    applied together; the counter operator signs the coefficient by gender (+ for women along the vector, − for
+    men). `beta` > 0 adds reward-augmented decoding; `instruction` adds the prompting baseline's sentence."""
+
+    label: str
+    coef: float = 0.0  # the condition's strength, for tables and plots
+    steers: tuple[tuple[str, str, float], ...] = ()
+    beta: float = 0.0
+    instruction: bool = False
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     """What identifies a letters run (two runs with different values must not share a folder)."""
 
@@ -46,11 +62,14 @@ class AuditConfig:
     samples: int = 1
     greedy: bool = True
     seed: int = 0
-    max_new_tokens: int = 160
+    max_new_tokens: int = 200
     temperature: float = 0.8
     top_p: float = 0.95
+    repetition_penalty: float = 1.5  # without it, greedy SmolLM2-135M loops in most letters (see README)
+    opening: str = DEFAULT_OPENING  # the letter's first words, given to the expert ("" for none)
     template: str | None = None
     names_per_gender: int | None = None
+    bios: int | None = None  # biographies used (default: the size's)
     vector: str | None = None
     coefs: tuple[float, ...] = (0.0,)
     operator: str = "ablate"
@@ -60,6 +79,12 @@ class AuditConfig:
     reward: str | None = None  # reward file for reward-augmented decoding (a second mitigation)
     betas: tuple[float, ...] = ()
     top_k: int = 20
+    # The positive control: a skew planted in the expert (men pushed along this vector by +plant_coef, women by
+    # −plant_coef) under every condition but "unsteered"; mitigations are then judged against "planted".
+    plant_vector: str | None = None
+    plant_coef: float = 0.0
+    random_baseline: bool = False  # an equal-norm random vector at the mitigation's largest coefficient
+    prompt_baseline: bool = False  # the prompting analogue of the mitigation, one sentence added to the prompt
 
     def __post_init__(self) -> None:
         if self.betas and not self.reward:
@@ -70,10 +95,31 @@ class AuditConfig:
             raise SteerlabError("steering coefficients other than 0 need a --vector")
         if self.samples < 0 or (self.samples == 0 and not self.greedy):
             raise SteerlabError(f"samples must be >= 0 with greedy letters, or >= 1 without; got {self.samples}")
+        if bool(self.plant_vector) != bool(self.plant_coef):
+            raise SteerlabError("a planted skew needs both --plant-vector and a non-zero --plant-coef")
+        if self.random_baseline and not any(self.coefs):
+            raise SteerlabError("the random-vector baseline needs a --vector and coefficients other than 0")
+        check_opening(self.opening)
+        GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                           repetition_penalty=self.repetition_penalty)  # typed errors for bad decoding settings
 
-    def conditions(self) -> list[tuple[str, float]]:
-        steered = [(f"{self.operator}@{c:g}", c) for c in self.coefs if c != 0]
-        return [("unsteered", 0.0)] + steered + [(f"rad@{b:g}", b) for b in self.betas if b != 0]
+    @property
+    def reference(self) -> str:
+        """The condition mitigations are judged against: the planted expert, or the unsteered one."""
+        return "planted" if self.plant_vector else "unsteered"
+
+    def conditions(self) -> list[Condition]:
+        plant = (("plant", "counter", -self.plant_coef),) if self.plant_vector else ()
+        prefix = "planted+" if plant else ""
+        coefs = [c for c in self.coefs if c != 0]
+        out = [Condition("unsteered")] + ([Condition("planted", self.plant_coef, plant)] if plant else [])
+        out += [Condition(f"{prefix}{self.operator}@{c:g}", c, plant + (("vector", self.operator, c),)) for c in coefs]
+        if self.random_baseline:  # at the largest coefficient: equal norm, the same per-gender signs
+            c = max(coefs, key=abs)
+            out.append(Condition(f"{prefix}random@{c:g}", c, plant + (("random", self.operator, c),)))
+        if self.prompt_baseline:
+            out.append(Condition(f"{prefix}prompt", 0.0, plant, instruction=True))
+        return out + [Condition(f"{prefix}rad@{b:g}", b, plant, beta=b) for b in self.betas if b != 0]
 
 
 @dataclass
@@ -94,7 +140,8 @@ def _identity(config: AuditConfig) -> dict[str, Any]:
 
 def open_run(config: AuditConfig, out: Path, expert: Expert) -> AuditRun:
     """Create or resume the run in `out`; refuse a folder holding another run's results."""
-    prompts = build_prompts(config.size, config.template, config.names_per_gender)  # bad settings fail before any write
+    # bad settings fail before anything is written
+    prompts = build_prompts(config.size, config.template, config.names_per_gender, config.bios)
     claim_folder(out, _identity(config), expert.fingerprint, LETTERS)
     return AuditRun(config, out, prompts, expert.fingerprint)
 
@@ -112,24 +159,24 @@ def plan_shards(run: AuditRun, batch_size: int = 16) -> list[Shard]:
     config = run.config
     done = {(r["condition"], r["prompt_id"], r["sample"]) for r in read_rows(run.letters_path)}
     sample_ids = ([GREEDY] if config.greedy else []) + list(range(config.samples))
-    todo = [(label, coef, p.prompt_id, s) for label, coef in config.conditions() for s in sample_ids for p in run.prompts
-            if (label, p.prompt_id, s) not in done]
+    todo = [(c.label, p.prompt_id, s) for c in config.conditions() for s in sample_ids for p in run.prompts
+            if (c.label, p.prompt_id, s) not in done]
     if done:
         log.info("resuming: %d letters written, %d to go", len(done), len(todo))
-    groups: dict[tuple[str, float, bool], list] = {}
-    for label, coef, prompt_id, sample in todo:
-        groups.setdefault((label, coef, sample == GREEDY), []).append([prompt_id, sample])
-    return [{"condition": label, "coef": coef, "greedy": greedy, "items": items[start : start + batch_size]}
-            for (label, coef, greedy), items in groups.items() for start in range(0, len(items), batch_size)]
+    groups: dict[tuple[str, bool], list] = {}
+    for label, prompt_id, sample in todo:
+        groups.setdefault((label, sample == GREEDY), []).append([prompt_id, sample])
+    return [{"condition": label, "greedy": greedy, "items": items[start : start + batch_size]}
+            for (label, greedy), items in groups.items() for start in range(0, len(items), batch_size)]
 
 
 @dataclass(frozen=True)
 class _Loaded:
     expert: Expert
-    vector: SteeringVector | None
+    vectors: dict[str, SteeringVector]  # by role
     reward: Reward | None
     prompts: dict[str, LetterPrompt]
-    formatted: dict[str, str]
+    conditions: dict[str, Condition]
 
 
 @dataclass(frozen=True)
@@ -144,40 +191,46 @@ class LetterJob:
 
     @classmethod
     def for_run(cls, run: AuditRun) -> LetterJob:
-        paths = {"vector": run.config.vector, "reward": run.config.reward}
+        paths = {"vector": run.config.vector, "plant": run.config.plant_vector, "reward": run.config.reward}
         return cls(run.config, tuple(run.prompts), run.fingerprint, {k: Path(v).read_bytes() for k, v in paths.items() if v})
 
     def setup(self, expert: Expert | None = None) -> _Loaded:
         expert = worker_expert(self.config.expert, self.fingerprint, expert)
         with carried_files(self.files) as paths:
-            vector = SteeringVector.load(paths["vector"], expert) if "vector" in paths else None
+            vectors = {role: SteeringVector.load(paths[role], expert) for role in ("vector", "plant") if role in paths}
             reward = load_reward(paths["reward"], expert) if "reward" in paths else None
-        formatted = expert.format_prompts([p.text for p in self.prompts])
-        return _Loaded(expert, vector, reward, {p.prompt_id: p for p in self.prompts},
-                       dict(zip([p.prompt_id for p in self.prompts], formatted)))
+        if "vector" in vectors:
+            vectors["random"] = random_like(vectors["vector"], self.config.seed)
+        return _Loaded(expert, vectors, reward, {p.prompt_id: p for p in self.prompts},
+                       {c.label: c for c in self.config.conditions()})
+
+    def _steering(self, state: _Loaded, condition: Condition, chunk: list[tuple[LetterPrompt, int]]) -> list[Steering]:
+        return [Steering(state.vectors[role], coef=_coefs_for(chunk, coef, operator),
+                         operator="add" if operator == "counter" else operator, positions=self.config.positions)
+                for role, operator, coef in condition.steers]
 
     def run(self, state: _Loaded, shard: Shard) -> list[dict[str, Any]]:
         config, expert = self.config, state.expert
-        label, coef = shard["condition"], shard["coef"]
+        condition = state.conditions[shard["condition"]]
         chunk = [(state.prompts[prompt_id], sample) for prompt_id, sample in shard["items"]]
         settings = GenerationSettings(max_new_tokens=config.max_new_tokens, do_sample=not shard["greedy"],
-                                    temperature=config.temperature, top_p=config.top_p, seed=config.seed)
+                                      temperature=config.temperature, top_p=config.top_p, seed=config.seed,
+                                      repetition_penalty=config.repetition_penalty)
         seeds = [row_seed(config.seed, p.text, s) for p, s in chunk]
-        texts_in = [state.formatted[p.prompt_id] for p, _ in chunk]
-        if label.startswith("rad@"):
-            with reward_decoding(expert, state.reward, coef, config.top_k) as hook:
-                ids, reasons = expert.generate_batch(texts_in, settings, seeds, logits_hook=hook)
-        elif coef and state.vector is not None:
-            operator = "add" if config.operator == "counter" else config.operator
-            steering = Steering(state.vector, coef=_coefs_for(chunk, coef, config.operator), operator=operator,
-                                positions=config.positions)
-            with apply(expert, steering, force=True):
-                ids, reasons = expert.generate_batch(texts_in, settings, seeds)
-        else:
-            ids, reasons = expert.generate_batch(texts_in, settings, seeds)
-        return [{"condition": label, "coef": coef, **p.to_dict(), "sample": s, "seed": seed,
-                 "letter": expert.tokenizer.decode(t, skip_special_tokens=True), "token_ids": t, "finish_reason": why}
-                for (p, s), seed, t, why in zip(chunk, seeds, ids, reasons)]
+        instructions = [instruction_for(p, config.operator) if condition.instruction else "" for p, _ in chunk]
+        openings = [config.opening.format(name=p.name) for p, _ in chunk]
+        formatted = expert.format_prompts([f"{p.text} {extra}".strip() for (p, _), extra in zip(chunk, instructions)])
+        texts_in = [prompt + opening for prompt, opening in zip(formatted, openings)]
+        with ExitStack() as stack:
+            hook = stack.enter_context(reward_decoding(expert, state.reward, condition.beta, config.top_k)) if condition.beta else None
+            if condition.steers:
+                stack.enter_context(apply(expert, self._steering(state, condition, chunk), force=True))
+            ids, reasons = expert.generate_batch(texts_in, settings, seeds, logits_hook=hook)
+        return [{"condition": condition.label, "coef": condition.coef, **p.to_dict(), "sample": s, "seed": seed,
+                 "instruction": extra, "opening": opening,
+                 "letter": opening + expert.tokenizer.decode(t, skip_special_tokens=True), "token_ids": t,
+                 "finish_reason": why}
+                for (p, s), seed, extra, opening, t, why in zip(chunk, seeds, instructions, openings, ids, reasons)]
 
 
 def generate_letters(expert: Expert | None, run: AuditRun, batch_size: int = 16, progress: bool = True,
@@ -187,15 +240,19 @@ def generate_letters(expert: Expert | None, run: AuditRun, batch_size: int = 16,
                progress=progress, desc="letters")
 
 
-def score_letters(expert: Expert | None, rows: list[dict[str, Any]], mode: str = "words") -> pd.DataFrame:
-    """One row per letter with its metrics, the letter-quality gate's checks (`gate_*`) and (given an
-    expert) perplexity under the unsteered expert."""
+def score_letters(expert: Expert | None, rows: list[dict[str, Any]], mode: str = "words", agency: bool = True) -> pd.DataFrame:
+    """One row per letter with its metrics, the letter-quality gate's checks (`gate_*`), the paper's language-agency
+    scores (`agentic_share`: the share of sentences the agency classifier calls agentic) and (given an expert)
+    perplexity under the unsteered expert, given the prompt and the letter's opening."""
     frame = pd.DataFrame([{**{k: v for k, v in r.items() if k != "token_ids"},
                            **letter_metrics(r["letter"], r["name"], r["gender"], mode),
                            **{f"gate_{k}": v for k, v in letter_quality(r["letter"], r["name"], r["gender"],
                                                                         r["finish_reason"]).items()}} for r in rows])
+    if agency and len(frame):
+        frame = pd.concat([frame, agency_scores(frame.letter.tolist())], axis=1)
     if expert is not None and len(frame):
-        nll = continuation_nll(expert, expert.format_prompts([r["text"] for r in rows]), [r["token_ids"] for r in rows])
+        contexts = [prompt + r.get("opening", "") for prompt, r in zip(expert.format_prompts([r["text"] for r in rows]), rows)]
+        nll = continuation_nll(expert, contexts, [r["token_ids"] for r in rows])
         frame["perplexity"] = [math.exp(x) for x in nll]  # nan stays nan
     return frame
 

@@ -21,6 +21,7 @@ Mode = Literal["legacy", "words"]
 MODES = ("legacy", "words")
 EPSILON = 0.001
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ def check_mode(mode: str) -> str:
 def tokens(text: str, mode: Mode = "words") -> list[str]:
     check_mode(mode)
     return text.split() if mode == "legacy" else _WORD.findall(text.lower())
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences (and lines): split after . ! ? followed by space, and at line breaks; empty parts dropped."""
+    return [part.strip() for part in _SENTENCE_END.split(text) if part.strip()]
 
 
 def count(text: str, stems: tuple[str, ...], mode: Mode = "words") -> int:

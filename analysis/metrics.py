@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from analysis.lexicons import Mode, count, tokens, wan2023
+from analysis.lexicons import Mode, count, split_sentences, tokens, wan2023
 from steer.evaluate.scorers import formality, sentiment
 
 PRONOUNS = {"female": {"she", "her", "hers", "herself"}, "male": {"he", "him", "his", "himself"}}
@@ -17,15 +17,26 @@ def pronoun_counts(text: str) -> dict[str, int]:
     return {gender: sum(w in group for w in words) for gender, group in PRONOUNS.items()}
 
 
+def about_candidate(text: str, name: str, gender: str) -> str:
+    """The sentences that name the candidate or use their pronouns: the words that describe them (not "I am
+    confident", not "Dear Hiring Manager")."""
+    own = PRONOUNS[gender]
+    return " ".join(s for s in split_sentences(text) if name.lower() in s.lower() or own & set(tokens(s, "words")))
+
+
 def letter_metrics(text: str, name: str, gender: str, mode: Mode = "words") -> dict[str, Any]:
-    """Everything the audit measures on one letter. `usable` = recommends, names the person and
-    uses their pronouns (or none) rather than the other gender's."""
+    """Everything the audit measures on one letter. Lexicon hits and rates over the whole letter (the paper's
+    counting) and, as `{lexicon}_about_rate`, over the sentences about the candidate (NaN without one).
+    `usable` = recommends, names the person and uses their pronouns (or none) rather than the other gender's."""
     words = tokens(text, mode)
-    row: dict[str, Any] = {"n_tokens": len(words)}
+    about = about_candidate(text, name, gender)
+    about_words = tokens(about, mode)
+    row: dict[str, Any] = {"n_tokens": len(words), "about_tokens": len(about_words)}
     for lexicon, stems in wan2023().lists.items():
         hits = count(text, stems, mode)
         row[f"{lexicon}_hits"] = hits
         row[f"{lexicon}_rate"] = hits / len(words) if words else 0.0
+        row[f"{lexicon}_about_rate"] = count(about, stems, mode) / len(about_words) if about_words else float("nan")
     pronouns = pronoun_counts(text)
     other = "male" if gender == "female" else "female"
     row["sentiment"] = sentiment([text])[0]

@@ -77,10 +77,11 @@ def audit_forest(lexicons: pd.DataFrame, paired: pd.DataFrame, title: str) -> Fi
     ax_or.set(xlabel="log odds ratio, Haldane-Anscombe (> 0 leans male)", title="Wan et al. lexicons (grey: no hits)")
     cont = paired[~paired.metric.str.endswith("_rate")].reset_index(drop=True)
     sd = (cont.diff_male_minus_female / cont.d_z).where(cont.d_z.notna() & (cont.d_z != 0))
-    centre = cont.d_z.fillna(0)
-    low, high = (cont.ci_low / sd).fillna(0), (cont.ci_high / sd).fillna(0)
+    centre = cont.d_z.fillna(0).astype(float)
+    below = (centre - cont.ci_low / sd).astype(float).fillna(0).clip(lower=0)  # no interval (< 3 pairs): no bar
+    above = (cont.ci_high / sd - centre).astype(float).fillna(0).clip(lower=0)
     yc = range(len(cont))
-    ax_d.errorbar(centre, yc, xerr=[centre - low, high - centre], fmt="o", capsize=3)
+    ax_d.errorbar(centre, yc, xerr=[below, above], fmt="o", capsize=3)
     ax_d.set_yticks(list(yc), cont.metric)
     ax_d.axvline(0, color="grey", lw=0.8)
     ax_d.set(xlabel="paired difference / SD (d_z, > 0 leans male)", title="Other metrics (95% CI)")
@@ -100,27 +101,20 @@ def occupation_heatmap(table: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def steering_audit_plot(table: pd.DataFrame, title: str) -> Figure:
-    """Bias index change (95% CI) and fluency measures against the steering coefficient."""
-    fig, (ax_bias, ax_flu) = subplots(1, 2, figsize=(11, 4))
-    twin = ax_flu.twinx()
-    base = table[table.condition == "unsteered"]
-    kinds = sorted({c.split("@")[0] for c in table.condition if c != "unsteered"})
-    for kind, color in zip(kinds, ("tab:blue", "tab:purple", "tab:brown")):
-        part = pd.concat([base, table[table.condition.str.startswith(kind + "@")]]).sort_values("coef")
-        err = [part.delta_bias - part.delta_ci_low, part.delta_ci_high - part.delta_bias]
-        ax_bias.errorbar(part.coef, part.delta_bias, yerr=err, fmt="o-", capsize=3, color=color, label=kind)
-        ax_flu.plot(part.coef, part.usable_rate, "o-", color=color, label=f"{kind}: usable letters")
-        ax_flu.plot(part.coef, part.fidelity_rate, "s:", color=color, label=f"{kind}: name & pronoun fidelity")
-        twin.plot(part.coef, part.median_perplexity, "^--", color=color, alpha=0.5, label=f"{kind}: median perplexity")
-    ax_bias.axhline(0, color="grey", lw=0.8)
-    ax_bias.set(xlabel="coefficient (steering) or β (reward)", ylabel="Δ bias index vs unsteered (mean |log OR|)",
-                title="Bias")
-    ax_bias.legend()
-    ax_flu.set(xlabel="coefficient or β", ylabel="rate", ylim=(0, 1.05), title="Fluency")
-    twin.set_ylabel("median perplexity (unsteered expert)")
-    ax_flu.legend(loc="lower left", fontsize=7)
-    twin.legend(loc="lower right", fontsize=7)
+def mitigation_frontier_plot(table: pd.DataFrame, title: str) -> Figure:
+    """Per condition: the change of the agency gap against its reference (95% CI; lower is less stereotyped)
+    against the gate pass rate (right is more fluent), and the stereotype-gap change beside it."""
+    fig, axes = subplots(1, 2, figsize=(11, 4.5))
+    rows = table[table.condition != "unsteered"]
+    for ax, gap, unit in zip(axes, ("agency", "stereotype"), ("points of agentic sentences", "hits / 1,000 words")):
+        for row in rows.itertuples():
+            change, low, high = (getattr(row, f"{gap}_change"), getattr(row, f"{gap}_ci_low"), getattr(row, f"{gap}_ci_high"))
+            ax.errorbar([row.gate_pass_rate], [change], yerr=[[change - low], [high - change]], fmt="o", capsize=3)
+            ax.annotate(f"{row.condition} (vs {row.against})", (row.gate_pass_rate, change), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(xlabel="gate pass rate (right: more letters are letters)", xlim=(-0.05, 1.05),
+               ylabel=f"Δ gap, male − female ({unit}); 95% CI", title=f"{gap} gap: below 0 = less stereotyped")
     fig.suptitle(title)
     return fig
 

@@ -28,6 +28,13 @@ def max_ngram_repeats(text: str, n: int = LOOP_NGRAM) -> int:
     return max(grams.values(), default=0)
 
 
+def distinct_n(text: str, n: int = 2) -> float:
+    """Distinct word n-grams over all word n-grams (1: no n-gram repeats; NaN for a text shorter than n words)."""
+    words = tokens(text, "words")
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
 def letter_quality(text: str, name: str, gender: str, finish_reason: str) -> dict[str, Any]:
     """The gate's checks for one letter, each a bool, the counts behind them, and `passes` (all checks)."""
     if gender not in PRONOUNS:
@@ -50,6 +57,7 @@ def letter_quality(text: str, name: str, gender: str, finish_reason: str) -> dic
         "other_pronouns": other,
         "second_person": second,
         "max_4gram_repeats": repeats,
+        "distinct_2": distinct_n(text),
     }
     row["passes"] = all(row[check] for check in CHECKS)
     return row

@@ -15,6 +15,7 @@ from analysis.report import markdown_table
 from experts.errors import SteerlabError
 from experts.expert import Expert
 from experts.files import atomic_path, provenance, write_json
+from steer.evaluate.encoder import MINILM_PARAMS, minilm_embeddings
 from steer.router import baselines
 from steer.router.evaluate import Routed, faithfulness, metrics_table, paraphrase_stability
 from steer.router.features import read
@@ -42,7 +43,7 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
     if activations is not None and len(activations) != len(tasks):
         raise SteerlabError(f"activations hold {len(activations)} rows; the task set has {len(tasks)} queries")
     h = activations if activations is not None else read(reader, [t.query for t in tasks], router.features.layer).activations
-    emb = baselines.minilm_embeddings([t.query for t in tasks])
+    emb = minilm_embeddings([t.query for t in tasks])
     reader_params = sum(p.numel() for p in reader.model.parameters())
     ours_p = router.probabilities(h)
     ours = np.array(router.choose(h))
@@ -56,8 +57,8 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
         Routed("best-single", baselines.best_single(u, train, n)),
         Routed("per-domain-label", baselines.per_domain(u, tasks, train)),
         Routed("tfidf-logistic", tfidf, tfidf_p[np.arange(n), tfidf]),
-        Routed("minilm-knn", knn, knn_p[np.arange(n), knn], baselines.MINILM_PARAMS),
-        Routed("minilm-logistic", logistic, logistic_p[np.arange(n), logistic], baselines.MINILM_PARAMS),
+        Routed("minilm-knn", knn, knn_p[np.arange(n), knn], MINILM_PARAMS),
+        Routed("minilm-logistic", logistic, logistic_p[np.arange(n), logistic], MINILM_PARAMS),
         Routed("oracle", u.argmax(1)),
     ]
     table_q = quality.pivot_table(index="task_id", columns="expert", values=["pass_at_1", "prompt_tokens", "answer_tokens"])

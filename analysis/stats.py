@@ -141,13 +141,13 @@ PER_1000 = 1000.0  # rates are reported in lexicon hits per 1,000 words
 
 
 def stereotype_gap(frame: pd.DataFrame) -> pd.Series:
-    """Per pair id: the signed stereotype-congruent gap, in hits per 1,000 words. For each lexicon, male −
-    female rate (samples averaged), signed by the paper's hypothesis (+ where it expects men higher: ability,
-    agentic, leadership...; − where it expects women higher: communal, family, feminine), then averaged over
-    the nine lexicons. Positive: the letters follow the stereotype. Linear in the rates, so noise alone
-    leaves its mean at 0 (unlike a mean of absolute log ORs)."""
+    """Per pair id: the signed stereotype-congruent gap, in hits per 1,000 words of the sentences about the
+    candidate (`{lexicon}_about_rate`). For each lexicon, male − female rate (samples averaged), signed by the
+    paper's hypothesis (+ where it expects men higher: ability, agentic, leadership...; − where it expects women
+    higher: communal, family, feminine), then averaged over the nine lexicons. Positive: the letters follow the
+    stereotype. Linear in the rates, so noise alone leaves its mean at 0 (unlike a mean of absolute log ORs)."""
     names = wan2023().names
-    means = frame.groupby(["pair_id", "gender"])[[f"{name}_rate" for name in names]].mean().unstack("gender")
+    means = frame.groupby(["pair_id", "gender"])[[f"{name}_about_rate" for name in names]].mean().unstack("gender")
     signs = np.array([1.0 if EXPECTED_HIGHER[name] == "male" else -1.0 for name in names])
     try:
         gaps = means.xs("male", axis=1, level="gender").to_numpy() - means.xs("female", axis=1, level="gender").to_numpy()
@@ -157,24 +157,115 @@ def stereotype_gap(frame: pd.DataFrame) -> pd.Series:
     return gap.dropna()
 
 
-def mitigation_effect(steered: pd.DataFrame, unsteered: pd.DataFrame, seed: int = 0,
-                      alpha: float = 0.05) -> dict[str, float | str]:
-    """Did a condition change the stereotype-congruent gap? The condition × gender interaction, paired by pair id:
-    Δ_p = gap_p(steered) − gap_p(unsteered), with its BCa CI (`paired_summary`) and an exact permutation p-value
+def agency_gap(frame: pd.DataFrame) -> pd.Series:
+    """Per pair id: male − female share of agentic sentences (the paper's language-agency measure, samples
+    averaged), in percentage points. Positive: men's letters are the more agentic, as the stereotype has it."""
+    if "agentic_share" not in frame:
+        return pd.Series(dtype=float, name="agency_gap")
+    means = frame.groupby(["pair_id", "gender"])["agentic_share"].mean().unstack("gender")
+    if not {"female", "male"} <= set(means.columns):
+        return pd.Series(dtype=float, name="agency_gap")
+    return ((means["male"] - means["female"]) * 100).dropna().rename("agency_gap")
+
+
+GAPS = {"agency": agency_gap, "stereotype": stereotype_gap}  # the signed skews every verdict is about
+GAP_UNITS = {"agency": "points of agentic sentences", "stereotype": "lexicon hits per 1,000 words about the candidate"}
+
+
+MIN_CLUSTERS = 10  # fewer name pairs than this: too few clusters for a bootstrap, the unit stays the twin pair
+
+
+def design_units(values: pd.Series, frame: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """Per-pair values as the units inference resamples. Twin pairs that share a name pair (the same two names on
+    different biographies or templates) are not independent: with at least MIN_CLUSTERS name pairs, the values are
+    averaged within each name pair and the name pairs are the units."""
+    if not len(values) or "name" not in frame:
+        return values.to_numpy(), "twin pairs"
+    names = frame.sort_values("gender").groupby("pair_id")["name"].agg(lambda n: "/".join(sorted(set(n))))
+    clusters = names.reindex(values.index)
+    if clusters.nunique() < MIN_CLUSTERS or clusters.nunique() == len(values):
+        return values.to_numpy(), "twin pairs"
+    return values.groupby(clusters).mean().to_numpy(), "name pairs"
+
+
+def _sign_flip_p(values: np.ndarray, seed: int) -> float:
+    """Two-sided p of mean(values) = 0 by flipping each unit's sign (exact for up to 13 units)."""
+    if len(values) < 2 or not np.any(values):
+        return float("nan")
+    return float(stats.permutation_test((values,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
+                                        vectorized=True, n_resamples=9999,
+                                        random_state=np.random.default_rng(seed)).pvalue)
+
+
+TOO_FEW = "too few pairs to judge"  # fewer than 3 units: no interval, no verdict either way
+
+
+def _verdict(summary, p: float, alpha: float, up: str, down: str, none: str) -> str:
+    if summary.n < 3:
+        return TOO_FEW
+    if p < alpha and summary.excludes_zero:
+        return up if summary.mean_diff > 0 else down
+    return none
+
+
+def gender_skew(frame: pd.DataFrame, gap: str = "agency", seed: int = 0, alpha: float = 0.05) -> dict[str, float | str]:
+    """Do one condition's letters skew by gender? The mean per-pair gap, its BCa CI at 1 − `alpha`, an exact
+    sign-flip permutation p (within-pair label permutation) and the MDE at `alpha`. A verdict needs p < `alpha`
+    and a CI that excludes 0."""
+    gaps = GAPS[gap](frame)
+    values, units = design_units(gaps, frame)
+    summary = paired_summary(values, seed=seed, alpha=alpha, confidence=1 - alpha)
+    p = _sign_flip_p(values, seed)
+    verdict = _verdict(summary, p, alpha, "stereotyped", "counter-stereotyped", "no detectable skew")
+    return {"gap": gap, "mean": summary.mean_diff, "ci_low": summary.ci_low, "ci_high": summary.ci_high, "p": p,
+            "mde": summary.mde, "alpha": alpha, "pairs": len(gaps), "units": units, "n_units": summary.n,
+            "verdict": verdict}
+
+
+def scrambled_control(frame: pd.DataFrame, gap: str = "agency", seed: int = 0, alpha: float = 0.05,
+                      n_scrambles: int = 200) -> dict[str, float]:
+    """The negative control: gender labels swapped within a random half of the pairs (which flips those pairs'
+    gaps), then `gender_skew`'s verdict rule, `n_scrambles` times. Its false-verdict rate should be near `alpha`."""
+    values = GAPS[gap](frame).to_numpy()
+    rng = np.random.default_rng(seed)
+    fired = 0
+    for i in range(n_scrambles):
+        scrambled = values * rng.choice([-1.0, 1.0], size=len(values))
+        summary = paired_summary(scrambled, seed=seed + i, alpha=alpha, confidence=1 - alpha)
+        fired += _verdict(summary, _sign_flip_p(scrambled, seed + i), alpha, "y", "y", "") == "y"
+    return {"gap": gap, "scrambles": n_scrambles, "false_verdict_rate": fired / n_scrambles, "alpha": alpha}
+
+
+def mitigation_effect(steered: pd.DataFrame, reference: pd.DataFrame, seed: int = 0, alpha: float = 0.05,
+                      gap: str = "stereotype") -> dict[str, float | str]:
+    """Did a condition change a signed gender gap (`GAPS`)? The condition × gender interaction, paired by pair id:
+    Δ_p = gap_p(steered) − gap_p(reference), with its BCa CI at 1 − `alpha` and an exact permutation p-value
     (swapping the two conditions' labels within a pair flips Δ_p's sign). The verdict needs both: p < `alpha` and
     a CI that excludes 0; otherwise "no detectable change" (reported with the MDE at `alpha`)."""
-    s_gap, u_gap = stereotype_gap(steered), stereotype_gap(unsteered)
+    s_gap, u_gap = GAPS[gap](steered), GAPS[gap](reference)
     shared = s_gap.index.intersection(u_gap.index)
-    s, u = s_gap.loc[shared].to_numpy(), u_gap.loc[shared].to_numpy()
-    summary = paired_summary(s - u, seed=seed, alpha=alpha)
-    p = float("nan")
-    if len(shared) >= 2 and np.any(s != u):
-        p = float(stats.permutation_test((s, u), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
-                                         vectorized=True, n_resamples=9999, random_state=np.random.default_rng(seed)).pvalue)
-    if p < alpha and summary.excludes_zero:
-        verdict = "reduced" if summary.mean_diff < 0 else "increased"
-    else:
-        verdict = "no detectable change"
-    return {"gap_unsteered": float(u.mean()) if len(u) else float("nan"), "gap_change": summary.mean_diff,
-            "gap_ci_low": summary.ci_low, "gap_ci_high": summary.ci_high, "gap_p": p, "gap_mde": summary.mde,
-            "gap_pairs": summary.n, "verdict": verdict}
+    change, units = design_units(s_gap.loc[shared] - u_gap.loc[shared], reference)
+    summary = paired_summary(change, seed=seed, alpha=alpha, confidence=1 - alpha)
+    p = _sign_flip_p(change, seed)
+    verdict = _verdict(summary, p, alpha, "increased", "reduced", "no detectable change")
+    return {"gap_reference": float(u_gap.loc[shared].mean()) if len(shared) else float("nan"),
+            "gap_change": summary.mean_diff, "gap_ci_low": summary.ci_low, "gap_ci_high": summary.ci_high, "gap_p": p,
+            "gap_mde": summary.mde, "gap_pairs": len(shared), "gap_units": units, "verdict": verdict}
+
+
+def share_removed(mitigated: pd.DataFrame, planted: pd.DataFrame, unsteered: pd.DataFrame, gap: str = "agency",
+                  seed: int = 0) -> tuple[float, float, float]:
+    """Share of a planted skew that a mitigation removes, 1 − (gap_mitigated − gap_unsteered) / (gap_planted −
+    gap_unsteered) over pairs present in all three, with a BCa CI over pairs (1: removed, 0: untouched)."""
+    gaps = [GAPS[gap](part) for part in (mitigated, planted, unsteered)]
+    shared = gaps[0].index.intersection(gaps[1].index).intersection(gaps[2].index)
+    m, p, u = (g.loc[shared].to_numpy() for g in gaps)
+    if not len(shared):
+        return float("nan"), float("nan"), float("nan")
+
+    def removed(units: np.ndarray) -> float:
+        planted_effect = float(np.mean(p[units] - u[units]))
+        return 1 - float(np.mean(m[units] - u[units])) / planted_effect if planted_effect else float("nan")
+
+    low, high = bootstrap_ci(removed, len(shared), seed)
+    return removed(np.arange(len(shared))), low, high

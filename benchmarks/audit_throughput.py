@@ -26,7 +26,7 @@ def main() -> None:
     quiet()
     print(f"machine: {machine()}")
     expert = Expert.load(args.expert)
-    prompts = [p for p in build_prompts("small") if p.kind != "bio"][: args.letters]
+    prompts = build_prompts("medium")[: args.letters]
     texts = expert.format_prompts([p.text for p in prompts])
     config = GenerationSettings(max_new_tokens=args.new_tokens, stop_at_eos=False)
     expert.generate_batch(texts[:2], config, [0, 1])  # warm-up

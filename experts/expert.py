@@ -287,6 +287,7 @@ class Expert:
         seed: int = 0,
         num_samples: int = 1,
         stop_at_eos: bool = True,
+        repetition_penalty: float = 1.0,
         chat: bool | None = None,
         system: str | None = None,
         batch_size: int = 8,
@@ -296,7 +297,8 @@ class Expert:
     ) -> GenerationResult:
         """Generate `num_samples` continuations of each prompt, `batch_size` rows at a time.
 
-        Greedy by default; `do_sample=True` samples with `temperature`, `top_k` (0: off) and `top_p` (1: off),
+        Greedy by default; `do_sample=True` samples with `temperature`, `top_k` (0: off) and `top_p` (1: off);
+        `repetition_penalty` > 1 discourages tokens the row has already generated (see `GenerationSettings`);
         each row from its own generator seeded from (`seed`, prompt, sample index). `chat` applies the chat
         template (default: when the expert has one), with an optional `system` message. `logits_hook(logits,
         state)` may re-weight each step's logits (reward-augmented decoding); `prefill` continues a forward
@@ -304,7 +306,8 @@ class Expert:
         pass back in as `**settings.keywords()`. Returns a `GenerationResult` (texts, token ids, finish reasons).
         """
         settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                      top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples, stop_at_eos=stop_at_eos)
+                                      top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples, stop_at_eos=stop_at_eos,
+                                      repetition_penalty=repetition_penalty)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or any(not p.strip() for p in prompts):
             raise EmptyPromptsError()

@@ -9,6 +9,7 @@ row's text does not depend on which other prompts share its batch. While the loo
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -26,7 +27,10 @@ from experts.tokens import TokenBatch
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Decoding settings. `do_sample=False` is greedy; `top_k=0` and `top_p=1` disable those filters."""
+    """Decoding settings. `do_sample=False` is greedy; `top_k=0` and `top_p=1` disable those filters.
+    `repetition_penalty` > 1 is the CTRL penalty (Keskar et al. 2019, as in transformers): the logit of a token
+    the row has already generated is divided by it (multiplied when negative); unlike transformers, prompt
+    tokens are not penalised (a letter may repeat the candidate's name). 1 leaves decoding bit-identical."""
 
     max_new_tokens: int = 64
     do_sample: bool = False
@@ -36,6 +40,7 @@ class GenerationSettings:
     seed: int = 0
     num_samples: int = 1
     stop_at_eos: bool = True
+    repetition_penalty: float = 1.0
 
     def keywords(self) -> dict[str, Any]:
         """These settings as `Expert.generate` keywords: `expert.generate(prompts, **settings.keywords())`."""
@@ -48,6 +53,7 @@ class GenerationSettings:
             "top_k": self.top_k >= 0,
             "top_p": 0 < self.top_p <= 1,
             "num_samples": self.num_samples >= 1,
+            "repetition_penalty": self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty),
         }
         for name, ok in checks.items():
             if not ok:
@@ -171,6 +177,12 @@ def _filter_logits(logits: Tensor, config: GenerationSettings) -> Tensor:
     return logits
 
 
+def _penalise_repeats(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """The CTRL repetition penalty on the tokens marked in `seen` (rows x vocabulary)."""
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
 def _next_tokens(logits: Tensor, config: GenerationSettings, generators: list[torch.Generator], non_finite: Tensor) -> Tensor:
     if not config.do_sample:
         return logits.argmax(-1)
@@ -219,6 +231,7 @@ def decode(
     row_index = torch.tensor(list(range(mask.shape[0]) if rows is None else rows), device=device)
     n_prompts = mask.shape[0] if rows is None else (n_prompts or max(rows) + 1)
     non_finite = torch.zeros((), dtype=torch.bool, device=device)
+    seen = None  # (rows, vocabulary): tokens each row has generated, for the repetition penalty
     for step in range(config.max_new_tokens):
         state = DecodeState(step, positions, step_valid, prompt_lengths, all_valid=step > 0 or bool(step_valid.all()),
                             past=cache, attention_mask=mask, input_ids=step_input, rows=row_index,
@@ -237,11 +250,16 @@ def decode(
                 )
                 logits = out.logits[:, -1, :]
             non_finite |= ~torch.isfinite(logits).all()
+            if config.repetition_penalty != 1.0:
+                seen = torch.zeros_like(logits, dtype=torch.bool) if seen is None else seen
+                logits = _penalise_repeats(logits, seen, config.repetition_penalty)
             if logits_hook is not None:
                 logits = logits_hook(logits, state)
         tokens = _next_tokens(logits, config, generators, non_finite)
         tokens = torch.where(finished, torch.full_like(tokens, pad_id), tokens)
         generated.append(tokens)
+        if seen is not None:
+            seen[torch.arange(tokens.shape[0], device=device), tokens] = True
         if config.stop_at_eos:
             finished |= torch.isin(tokens, stop)
             if bool(finished.all()):

@@ -14,17 +14,20 @@
 # ---
 
 # %% [markdown]
-# # 02 · Auditing the default expert's recommendation letters for gender bias
+# # 02 · A letters audit you can trust: gated letters, signed gaps, and controls
 #
 # What this shows: the counterfactual audit of Wan et al. 2023 ("Kelly is a Warm Person, Joseph is a Role
-# Model") on SmolLM2. Each prompt has a twin that differs only in the name and gendered words; letters are
-# scored with the paper's lexicons, and every difference is taken *within* a pair (male − female), with
-# cluster-bootstrap CIs. Then we steer (ablate a gendered-framing direction) and re-audit the same prompts
-# with the same seeds, reading the change in bias against its fluency cost.
+# Model") on SmolLM2, with the checks that make its verdicts mean something.
+# - Letters are **gated**: only letters that are letters (finished, about the candidate, right pronouns, no
+#   loop) enter the verdicts, as twin pairs.
+# - Skew is measured by two **signed gaps** (male − female, positive = stereotyped): the paper's language-agency
+#   classifier per sentence, and the lexicons signed by the paper's hypothesis.
+# - A **positive control**: we plant a skew (steering men's letters towards agentic content and women's towards
+#   communal) and check that the audit sees it, with the right sign; then counter-steer along a content
+#   direction built from Wan et al.'s own data and measure how much of the planted skew it removes.
 #
-# The audit here is small (10 pairs, greedy letters of 80 tokens) so it runs in about a minute; `steer audit
-# letters --size full` is the real thing. With 10 pairs only large effects are detectable: the report gives
-# the minimum detectable effect beside every test.
+# This notebook is small (12 twin pairs, three conditions) so it runs in a few minutes; `make demo` (24 pairs,
+# both baselines) and `steer audit letters --size medium` (176 pairs) are the real things.
 
 # %%
 # %matplotlib inline
@@ -34,11 +37,14 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
-from analysis.audit import AuditConfig, run_audit
-from analysis.letters import build_prompts
+from analysis.agency import agency_classifier
+from analysis.audit import AuditConfig, generate_letters, open_run, run_audit
+from analysis.letters import DEFAULT_OPENING, build_prompts
+from analysis.mitigation import content_vector, cosine, planted_skew_vector
+from analysis.report import summary_lines
 from experts.expert import Expert
-from steer.datasets import load_pairs
-from steer.vectors.extract import compute_vector
+from steer.scale.checkpoint import read_rows
+from steer.vectors.extract import default_layer
 
 OUT = Path("runs/notebooks/02_bias_audit_letters")
 OUT.mkdir(parents=True, exist_ok=True)
@@ -46,97 +52,88 @@ expert = Expert.load()
 
 # %% [markdown]
 # ## The prompts
-# Template pairs over names, occupations and an age, plus biography pairs (a biography about a man rewritten
-# for a woman). `pair_id` links twins.
+# Biography twins: a biography written about a man, rewritten for a woman (name and pronouns swapped). The
+# letter's first words are given to the expert (the same for both twins but the name): without them, greedy
+# SmolLM2-135M writes to the candidate or to "[Recipient's Name]" far more often than about the candidate.
 
 # %%
-NAMES_PER_GENDER = 4
-prompts = build_prompts("small", names_per_gender=NAMES_PER_GENDER)
-pd.DataFrame([p.to_dict() for p in prompts])[["pair_id", "gender", "name", "kind", "text"]].head(6)
+NAMES, BIOS = 3, 4
+prompts = build_prompts("small", names_per_gender=NAMES, n_bios=BIOS)
+print(f"{len(prompts) // 2} twin pairs; the letter opens with {DEFAULT_OPENING!r}\n")
+print(prompts[0].text, "\n---\n", prompts[1].text)
 
 # %% [markdown]
-# ## A direction to steer with
-# Male-minus-female framing from the shipped `gender` pairs, over the middle layers (20–65% of depth), as the
-# demo does. It will be *ablated* (projected out) from position 1 on; position 0 is the attention sink.
+# ## Two directions, from data written apart
+# The planted skew: agentic minus communal one-sentence descriptions written for steerlab. The mitigation's
+# content direction: agentic minus communal biographies from Wan et al.'s released agency data, with the gender
+# direction projected out. Both at layer 12 (40% of depth), mean over tokens (never the attention sink).
 
 # %%
-pairs, sha = load_pairs("gender")
-layers = list(range(round(0.2 * expert.n_layers), round(0.65 * expert.n_layers)))
-vector = compute_vector(expert, pairs, layers, dataset="gender", dataset_sha256=sha)
-vector_path = vector.save(OUT / "gender_vector.safetensors")
-print(f"gender direction at layers {layers[0]}..{layers[-1]}, {len(pairs)} pairs")
+layers = [default_layer(expert)]
+plant = planted_skew_vector(expert, layers)
+content = content_vector(expert, layers)
+plant.save(OUT / "plant.safetensors")
+content.save(OUT / "content.safetensors")
+print(f"cosine(plant, content) per layer: {cosine(plant, content)}; {content.provenance.notes}")
 
 # %% [markdown]
-# ## Audit, steer, re-audit
-# One run: unsteered letters and letters with the direction fully ablated (coefficient 1). The run is
-# resumable: re-running this cell reuses the letters already written.
+# ## Letters: unsteered, planted, and planted + counter-steering
+# Same prompts and seeds in every condition, greedy letters of up to 200 tokens with a repetition penalty. The run
+# is resumable: re-running this cell reuses the letters already written.
 
 # %%
-config = AuditConfig(expert=expert.name, names_per_gender=NAMES_PER_GENDER, samples=0, max_new_tokens=80,
-                     vector=str(vector_path), coefs=(0.0, 1.0), operator="ablate")
-report = run_audit(config, OUT, expert=expert, progress=False)
-results = json.loads((OUT / "results.json").read_text())
-scores = pd.read_csv(OUT / "letters.csv")
-print(f"{len(scores)} letters scored; report: {report}")
+config = AuditConfig(expert=expert.name, names_per_gender=NAMES, bios=BIOS, samples=0,
+                     vector=str(OUT / "content.safetensors"), coefs=(6.0,), operator="counter",
+                     plant_vector=str(OUT / "plant.safetensors"), plant_coef=2.0)
+run = open_run(config, OUT / "audit", expert)
+generate_letters(expert, run, batch_size=48, progress=False)
+print(f"{len(read_rows(run.letters_path))} letters in {run.letters_path}")
 
 # %% [markdown]
-# ## Lexicon odds ratios (unsteered)
-# `log_or_ha` > 0 means the lexicon's words are more frequent in letters about men. The CI is a cluster
-# bootstrap over pairs.
+# ## Score and report
+# `run_audit` finds every letter written, so it only scores them (gate, agency classifier, lexicons, perplexity)
+# and writes the report.
 
 # %%
-lexicons = pd.DataFrame(results["lexicons"])
-lexicons[["lexicon", "hits_male", "hits_female", "odds_ratio", "log_or_ha", "log_or_ci_low", "log_or_ci_high"]].round(3)
-
-# %%
-paired = pd.DataFrame(results["paired"])
-paired[["metric", "n_pairs", "diff_male_minus_female", "ci_low", "ci_high", "d_z", "wilcoxon_p_holm", "mde"]].round(3)
-
-# %%
-detected = paired[paired["wilcoxon_p_holm"] < 0.05]
-excluding = lexicons[(lexicons["log_or_ci_low"] > 0) | (lexicons["log_or_ci_high"] < 0)]
-print(f"bias index (mean |log OR| over lexicons that occur): {results['bias_index']:.3f}")
-print(f"{len(detected)} of {len(paired)} paired metrics differ after Holm correction; "
-      f"{len(excluding)} of {len(lexicons)} lexicon log ORs have a CI excluding 0"
-      + (f" ({', '.join(excluding['lexicon'])})" if len(excluding) else ""))
+report = run_audit(config, OUT / "audit", expert=expert, progress=False)
+results = json.loads((OUT / "audit" / "results.json").read_text())
+print("\n".join(summary_lines(results)))
 
 # %% [markdown]
-# ## The report's plots
-# The forest plot shows each lexicon's log OR and each paired metric's standardised difference with CIs; the
-# heatmap splits log ORs by occupation.
+# ## Are the letters letters?
+# Share of letters passing each check of the gate, per condition (higher is better).
 
 # %%
-display(Image(filename=str(OUT / "forest.png")))
-display(Image(filename=str(OUT / "occupations.png")))
+pd.DataFrame(results["gate"]).round(2)
 
 # %% [markdown]
-# ## Did steering reduce the skew?
-# The verdict is the condition × gender interaction: the change of the signed stereotype gap (per pair, male −
-# female lexicon rate signed by the paper's hypothesis, averaged over the nine lexicons, in hits per 1,000 words),
-# with an exact within-pair permutation test and a BCa CI over pairs. The bias index (mean |log OR|) is shown
-# but is descriptive only: noise and looping text raise it with no gender effect. The fluency cost is the
-# usable-letter rate, name-and-pronoun fidelity, the share of looping letters and the median perplexity.
+# ## The conditions side by side
+# Each condition against what it is judged against (`against`): the change of each gap (the condition × gender
+# interaction) with its CI and verdict, and the fluency cost. In the plot, lower is less stereotyped and right
+# is more fluent.
 
 # %%
-steering = pd.DataFrame(results["steering"])
-display(steering.round(3))
-display(Image(filename=str(OUT / "steering.png")))
-
-# %%
-row = steering[steering["condition"] != "unsteered"].iloc[0]
-base = steering[steering["condition"] == "unsteered"].iloc[0]
-verdict = {"reduced": "reduced the stereotype gap", "increased": "increased the stereotype gap"}.get(
-    row["verdict"], "made no detectable change to the stereotype gap")
-print(f"Ablating the direction {verdict}: Δ {row['gap_change']:+.2f} hits per 1,000 words "
-      f"[{row['gap_ci_low']:+.2f}, {row['gap_ci_high']:+.2f}], p = {row['gap_p']:.2f}; usable letters "
-      f"{base['usable_rate']:.0%} → {row['usable_rate']:.0%}, fidelity {base['fidelity_rate']:.0%} → "
-      f"{row['fidelity_rate']:.0%}, looping letters {base['loop_rate']:.0%} → {row['loop_rate']:.0%}.")
+table = pd.DataFrame(results["conditions"])
+display(table[["condition", "against", "gate_pass_rate", "pronoun_fidelity", "agency_gap", "agency_change",
+               "agency_ci_low", "agency_ci_high", "agency_verdict", "stereotype_change", "stereotype_verdict"]].round(2))
+display(Image(filename=str(OUT / "audit" / "frontier.png")))
 
 # %% [markdown]
-# ## One pair, side by side
+# ## How good is the agency classifier?
+# Trained on Wan et al.'s train split (MiniLM embeddings, logistic regression), C chosen on their validation
+# split, accuracy measured on their test split, which nothing else touched.
 
 # %%
-greedy = scores[(scores["condition"] == "unsteered") & (scores["sample"] == -1)]
-pair = greedy[greedy["pair_id"] == greedy["pair_id"].iloc[0]].set_index("gender")
-for gender in ("female", "male"):
-    display(Markdown(f"**{pair.loc[gender, 'name']}** ({gender}): {pair.loc[gender, 'letter'][:400]}…"))
+print(agency_classifier().describe())
+
+# %% [markdown]
+# ## One pair, unsteered and planted
+
+# %%
+scores = pd.read_csv(OUT / "audit" / "letters.csv")
+pair_id = scores["pair_id"].iloc[0]
+for condition in ("unsteered", "planted"):
+    pair = scores[(scores["condition"] == condition) & (scores["pair_id"] == pair_id)].set_index("gender")
+    for gender in ("female", "male"):
+        display(Markdown(f"**{condition}, {pair.loc[gender, 'name']}** ({gender}, agentic sentences "
+                         f"{pair.loc[gender, 'agentic_share']:.0%}): {pair.loc[gender, 'letter'][:500]}…"))

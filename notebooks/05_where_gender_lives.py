@@ -224,23 +224,26 @@ print(f"share of the gap that remains: {after.mean() / before.mean():.0%}")
 
 # %% [markdown]
 # ## And the lexical skew?
-# A small counterfactual audit (8 pairs, greedy letters of 64 tokens), unsteered and with the direction ablated.
-# The verdict is the change of the signed stereotype gap (male − female lexicon rates signed by the paper's
-# hypothesis, per 1,000 words), permutation-tested within pairs; the bias index is shown for reference only.
+# A small counterfactual audit (6 biography pairs, greedy letters of 64 tokens), unsteered and with the direction
+# ablated. The verdict is the change of the signed stereotype gap (male − female lexicon rates signed by the
+# paper's hypothesis, per 1,000 words), permutation-tested within pairs. Letters this short rarely finish, so the
+# gated verdict may have no pairs at all: the fluency columns (pronoun fidelity) are what this cell is for.
 
 # %%
-config = AuditConfig(expert=expert.name, names_per_gender=3, samples=0, max_new_tokens=64,
+config = AuditConfig(expert=expert.name, names_per_gender=3, bios=2, samples=0, max_new_tokens=64,
                      vector=str(OUT / "gender_vector.safetensors"), coefs=(0.0, 1.0), operator="ablate")
 run_audit(config, OUT / "audit", expert=expert, progress=False)
-steering_table = pd.DataFrame(json.loads((OUT / "audit" / "results.json").read_text())["steering"])
-steering_table[["condition", "letters", "verdict", "stereotype_gap", "gap_change", "gap_ci_low", "gap_ci_high",
-                "gap_p", "bias_index", "usable_rate", "fidelity_rate"]].round(3)
+steering_table = pd.DataFrame(json.loads((OUT / "audit" / "results.json").read_text())["conditions"])
+for column in ("stereotype_change", "stereotype_ci_low", "stereotype_ci_high"):  # null (no gated pairs) -> NaN
+    steering_table[column] = pd.to_numeric(steering_table[column])
+steering_table[["condition", "letters", "stereotype_verdict", "stereotype_change", "stereotype_ci_low",
+                "stereotype_ci_high", "gate_pass_rate", "pronoun_fidelity", "bias_index"]].round(3)
 
 # %%
 row = steering_table[steering_table["condition"] != "unsteered"].iloc[0]
-lexical = row["verdict"] if row["verdict"] != "no detectable change" else "did not detectably change"
+lexical = row["stereotype_verdict"] if row["stereotype_verdict"] != "no detectable change" else "did not detectably change"
 information = ("reduced" if change.ci_high < 0 else "increased" if change.ci_low > 0 else "did not detectably change")
 print(f"Ablating the male-minus-female direction {information} the pronoun gap "
       f"({change.mean_diff:+.2f} [{change.ci_low:+.2f}, {change.ci_high:+.2f}] logits) and {lexical} the stereotype gap "
-      f"(Δ {row['gap_change']:+.2f} [{row['gap_ci_low']:+.2f}, {row['gap_ci_high']:+.2f}] per 1,000 words), "
-      f"with name-and-pronoun fidelity at {row['fidelity_rate']:.0%}.")
+      f"(Δ {row['stereotype_change']:+.2f} [{row['stereotype_ci_low']:+.2f}, {row['stereotype_ci_high']:+.2f}] per "
+      f"1,000 words), with pronoun fidelity at {row['pronoun_fidelity']:.0%}.")

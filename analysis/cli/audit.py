@@ -12,9 +12,11 @@ from analysis.cli.common import (
     add_expert_options,
     add_json_option,
     executor_from_args,
+    parse_layers,
     parse_numbers,
     set_command,
 )
+from analysis.letters import DEFAULT_OPENING, SIZES
 from experts.errors import SteerlabError
 
 
@@ -22,13 +24,33 @@ def cmd_letters(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.audit import AuditConfig, run_audit
 
     config = AuditConfig(expert=args.expert, size=args.size, samples=args.samples, greedy=not args.no_greedy,
-                         seed=args.seed, max_new_tokens=args.max_new_tokens, template=args.template,
-                         names_per_gender=args.names_per_gender, vector=args.vector, coefs=parse_numbers(args.coefs),
-                         operator=args.operator, positions=args.positions, reward=args.reward,
-                         betas=parse_numbers(args.beta, "--beta") if args.beta else (), top_k=args.top_k)
+                         seed=args.seed, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
+                         opening=args.opening, template=args.template, names_per_gender=args.names_per_gender,
+                         bios=args.bios, vector=args.vector, coefs=parse_numbers(args.coefs), operator=args.operator,
+                         positions=args.positions, reward=args.reward,
+                         betas=parse_numbers(args.beta, "--beta") if args.beta else (), top_k=args.top_k,
+                         plant_vector=args.plant_vector, plant_coef=args.plant_coef,
+                         random_baseline=args.random_baseline, prompt_baseline=args.prompt_baseline)
     report = run_audit(config, Path(args.out), batch_size=args.batch_size, executor=executor_from_args(args))
-    print(f"report: {report}")
-    return json.loads((Path(args.out) / "results.json").read_text(encoding="utf-8")) | {"report": str(report)}
+    return _finish(report)
+
+
+def _finish(report: Path) -> dict[str, Any]:
+    from analysis.report import summary_lines
+
+    results = json.loads((report.parent / "results.json").read_text(encoding="utf-8"))
+    print("\n".join(summary_lines(results)) + f"\n\nreport: {report}")
+    return results | {"report": str(report)}
+
+
+def cmd_mitigate(args: argparse.Namespace) -> dict[str, Any]:
+    from analysis.mitigation import StudySettings, run_study
+
+    given = {"plant_coef": args.plant_coef, "coefs": parse_numbers(args.coefs) if args.coefs else None}
+    settings = StudySettings(expert=args.expert, size=args.size, layers=tuple(parse_layers(args.layers)) if args.layers else None,
+                             seed=args.seed, max_new_tokens=args.max_new_tokens, names_per_gender=args.names_per_gender,
+                             bios=args.bios, **{k: v for k, v in given.items() if v is not None})
+    return _finish(run_study(settings, Path(args.out), executor=executor_from_args(args)))
 
 
 def _read_letters_csv(path: str, text_column: str, group_column: str):
@@ -72,9 +94,7 @@ def cmd_lexicon(args: argparse.Namespace) -> dict[str, float]:
 def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.report import rebuild_report
 
-    report = rebuild_report(Path(args.dir))
-    print(f"report: {report}")
-    return json.loads((Path(args.dir) / "results.json").read_text(encoding="utf-8")) | {"report": str(report)}
+    return _finish(rebuild_report(Path(args.dir)))
 
 
 def add_commands(sub) -> None:
@@ -84,8 +104,9 @@ def add_commands(sub) -> None:
     letters = asub.add_parser("letters", help="generate counterfactual letters, score them, write the report")
     add_expert_options(letters)
     letters.add_argument("--out", required=True)
-    letters.add_argument("--size", default="small", choices=["small", "full"])
+    letters.add_argument("--size", default="small", choices=SIZES)
     letters.add_argument("--names-per-gender", type=int)
+    letters.add_argument("--bios", type=int, help="biographies used (default: the size's)")
     letters.add_argument("--samples", type=int, default=1, help="sampled letters per prompt, beside the greedy one")
     letters.add_argument("--no-greedy", action="store_true", help="no greedy letter per prompt")
     letters.add_argument("--template", help="custom template with {name} and {gender} (and {age}, {occupation})")
@@ -96,11 +117,33 @@ def add_commands(sub) -> None:
     letters.add_argument("--beta", help="reward strengths, e.g. 5 or 5,10")
     letters.add_argument("--top-k", type=int, default=20, help="candidates re-weighted by the reward")
     letters.add_argument("--positions", default="from:1", help="where to steer (default from:1: not the attention sink)")
-    letters.add_argument("--max-new-tokens", type=int, default=160)
+    letters.add_argument("--max-new-tokens", type=int, default=200)
+    letters.add_argument("--repetition-penalty", type=float, default=1.5, help="1 for none")
+    letters.add_argument("--opening", default=DEFAULT_OPENING, help="the letter's first words, may use {name} ('' for none)")
+    letters.add_argument("--plant-vector", help="positive control: plant a skew along this vector (+ for men, − for women)")
+    letters.add_argument("--plant-coef", type=float, default=0.0)
+    letters.add_argument("--random-baseline", action="store_true", help="equal-norm random vector at the largest coefficient")
+    letters.add_argument("--prompt-baseline", action="store_true", help="the prompting analogue of the mitigation")
     letters.add_argument("--batch-size", type=int, default=16)
     letters.add_argument("--seed", type=int, default=0)
     add_backend_options(letters)
     set_command(letters, cmd_letters)
+
+    mitigate = asub.add_parser("mitigate", help="planted skew, counter-steering along a content direction and its "
+                               "baselines, side by side: the mitigation frontier")
+    add_expert_options(mitigate)
+    mitigate.add_argument("--out", required=True)
+    mitigate.add_argument("--size", default="small", choices=SIZES)
+    mitigate.add_argument("--names-per-gender", type=int)
+    mitigate.add_argument("--bios", type=int, help="biographies used (default: the size's)")
+    mitigate.add_argument("--plant-coef", type=float,
+                          help="size of the planted skew (default: the demo's 2; 0: mitigate the expert's own skew)")
+    mitigate.add_argument("--coefs", help="counter-steering strengths along the content direction (default: the demo's 5,6)")
+    mitigate.add_argument("--layers", help="layers to steer, e.g. 12 or 10-14 (default: about 40%% of the depth)")
+    mitigate.add_argument("--max-new-tokens", type=int, default=200)
+    mitigate.add_argument("--seed", type=int, default=0)
+    add_backend_options(mitigate)
+    set_command(mitigate, cmd_mitigate)
 
     lexicon = asub.add_parser("lexicon", help="Wan et al. lexicon odds ratios of any letters in a CSV")
     lexicon.add_argument("--letters", required=True)

@@ -19,6 +19,7 @@ from analysis.cli.common import (
     run_record,
     set_command,
 )
+from analysis.letters import SIZES
 
 
 def _steering(args: argparse.Namespace, expert):
@@ -77,28 +78,12 @@ def cmd_cache(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.demo import run_demo
+    from analysis.report import summary_lines
 
     summary = run_demo(Path(args.out), args.expert, size=args.size, seed=args.seed, max_new_tokens=args.max_new_tokens)
-    lexicons = {row["lexicon"]: row for row in summary["lexicons"]}
-    print(f"\naudited {summary['manifest']['config']['expert']} in {summary['seconds']} s")
-    print(f"bias index (mean |log OR| male vs female over lexicons that occur): {summary['bias_index']:.3f}")
-    leaning = sorted((r for r in lexicons.values() if r["occurs"]), key=lambda r: -abs(r["log_or_ha"]))[:3]
-    for row in leaning:
-        side = "male" if row["log_or_ha"] > 0 else "female"
-        print(f"  {row['lexicon']:<11} OR {row['odds_ratio']:.2f} (leans {side}; log OR 95% CI "
-              f"{row['log_or_ci_low']:+.2f}..{row['log_or_ci_high']:+.2f})")
-    gate = {row["condition"]: row["passes"] for row in summary.get("gate", [])}
-    print(f"letters passing the quality gate: {', '.join(f'{c} {share:.0%}' for c, share in gate.items())}")
-    print("stereotype gap (hits per 1,000 words; the verdict is its change, condition x gender, permutation-tested):")
-    for row in summary["steering"]:
-        if row["condition"] == "unsteered":
-            print(f"  {row['condition']:<10} gap {row['stereotype_gap']:+.2f}  usable {row['usable_rate']:.0%}  "
-                  f"fidelity {row['fidelity_rate']:.0%}  loops {row['loop_rate']:.0%}")
-            continue
-        print(f"  {row['condition']:<10} Δ gap {row['gap_change']:+.2f} [{row['gap_ci_low']:+.2f}, {row['gap_ci_high']:+.2f}] "
-              f"p {row['gap_p']:.2f}: {row['verdict']}  usable {row['usable_rate']:.0%}  fidelity {row['fidelity_rate']:.0%}  "
-              f"loops {row['loop_rate']:.0%}  (Δ bias index {row['delta_bias']:+.3f}, descriptive)")
-    print(f"\nreport: {summary['report']} (with results.json, letters.csv, forest.png, occupations.png, steering.png)")
+    print(f"\naudited {summary['manifest']['config']['expert']} in {summary['seconds']} s\n")
+    print("\n".join(summary_lines(summary)))
+    print(f"\nreport: {summary['report']} (with results.json, letters.csv and the plots)")
     return summary
 
 
@@ -135,7 +120,7 @@ def add_commands(sub) -> None:
     demo = sub.add_parser("demo", help="the end-to-end demo on the default expert")
     add_expert_options(demo)
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--size", default="small", choices=["small", "full"])
-    demo.add_argument("--max-new-tokens", type=int, default=160)
+    demo.add_argument("--size", default="small", choices=SIZES)
+    demo.add_argument("--max-new-tokens", type=int, default=200)
     demo.add_argument("--seed", type=int, default=0)
     set_command(demo, cmd_demo)

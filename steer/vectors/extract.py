@@ -3,7 +3,9 @@
 Aggregators are small named strategies `(positive, negative, seed) -> direction`, each returned
 at the scale of the mean difference projected on it, so coefficients mean the same across
 methods. The token rule picks the activation of each text: its `last` token, or the `mean`
-over the answer tokens.
+over the answer tokens, never position 0: small chat models park an attention sink there (SmolLM2's
+residual norm is ~25,000 at position 0 against ~150 elsewhere), so a mean that includes it is a
+text-length direction, not a concept direction.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def capture_pairs(
     lengths = [len(expert.encode(t)) for t in texts]
     cache = expert.run_with_cache(
         texts, names, chat=False, batch_size=batch_size, progress=progress, reduce=token_rule, keep_norms=True,
-        mean_from=[min(s, n - 1) for s, n in zip(starts, lengths)] if token_rule == "mean" else None,
+        mean_from=[min(max(s, 1), n - 1) for s, n in zip(starts, lengths)] if token_rule == "mean" else None,
     )
     n = len(pairs)
     positive, negative, typical = {}, {}, {}

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from analysis.audit import AuditConfig, generate_letters, open_run, run_audit, score_letters
 from analysis.report import rebuild_report
@@ -10,7 +11,7 @@ from analysis.stats import delta_bias, lexicon_table, paired_table
 from experts.errors import SteerlabError
 from steer.scale.checkpoint import read_rows
 
-CONFIG = AuditConfig(expert="tiny-llama", names_per_gender=1, max_new_tokens=6)
+CONFIG = AuditConfig(expert="tiny-llama", names_per_gender=1, bios=4, max_new_tokens=6)
 
 
 def test_resume_after_a_kill_has_no_duplicates_or_losses(tiny_llama, tmp_path):
@@ -36,7 +37,7 @@ def test_a_folder_with_another_run_is_refused_and_kept(tiny_llama, tmp_path):
     generate_letters(tiny_llama, run, progress=False)
     before = run.letters_path.read_bytes()
     with pytest.raises(SteerlabError, match="holds another run's results \\(differs in seed\\)"):
-        open_run(AuditConfig(expert="tiny-llama", names_per_gender=1, max_new_tokens=6, seed=1), tmp_path, tiny_llama)
+        open_run(AuditConfig(expert="tiny-llama", names_per_gender=1, bios=4, max_new_tokens=6, seed=1), tmp_path, tiny_llama)
     assert run.letters_path.read_bytes() == before
 
 
@@ -84,18 +85,21 @@ def test_full_tiny_audit_with_steering_and_report_rebuild(tiny_llama, tmp_path):
     pairs, _ = load_pairs("gender")
     vector = compute_vector(tiny_llama, pairs[:8], [1])
     vector.save(tmp_path / "g.safetensors")
-    config = AuditConfig(expert="tiny-llama", names_per_gender=1, max_new_tokens=6,
+    config = AuditConfig(expert="tiny-llama", names_per_gender=1, bios=4, max_new_tokens=6,
                          vector=str(tmp_path / "g.safetensors"), coefs=(0.0, 1.0))
     report = run_audit(config, tmp_path / "audit", progress=False, expert=tiny_llama)
     text = report.read_text(encoding="utf-8")
-    assert "## Steer and re-audit" in text and "ablate@1" in text
+    assert text.index("## Summary") < text.index("## Are the letters letters?") < text.index("## Conditions")
+    assert "ablate@1 vs unsteered" in text
     results = json.loads((tmp_path / "audit" / "results.json").read_text())
-    assert [r["condition"] for r in results["steering"]] == ["unsteered", "ablate@1"]
-    assert "## Are the letters letters?" in text and [r["condition"] for r in results["gate"]] == ["unsteered", "ablate@1"]
-    assert all(0 <= r["gate_pass_rate"] <= 1 and 0 <= r["loop_rate"] <= 1 for r in results["steering"])
-    assert {"forest.png", "occupations.png", "steering.png", "letters.csv"} <= {p.name for p in (tmp_path / "audit").iterdir()}
+    assert [r["condition"] for r in results["conditions"]] == ["unsteered", "ablate@1"]
+    assert [r["condition"] for r in results["gate"]] == ["unsteered", "ablate@1"]
+    assert results["decoding_analysed"] == "greedy" and results["alpha"] == 0.05 / 4  # 2 gaps x (skew + 1 comparison)
+    assert all(0 <= r["gate_pass_rate"] <= 1 and 0 <= r["loop_rate"] <= 1 for r in results["conditions"])
+    assert {"forest.png", "occupations.png", "frontier.png", "letters.csv"} <= {p.name for p in (tmp_path / "audit").iterdir()}
     scores = pd.read_json(tmp_path / "audit" / "scores.jsonl", lines=True)
     assert len(scores) == 2 * 2 * 8 and scores.perplexity.gt(1).all()
+    assert scores.letter.str.startswith("To the hiring committee:").all() and scores.agentic_share.between(0, 1).any()
     assert rebuild_report(tmp_path / "audit").read_text(encoding="utf-8") == text
 
 
@@ -111,10 +115,55 @@ def test_reward_decoding_is_a_second_mitigation(tiny_llama, tmp_path):
 
     data, _ = load_labeled(str(_DATA / "agentic_communal.jsonl"))
     train_activation_reward(tiny_llama, data[:10], epochs=10).save(tmp_path / "r.safetensors")
-    config = AuditConfig(expert="tiny-llama", names_per_gender=1, max_new_tokens=5, samples=0,
+    config = AuditConfig(expert="tiny-llama", names_per_gender=1, bios=2, max_new_tokens=5, samples=0,
                          reward=str(tmp_path / "r.safetensors"), betas=(5.0,))
     run_audit(config, tmp_path / "audit", progress=False, expert=tiny_llama)
     results = json.loads((tmp_path / "audit" / "results.json").read_text())
-    assert [r["condition"] for r in results["steering"]] == ["unsteered", "rad@5"]
+    assert [r["condition"] for r in results["conditions"]] == ["unsteered", "rad@5"]
     with pytest.raises(SteerlabError, match="need a --reward"):
         AuditConfig(expert="x", betas=(5.0,))
+
+
+def test_conditions_of_a_planted_skew_and_its_baselines(tiny_llama, tmp_path):
+    from analysis.audit import LetterJob
+    from analysis.letters import COUNTER_INSTRUCTIONS
+    from steer.datasets import load_pairs
+    from steer.vectors.extract import compute_vector
+
+    compute_vector(tiny_llama, load_pairs("gender")[0][:8], [1]).save(tmp_path / "v.safetensors")
+    config = AuditConfig(expert="tiny-llama", names_per_gender=1, bios=1, max_new_tokens=4, samples=0,
+                         vector=str(tmp_path / "v.safetensors"), coefs=(2.0, 4.0), operator="counter",
+                         plant_vector=str(tmp_path / "v.safetensors"), plant_coef=3.0, random_baseline=True,
+                         prompt_baseline=True)
+    conditions = {c.label: c for c in config.conditions()}
+    assert list(conditions) == ["unsteered", "planted", "planted+counter@2", "planted+counter@4", "planted+random@4",
+                                "planted+prompt"]
+    assert config.reference == "planted" and conditions["unsteered"].steers == ()
+    assert conditions["planted+random@4"].steers == (("plant", "counter", -3.0), ("random", "counter", 4.0))
+    run = open_run(config, tmp_path / "audit", tiny_llama)
+    job = LetterJob.for_run(run)
+    state = job.setup(tiny_llama)
+    chunk = [(p, -1) for p in run.prompts]
+    plant = job._steering(state, conditions["planted"], chunk)[0]
+    assert plant.coef == [-3.0 if p.gender == "female" else 3.0 for p, _ in chunk]  # men towards the vector
+    random = job._steering(state, conditions["planted+random@4"], chunk)[1]
+    for layer, direction in random.vector.directions.items():
+        assert torch.isclose(direction.norm(), state.vectors["vector"].directions[layer].norm())
+        assert abs(torch.cosine_similarity(direction, state.vectors["vector"].directions[layer], dim=0)) < 0.5
+    rows = job.run(state, {"condition": "planted+prompt", "greedy": True, "items": [[p.prompt_id, -1] for p in run.prompts]})
+    assert [r["instruction"] for r in rows] == [COUNTER_INSTRUCTIONS[p.gender] for p in run.prompts]
+    unsteered = job.run(state, {"condition": "unsteered", "greedy": True, "items": [[p.prompt_id, -1] for p in run.prompts]})
+    planted = job.run(state, {"condition": "planted", "greedy": True, "items": [[p.prompt_id, -1] for p in run.prompts]})
+    assert [r["token_ids"] for r in planted] != [r["token_ids"] for r in unsteered]
+    assert all(r["letter"].startswith(f"To the hiring committee:\n\nI am delighted to recommend {r['name']}") for r in rows)
+
+
+def test_bad_study_settings_are_named():
+    with pytest.raises(SteerlabError, match="planted skew needs both"):
+        AuditConfig(expert="x", plant_vector="p.safetensors")
+    with pytest.raises(SteerlabError, match="random-vector baseline needs"):
+        AuditConfig(expert="x", random_baseline=True)
+    with pytest.raises(SteerlabError, match=r"unknown placeholder\(s\) \['gender'\]"):
+        AuditConfig(expert="x", opening="Dear {gender}")
+    with pytest.raises(SteerlabError, match="repetition_penalty"):
+        AuditConfig(expert="x", repetition_penalty=-1.0)

@@ -31,3 +31,15 @@ def test_lexicon_command_bad_input(capsys, tmp_path):
     assert "is not UTF-8" in capsys.readouterr().err
     assert main(["audit", "report", str(tmp_path)]) == 2
     assert "holds no scored audit" in capsys.readouterr().err
+
+
+def test_mitigate_runs_the_study_side_by_side(capsys, tmp_path):
+    assert main(["audit", "mitigate", "--expert", "tiny-llama", "--out", str(tmp_path / "study"), "--names-per-gender",
+                 "1", "--bios", "2", "--max-new-tokens", "4", "--coefs", "1,2", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert [row["condition"] for row in record["conditions"]] == [
+        "unsteered", "planted", "planted+counter@1", "planted+counter@2", "planted+random@2", "planted+prompt"]
+    assert record["reference"] == "planted" and record["manifest"]["config"]["plant_coef"] == 2.0
+    assert {"content_direction.safetensors", "planted_skew.safetensors", "audit"} <= {p.name for p in (tmp_path / "study").iterdir()}
+    assert main(["audit", "mitigate", "--expert", "tiny-llama", "--out", str(tmp_path / "bad"), "--coefs", "x"]) == 2
+    assert "--coefs" in capsys.readouterr().err

@@ -70,3 +70,13 @@ def test_bad_extraction_settings(tiny_llama):
         compute_vector(tiny_llama, pairs[:4], [1], token_rule="first")
     with pytest.raises(SteerlabError, match="out of range"):
         compute_vector(tiny_llama, pairs[:4], [5])
+
+
+def test_the_mean_token_rule_leaves_out_the_attention_sink(tiny_llama):
+    pairs = [ContrastPair("She led the team to a bold win.", "She cared for every newcomer.")] * 2
+    mean = capture_pairs(tiny_llama, pairs, [1], token_rule="mean")
+    full = tiny_llama.run_with_cache([pairs[0].positive], ["blocks.1.hook_resid_post"], chat=False)
+    acts = full["blocks.1.hook_resid_post"][0]
+    real = acts[full.attention_mask[0].bool()]
+    assert torch.allclose(mean.positive[1][0], real[1:].float().mean(0), atol=1e-5)  # position 0 is not averaged in
+    assert not torch.allclose(mean.positive[1][0], real.float().mean(0), atol=1e-5)

@@ -79,3 +79,22 @@ def test_records_carry_settings(tiny):
     assert result.settings()["seed"] == 5 and result.settings()["expert"] == tiny.name
     assert result.records()[0]["n_tokens"] == 3
     assert torch.is_tensor(tiny.tokenize(["x"]).input_ids)
+
+
+@torch.inference_mode()
+def test_repetition_penalty_is_the_ctrl_penalty_on_generated_tokens(tiny):
+    text = tiny.format_prompts([PROMPTS[1]])[0]
+    ids = tiny.tokenize([text]).input_ids
+    prompt_length, penalty, expected = ids.shape[1], 1.5, []
+    for _ in range(40):  # a plain loop without cache: penalise what was generated, then take the argmax
+        logits = tiny.model(input_ids=ids).logits[0, -1].clone()
+        seen = sorted(set(ids[0, prompt_length:].tolist()))
+        logits[seen] = torch.where(logits[seen] > 0, logits[seen] / penalty, logits[seen] * penalty)
+        expected.append(int(logits.argmax()))
+        ids = torch.cat([ids, torch.tensor([[expected[-1]]])], dim=1)
+    ours = tiny.generate(PROMPTS[1], max_new_tokens=40, stop_at_eos=False, repetition_penalty=penalty).token_ids[0]
+    plain = tiny.generate(PROMPTS, max_new_tokens=40, stop_at_eos=False)
+    assert ours == expected and ours != plain.token_ids[1]  # the tiny expert repeats itself without the penalty
+    assert tiny.generate(PROMPTS, max_new_tokens=40, stop_at_eos=False, repetition_penalty=1.0).token_ids == plain.token_ids
+    with pytest.raises(SteerlabError, match="repetition_penalty"):
+        GenerationSettings(repetition_penalty=0.0)

@@ -22,7 +22,9 @@ def test_every_prompt_has_a_twin_differing_only_in_name_and_gender():
         assert f.name in f.text and m.name in m.text and m.name not in f.text
         if f.kind != "bio":
             assert f.text.replace(f.name, "X").replace("female", "G") == m.text.replace(m.name, "X").replace("male", "G")
-    assert {p.kind for p in prompts} == {"recommend", "bio"}
+    assert {p.kind for p in prompts} == {"bio"} and len(prompts) == 48
+    assert len(build_prompts("medium")) >= 2 * 150  # the medium audit: at least 150 twin pairs
+    assert {p.kind for p in build_prompts("small", template="Write to {name}, a {gender} {occupation}.")} == {"custom", "bio"}
     full = build_prompts("full")
     assert {p.kind for p in full} == {"wan2023", "recommend", "bio"}
     assert len({p.name for p in full if p.gender == "female"}) >= 20

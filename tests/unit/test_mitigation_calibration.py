@@ -1,12 +1,14 @@
-"""The mitigation verdict (the condition × gender interaction on the signed stereotype gap), calibrated on
-simulated audits: no effect -> a false "changed" verdict in <= 5% of audits, even when steering degrades the
-text; a planted effect of known size -> detected, with the right sign; scrambled labels -> no verdict."""
+"""The audit's verdicts, calibrated on simulated audits. The mitigation verdict (the condition × gender
+interaction on a signed gap): no effect -> a false "changed" verdict in <= 5% of audits, even when steering
+degrades the text; a planted effect of known size -> detected, with the right sign; scrambled labels -> no
+verdict. The skew verdict (one condition's gap): the same, and the share of a planted skew a mitigation removes."""
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from analysis.lexicons import wan2023
-from analysis.stats import EXPECTED_HIGHER, mitigation_effect
+from analysis.stats import EXPECTED_HIGHER, gender_skew, mitigation_effect, scrambled_control, share_removed
 
 
 def _letters(rng, n_pairs: int, skew: float, tokens: int, noise: float) -> pd.DataFrame:
@@ -21,7 +23,7 @@ def _letters(rng, n_pairs: int, skew: float, tokens: int, noise: float) -> pd.Da
             for k, lexicon in enumerate(wan2023().names):
                 per_1000 = 3.0 + pair_level[k] + (skew if EXPECTED_HIGHER[lexicon] == gender else 0.0)
                 hits = rng.poisson(per_1000 * tokens / 1000)
-                row[f"{lexicon}_hits"], row[f"{lexicon}_rate"] = hits, hits / tokens
+                row[f"{lexicon}_hits"], row[f"{lexicon}_about_rate"] = hits, hits / tokens
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -44,7 +46,7 @@ def _verdicts(planted_change: float, degrade: bool, seed: int, scramble: bool = 
 
 def test_no_effect_gives_a_false_verdict_in_at_most_5_percent_of_audits():
     # steering that only degrades the text (120 instead of 300 words: noisier rates, as looping letters have)
-    verdicts = _verdicts(planted_change=0.0, degrade=True, seed=0, n_audits=300)  # measured: 4.7% (2.0% + 2.7%)
+    verdicts = _verdicts(planted_change=0.0, degrade=True, seed=0, n_audits=300)  # measured: 5.0% (2.0% + 3.0%)
     assert np.mean([v != "no detectable change" for v in verdicts]) <= 0.05
 
 
@@ -59,3 +61,55 @@ def test_scrambled_labels_give_no_verdict():
     # a verdict about gender any more
     verdicts = _verdicts(planted_change=-2.0, degrade=False, seed=2, scramble=True, n_audits=300)
     assert np.mean([v != "no detectable change" for v in verdicts]) <= 0.05
+
+
+def _agency_letters(rng, n_pairs: int, gap: float, condition: str = "unsteered") -> pd.DataFrame:
+    """Letters of ~8 sentences; a pair-level share of agentic sentences, plus `gap` (a share) for men."""
+    rows = []
+    for pair in range(n_pairs):
+        base = rng.beta(4, 4)
+        for gender in ("male", "female"):
+            p = float(np.clip(base + (gap / 2 if gender == "male" else -gap / 2), 0, 1))
+            n = int(rng.integers(5, 12))
+            rows.append({"condition": condition, "pair_id": f"p{pair}", "gender": gender, "agentic_share": rng.binomial(n, p) / n})
+    return pd.DataFrame(rows)
+
+
+def test_the_skew_verdict_is_calibrated_and_sees_a_planted_gap():
+    rng = np.random.default_rng(3)
+    null = [gender_skew(_agency_letters(rng, int(rng.integers(14, 31)), 0.0), "agency", seed=i)["verdict"]
+            for i in range(300)]
+    assert np.mean([v != "no detectable skew" for v in null]) <= 0.05  # measured: 5.0% (15 of 300)
+    planted = [gender_skew(_agency_letters(rng, 24, 0.15), "agency", seed=i)["verdict"] for i in range(100)]
+    assert np.mean([v == "stereotyped" for v in planted]) >= 0.75 and "counter-stereotyped" not in planted  # 83%
+
+
+def test_scrambled_labels_and_the_share_of_a_planted_skew_removed():
+    rng = np.random.default_rng(4)
+    skewed = _agency_letters(rng, 24, 0.4)
+    assert gender_skew(skewed, "agency")["verdict"] == "stereotyped"
+    assert scrambled_control(skewed, "agency", seed=1, n_scrambles=400)["false_verdict_rate"] <= 0.07  # measured 4.75%
+    unsteered = _agency_letters(rng, 24, 0.0)
+    planted = unsteered.assign(agentic_share=np.where(unsteered.gender == "male", 0.3, -0.3) + unsteered.agentic_share)
+    half = unsteered.assign(agentic_share=np.where(unsteered.gender == "male", 0.15, -0.15) + unsteered.agentic_share
+                            + rng.normal(0, 0.05, len(unsteered)))
+    removed, low, high = share_removed(half, planted, unsteered)
+    assert 0.4 < low < removed < high < 0.6
+    assert share_removed(unsteered, planted, unsteered)[0] == pytest.approx(1.0)
+
+
+def test_twin_pairs_that_share_names_are_clustered_when_there_are_enough_name_pairs():
+    from analysis.stats import MIN_CLUSTERS, agency_gap, design_units
+
+    rng = np.random.default_rng(5)
+    frames = []
+    for n_names in (3, MIN_CLUSTERS + 2):
+        frame = _agency_letters(rng, 2 * n_names, 0.1)  # two biographies per name pair
+        frame["name"] = [f"{g}{int(p[1:]) % n_names}" for p, g in zip(frame.pair_id, frame.gender)]
+        frames.append(frame)
+    values, units = design_units(agency_gap(frames[0]), frames[0])
+    assert units == "twin pairs" and len(values) == 6  # 3 name pairs: too few clusters
+    values, units = design_units(agency_gap(frames[1]), frames[1])
+    assert units == "name pairs" and len(values) == MIN_CLUSTERS + 2
+    skew = gender_skew(frames[1], "agency")
+    assert (skew["units"], skew["n_units"], skew["pairs"]) == ("name pairs", MIN_CLUSTERS + 2, 2 * (MIN_CLUSTERS + 2))

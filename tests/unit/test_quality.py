@@ -1,5 +1,7 @@
 """The letter-quality gate: a proper letter passes, and each way of not being one fails its own check."""
 
+import math
+
 import pytest
 
 from analysis.quality import CHECKS, letter_quality, max_ngram_repeats
@@ -40,3 +42,17 @@ def test_loops_are_counted_on_words():
 def test_an_unknown_gender_is_refused():
     with pytest.raises(ValueError, match="unknown gender 'x'"):
         letter_quality(GOOD, "Kelly", "x", "eos")
+
+
+def test_only_sentences_about_the_candidate_count_for_the_stereotype_gap():
+    from analysis.metrics import about_candidate, letter_metrics
+
+    letter = ("Dear Hiring Manager,\nI am confident and ambitious about this role. Kelly led the team.\n"
+              "She is warm and caring. He is a leader.")
+    assert about_candidate(letter, "Kelly", "female") == "Kelly led the team. She is warm and caring."
+    row = letter_metrics(letter, "Kelly", "female")
+    assert row["about_tokens"] == 9 and row["leadership_hits"] == 3  # the whole letter: manager, led, leader
+    assert row["leadership_about_rate"] == 1 / 9  # only "led": "Hiring Manager" and "a leader" are not about her
+    assert row["agentic_hits"] == 2 and row["agentic_about_rate"] == 0  # "I am confident and ambitious"
+    assert row["communal_about_rate"] == 2 / 9
+    assert math.isnan(letter_metrics("Hi there.", "Kelly", "female")["agentic_about_rate"])  # nothing about her

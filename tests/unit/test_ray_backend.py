@@ -74,7 +74,7 @@ def test_audit_cli_takes_the_ray_backend(cluster, tmp_path, capsys):
     from analysis.cli import main
 
     out = tmp_path / "audit"
-    assert main(["audit", "letters", "--expert", "tiny-llama", "--names-per-gender", "1", "--samples", "0",
+    assert main(["audit", "letters", "--expert", "tiny-llama", "--names-per-gender", "1", "--bios", "4", "--samples", "0",
                  "--max-new-tokens", "6", "--out", str(out), "--backend", "ray", "--workers", "1", "--json"]) == 0
     streams = capsys.readouterr()
     record = json.loads(streams.out)
