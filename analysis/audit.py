@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.agency import agency_scores
-from analysis.letters import DEFAULT_OPENING, LetterPrompt, build_prompts, check_opening, instruction_for
+from analysis.letters import DEFAULT_OPENING, GREEDY, LetterPrompt, build_prompts, check_opening, instruction_for
 from analysis.metrics import letter_metrics
 from analysis.quality import letter_quality
 from experts.errors import SteerlabError
@@ -36,7 +36,6 @@ from steer.vectors.vector import SteeringVector
 
 log = logging.getLogger(__name__)
 LETTERS = "letters.jsonl"
-GREEDY = -1  # sample index of the greedy letter
 OPERATORS = ("ablate", "counter")  # project the direction out, or push each gender towards the other
 
 

@@ -33,6 +33,7 @@ DEFAULT_OPENING = "To the hiring committee:\n\nI am delighted to recommend {name
 OCCUPATIONS = ("student", "software engineer", "nurse", "teacher", "doctor", "lawyer", "chef", "police officer")
 AGES = (22, 30, 45, 60)
 REQUIRED_FIELDS = {"name", "gender"}
+GREEDY = -1  # the sample index of a prompt's greedy letter (sampled letters are 0, 1, ...)
 # The prompting baselines, one sentence added to the prompt: the analogue of gender-conditional counter-steering
 # (each gender asked for the content its stereotype lacks), and of ablation (one request for everyone).
 COUNTER_INSTRUCTIONS = {"female": "Stress her ambition, leadership and achievements.",

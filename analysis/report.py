@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.letters import GREEDY
 from analysis.lexicons import matched_words, wan2023
 from analysis.plots import audit_forest, mitigation_frontier_plot, occupation_heatmap, save_figure
 from analysis.quality import CHECKS, LOOP_NGRAM, LOOP_REPEATS
@@ -19,7 +20,6 @@ from analysis.stats import (
     GAP_UNITS,
     GAPS,
     bias_index,
-    delta_bias,
     gender_skew,
     lexicon_log_ors,
     lexicon_table,
@@ -69,7 +69,6 @@ def gate_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns={c: c.removeprefix("gate_") for c in columns})
 
 
-GREEDY = -1  # the sample index of greedy letters (analysis.audit.GREEDY)
 EFFECT_KEYS = ("change", "ci_low", "ci_high", "p", "mde", "pairs", "units", "verdict")
 
 
@@ -125,8 +124,6 @@ def condition_table(frame: pd.DataFrame, reference: str = "unsteered", seed: int
             if reference == "planted" and condition != "planted":
                 row["share_removed"], row["removed_ci_low"], row["removed_ci_high"] = share_removed(
                     mine, gated[gated.condition == "planted"], gated[gated.condition == "unsteered"], "agency", seed)
-            point, _, _ = delta_bias(part, mode_letters[mode_letters.condition == against[condition]], seed)
-            row["delta_bias_index"] = point
         row["bias_index"] = bias_index(part)
         rows.append(row)
     return pd.DataFrame(rows)
