@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -23,7 +22,8 @@ import torch
 from analysis.agency import load_split
 from analysis.audit import AuditConfig, run_audit
 from experts.expert import Expert
-from steer.datasets import ContrastPair, load_pairs, read_text
+from steer.datasets import ContrastPair, load_pairs
+from steer.rad.training import load_labeled
 from steer.scale.jobs import Executor
 from steer.vectors.extract import compute_vector, default_layer
 from steer.vectors.vector import SteeringVector
@@ -42,11 +42,11 @@ def _contrast(positive: Sequence[str], negative: Sequence[str]) -> list[Contrast
 
 
 def planted_skew_vector(expert: Expert, layers: Sequence[int], seed: int = 0) -> SteeringVector:
-    rows = [json.loads(line) for line in read_text(str(files("steer") / "data" / PLANT_DATA)).splitlines() if line.strip()]
-    agentic = [r["text"] for r in rows if r["label"] >= 0.5]
-    communal = [r["text"] for r in rows if r["label"] < 0.5]
+    rows, sha = load_labeled(str(files("steer") / "data" / PLANT_DATA))
+    agentic = [r.text for r in rows if r.label >= 0.5]
+    communal = [r.text for r in rows if r.label < 0.5]
     return compute_vector(expert, _contrast(agentic, communal), layers, token_rule="mean", seed=seed,
-                          dataset=f"steer/data/{PLANT_DATA} (agentic - communal)")
+                          dataset=f"steer/data/{PLANT_DATA} (agentic - communal)", dataset_sha256=sha)
 
 
 def content_vector(expert: Expert, layers: Sequence[int], seed: int = 0) -> SteeringVector:
@@ -59,9 +59,7 @@ def content_vector(expert: Expert, layers: Sequence[int], seed: int = 0) -> Stee
     for layer, direction in agency.directions.items():
         unit = gender.directions[layer] / gender.directions[layer].norm().clamp_min(1e-12)
         directions[layer] = direction - (direction @ unit) * unit
-    cosines = {layer: round(torch.cosine_similarity(agency.directions[layer], gender.directions[layer], dim=0).item(), 3)
-               for layer in layers}
-    note = f"gender direction projected out at every layer (cosine before: {cosines})"
+    note = f"gender direction projected out at every layer (cosine before: {cosine(agency, gender)})"
     return replace(agency, directions=directions, provenance=replace(agency.provenance, notes=note))
 
 
