@@ -17,9 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from analysis.agency import agency_scores
-from analysis.letters import DEFAULT_OPENING, GREEDY, LetterPrompt, build_prompts, check_opening, instruction_for
+from analysis.letters import (
+    DEFAULT_OPENING,
+    GREEDY,
+    LetterPrompt,
+    build_prompts,
+    check_opening,
+    instruction_for,
+    pronoun_instruction,
+)
+from analysis.lexicons import wan2023
 from analysis.metrics import letter_metrics
 from analysis.quality import letter_quality
 from experts.errors import SteerlabError
@@ -28,10 +38,12 @@ from experts.generate import GenerationSettings, row_seed
 from experts.likelihood import continuation_nll
 from steer.evaluate.sweep import random_like
 from steer.rad.decoding import reward_decoding
+from steer.rad.logit_bias import row_bias_hook, signed_bias, word_tokens
 from steer.rad.rewards import Reward, load_reward
 from steer.scale.checkpoint import MANIFEST, claim_folder, read_rows, run_shards
 from steer.scale.jobs import Executor, Shard, carried_files, worker_expert
 from steer.vectors.apply import Steering, apply
+from steer.vectors.erasure import ConceptEraser, erase
 from steer.vectors.vector import SteeringVector
 
 log = logging.getLogger(__name__)
@@ -43,12 +55,17 @@ OPERATORS = ("ablate", "counter")  # project the direction out, or push each gen
 class Condition:
     """One way of writing the letters. `steers` are (vector role: vector, plant or random; operator; coefficient),
     applied together; the counter operator signs the coefficient by gender (+ for women along the vector, − for
-    men). `beta` > 0 adds reward-augmented decoding; `instruction` adds the prompting baseline's sentence."""
+    men). `beta` > 0 adds reward-augmented decoding; `bias` > 0 a logit bias signed by gender like the counter
+    operator (women's letters towards agentic words and away from communal ones, men's the other way); `erase`
+    applies the concept eraser and states the candidate's pronouns in the prompt; `instruction` adds the prompting
+    baseline's sentence."""
 
     label: str
     coef: float = 0.0  # the condition's strength, for tables and plots
     steers: tuple[tuple[str, str, float], ...] = ()
     beta: float = 0.0
+    bias: float = 0.0
+    erase: bool = False
     instruction: bool = False
 
 
@@ -84,6 +101,8 @@ class AuditConfig:
     plant_coef: float = 0.0
     random_baseline: bool = False  # an equal-norm random vector at the mitigation's largest coefficient
     prompt_baseline: bool = False  # the prompting analogue of the mitigation, one sentence added to the prompt
+    logit_biases: tuple[float, ...] = ()  # gender-conditional logit bias on the agency lexicons' words (> 0)
+    eraser: str | None = None  # a concept-eraser file (steer.vectors.erasure): erase gender, state the pronouns
 
     def __post_init__(self) -> None:
         if self.betas and not self.reward:
@@ -96,6 +115,8 @@ class AuditConfig:
             raise SteerlabError(f"samples must be >= 0 with greedy letters, or >= 1 without; got {self.samples}")
         if bool(self.plant_vector) != bool(self.plant_coef):
             raise SteerlabError("a planted skew needs both --plant-vector and a non-zero --plant-coef")
+        if any(not (math.isfinite(b) and b > 0) for b in self.logit_biases):
+            raise SteerlabError(f"logit bias strengths must be finite and > 0, got {list(self.logit_biases)}")
         if self.random_baseline and not any(self.coefs):
             raise SteerlabError("the random-vector baseline needs a --vector and coefficients other than 0")
         check_opening(self.opening)
@@ -118,6 +139,9 @@ class AuditConfig:
             out.append(Condition(f"{prefix}random@{c:g}", c, plant + (("random", self.operator, c),)))
         if self.prompt_baseline:
             out.append(Condition(f"{prefix}prompt", 0.0, plant, instruction=True))
+        out += [Condition(f"{prefix}bias@{b:g}", b, plant, bias=b) for b in self.logit_biases]
+        if self.eraser:
+            out.append(Condition(f"{prefix}erase", 0.0, plant, erase=True))
         return out + [Condition(f"{prefix}rad@{b:g}", b, plant, beta=b) for b in self.betas if b != 0]
 
 
@@ -134,7 +158,8 @@ class AuditRun:
 
 
 def _identity(config: AuditConfig) -> dict[str, Any]:
-    return {**asdict(config), "coefs": list(config.coefs), "betas": list(config.betas)}
+    return {**asdict(config), "coefs": list(config.coefs), "betas": list(config.betas),
+            "logit_biases": list(config.logit_biases)}
 
 
 def open_run(config: AuditConfig, out: Path, expert: Expert) -> AuditRun:
@@ -174,6 +199,8 @@ class _Loaded:
     expert: Expert
     vectors: dict[str, SteeringVector]  # by role
     reward: Reward | None
+    eraser: ConceptEraser | None
+    word_bias: torch.Tensor | None  # +1 on agentic words, −1 on communal ones (the logit bias's unit)
     prompts: dict[str, LetterPrompt]
     conditions: dict[str, Condition]
 
@@ -190,7 +217,8 @@ class LetterJob:
 
     @classmethod
     def for_run(cls, run: AuditRun) -> LetterJob:
-        paths = {"vector": run.config.vector, "plant": run.config.plant_vector, "reward": run.config.reward}
+        paths = {"vector": run.config.vector, "plant": run.config.plant_vector, "reward": run.config.reward,
+                 "eraser": run.config.eraser}
         return cls(run.config, tuple(run.prompts), run.fingerprint, {k: Path(v).read_bytes() for k, v in paths.items() if v})
 
     def setup(self, expert: Expert | None = None) -> _Loaded:
@@ -198,9 +226,11 @@ class LetterJob:
         with carried_files(self.files) as paths:
             vectors = {role: SteeringVector.load(paths[role], expert) for role in ("vector", "plant") if role in paths}
             reward = load_reward(paths["reward"], expert) if "reward" in paths else None
+            eraser = ConceptEraser.load(paths["eraser"], expert) if "eraser" in paths else None
         if "vector" in vectors:
             vectors["random"] = random_like(vectors["vector"], self.config.seed)
-        return _Loaded(expert, vectors, reward, {p.prompt_id: p for p in self.prompts},
+        word_bias = agency_word_bias(expert) if self.config.logit_biases else None
+        return _Loaded(expert, vectors, reward, eraser, word_bias, {p.prompt_id: p for p in self.prompts},
                        {c.label: c for c in self.config.conditions()})
 
     def _steering(self, state: _Loaded, condition: Condition, chunk: list[tuple[LetterPrompt, int]]) -> list[Steering]:
@@ -216,12 +246,19 @@ class LetterJob:
                                       temperature=config.temperature, top_p=config.top_p, seed=config.seed,
                                       repetition_penalty=config.repetition_penalty)
         seeds = [row_seed(config.seed, p.text, s) for p, s in chunk]
-        instructions = [instruction_for(p, config.operator) if condition.instruction else "" for p, _ in chunk]
+        instructions = [instruction_for(p, config.operator) if condition.instruction else
+                        pronoun_instruction(p) if condition.erase else "" for p, _ in chunk]
         openings = [config.opening.format(name=p.name) for p, _ in chunk]
         formatted = expert.format_prompts([f"{p.text} {extra}".strip() for (p, _), extra in zip(chunk, instructions)])
         texts_in = [prompt + opening for prompt, opening in zip(formatted, openings)]
         with ExitStack() as stack:
             hook = stack.enter_context(reward_decoding(expert, state.reward, condition.beta, config.top_k)) if condition.beta else None
+            if condition.bias:
+                signs = torch.tensor(_coefs_for(chunk, condition.bias, "counter"))
+                hook = row_bias_hook(signs[:, None] * state.word_bias[None, :])
+            if condition.erase:  # at the candidate's name, wherever it occurs; the pronouns are stated instead
+                stack.enter_context(erase(expert, state.eraser, positions=config.positions,
+                                          tokens=[name_tokens(expert, p.name) for p, _ in chunk]))
             if condition.steers:
                 stack.enter_context(apply(expert, self._steering(state, condition, chunk), force=True))
             ids, reasons = expert.generate_batch(texts_in, settings, seeds, logits_hook=hook)
@@ -230,6 +267,25 @@ class LetterJob:
                  "letter": opening + expert.tokenizer.decode(t, skip_special_tokens=True), "token_ids": t,
                  "finish_reason": why}
                 for (p, s), seed, extra, opening, t, why in zip(chunk, seeds, instructions, openings, ids, reasons)]
+
+
+AGENTIC_SIDE, COMMUNAL_SIDE = ("agentic", "masculine"), ("communal", "feminine")  # Wan et al.'s lexicons
+
+
+def agency_word_bias(expert: Expert) -> torch.Tensor:
+    """+1 on the tokens that begin a word of the agentic and masculine lexicons, −1 on those of the communal and
+    feminine ones (the logit-bias mitigation's direction, signed per row by gender)."""
+    lists = wan2023().lists
+    agentic, communal = (word_tokens(expert.tokenizer, [stem for name in side for stem in lists[name]])
+                         for side in (AGENTIC_SIDE, COMMUNAL_SIDE))
+    log.info("logit bias: %d agentic and %d communal word tokens", len(agentic), len(communal))
+    return signed_bias(expert.model.config.vocab_size, agentic, communal, 1.0)
+
+
+def name_tokens(expert: Expert, name: str) -> list[int]:
+    """The token ids a name takes, alone and after a space (where the gender eraser is applied)."""
+    encode = expert.tokenizer
+    return sorted({t for text in (name, " " + name) for t in encode(text, add_special_tokens=False)["input_ids"]})
 
 
 def generate_letters(expert: Expert | None, run: AuditRun, batch_size: int = 16, progress: bool = True,
@@ -266,6 +322,8 @@ def run_audit(config: AuditConfig, out: Path, *, batch_size: int = 16, progress:
         SteeringVector.load(config.vector, expert)
     if config.reward:
         load_reward(config.reward, expert)
+    if config.eraser:
+        ConceptEraser.load(config.eraser, expert)
     run = open_run(config, out, expert)
     generate_letters(expert, run, batch_size=batch_size, progress=progress, executor=executor)
     frame = score_letters(expert, read_rows(run.letters_path))

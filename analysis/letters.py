@@ -39,6 +39,8 @@ GREEDY = -1  # the sample index of a prompt's greedy letter (sampled letters are
 COUNTER_INSTRUCTIONS = {"female": "Stress her ambition, leadership and achievements.",
                         "male": "Stress his warmth, kindness and care for others."}
 NEUTRAL_INSTRUCTION = "Describe the candidate without relying on gender stereotypes."
+# Concept erasure takes the gender the expert reads from the name away, so the pronouns are stated instead.
+PRONOUN_INSTRUCTIONS = {"female": "Refer to {name} as she/her.", "male": "Refer to {name} as he/him."}
 
 _SWAP = {"he": "she", "him": "her", "his": "her", "himself": "herself", "mr": "ms", "man": "woman", "men": "women",
          "boy": "girl", "father": "mother", "son": "daughter", "husband": "wife", "brother": "sister"}
@@ -74,6 +76,11 @@ def bios() -> dict[str, Any]:
 def instruction_for(prompt: LetterPrompt, operator: str) -> str:
     """The prompting baseline's sentence for `prompt` (gender-conditional when the mitigation is)."""
     return COUNTER_INSTRUCTIONS[prompt.gender] if operator == "counter" else NEUTRAL_INSTRUCTION
+
+
+def pronoun_instruction(prompt: LetterPrompt) -> str:
+    """The sentence that states the candidate's pronouns (given with concept erasure)."""
+    return PRONOUN_INSTRUCTIONS[prompt.gender].format(name=prompt.name)
 
 
 def _match_case(word: str, replacement: str) -> str:

@@ -7,6 +7,11 @@
   al.'s released agency data (train split), mean over tokens, with the gender direction (`gender` pairs: the
   same sentence with name and pronouns swapped, last token) projected out at every layer, so that pushing along
   it changes what a letter says about the candidate, not who the candidate is.
+- The **gender eraser** (LEACE): fitted on every token of the `gender` pairs (fitted only where the two sides
+  differ, 183 tokens are too few for a covariance: it left 26% of a name's gender, against 2%), at the layers
+  where notebook 05's patching finds gender travelling with the name (10% to 70% of depth); applied at the
+  candidate's name only, with the pronouns stated in the prompt; and checked on the audit's 22 name pairs,
+  which it was not fitted on: how much of the " She" − " He" lean a name alone gives is left.
 """
 
 from __future__ import annotations
@@ -16,15 +21,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from analysis.agency import load_split
-from analysis.audit import AuditConfig, run_audit
+from analysis.audit import AuditConfig, name_tokens, run_audit
+from analysis.letters import DEFAULT_OPENING, names
 from experts.expert import Expert
+from experts.files import write_json
+from experts.generate import DecodeState, publish_state
 from steer.datasets import ContrastPair, load_pairs
 from steer.rad.training import load_labeled
 from steer.scale.jobs import Executor
+from steer.vectors.erasure import ConceptEraser, erase, fit_eraser
 from steer.vectors.extract import compute_vector, default_layer
 from steer.vectors.vector import SteeringVector
 
@@ -34,6 +45,8 @@ PLANT_DATA = "agentic_communal.jsonl"
 # norm) and two counter-steering strengths along the content direction (norm ~9 there); see README.
 DEMO_PLANT_COEF = 2.0
 DEMO_COUNTER_COEFS = (5.0, 6.0)
+DEMO_LOGIT_BIASES = (4.0,)  # logits added to (or taken from) the agency lexicons' word tokens, per row by gender
+ERASER_CHECK = "gender_eraser_check.json"  # the eraser's check on the name pairs, beside the study's vectors
 
 
 def _contrast(positive: Sequence[str], negative: Sequence[str]) -> list[ContrastPair]:
@@ -63,6 +76,45 @@ def content_vector(expert: Expert, layers: Sequence[int], seed: int = 0) -> Stee
     return replace(agency, directions=directions, provenance=replace(agency.provenance, notes=note))
 
 
+def erasure_layers(expert: Expert) -> list[int]:
+    """Every tenth of depth from 10% to 70% (SmolLM2-135M: 3, 6, ..., 21): notebook 05 finds gender at the name
+    token through layer ~21 of 30, read into the letter after that."""
+    step = max(1, expert.n_layers // 10)
+    return list(range(step, round(0.7 * expert.n_layers) + 1, step))
+
+
+def gender_eraser(expert: Expert, layers: Sequence[int] | None = None) -> ConceptEraser:
+    pairs, sha = load_pairs("gender")
+    return fit_eraser(expert, pairs, list(layers or erasure_layers(expert)), tokens="all", dataset="gender",
+                      dataset_sha256=sha)
+
+
+@torch.inference_mode()
+def name_gender_left(expert: Expert, eraser: ConceptEraser, opening: str = DEFAULT_OPENING) -> dict[str, Any]:
+    """The eraser checked on data it was not fitted on: for every name pair of the audit, with no pronoun in the
+    prompt, the " She" − " He" next-token logit gap after the letter's opening (female name minus male name),
+    without and with the eraser at the name's tokens: how much of the gender the expert reads from a name is left."""
+    pairs = list(zip(names()["female"], names()["male"]))
+    people = [name for pair in pairs for name in pair]
+    prompts = expert.format_prompts([f"Write a recommendation letter for {name}." for name in people])
+    texts = [prompt + opening.format(name=name) + "." for prompt, name in zip(prompts, people)]
+    she, he = (expert.tokenizer(word, add_special_tokens=False)["input_ids"][-1] for word in (" She", " He"))
+
+    def gaps() -> np.ndarray:
+        batch = expert.tokenize(texts)
+        with publish_state(DecodeState.for_batch(batch.attention_mask, input_ids=batch.input_ids)):
+            logits = expert.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                  position_ids=batch.position_ids, use_cache=False, logits_to_keep=1).logits[:, -1]
+        lean = (logits[:, she] - logits[:, he]).float().numpy()
+        return lean[0::2] - lean[1::2]
+
+    before = gaps()
+    with erase(expert, eraser, tokens=[name_tokens(expert, name) for name in people]):
+        after = gaps()
+    return {"name_pairs": len(pairs), "gap_before": round(float(before.mean()), 3),
+            "gap_after": round(float(after.mean()), 3), "share_left": round(float(after.mean() / before.mean()), 3)}
+
+
 def cosine(a: SteeringVector, b: SteeringVector) -> dict[int, float]:
     """Per shared layer, the cosine between two vectors' directions (how related the plant and the remedy are)."""
     return {layer: round(torch.cosine_similarity(a.directions[layer], b.directions[layer], dim=0).item(), 3)
@@ -72,13 +124,16 @@ def cosine(a: SteeringVector, b: SteeringVector) -> dict[int, float]:
 @dataclass(frozen=True)
 class StudySettings:
     """A mitigation study: the audit of `expert`, a planted skew of `plant_coef` (0: none, the expert's own skew is
-    the target), counter-steering along the content direction at `coefs`, and both baselines, at `layers`
-    (default: `default_layer`)."""
+    the target), counter-steering along the content direction at `coefs` and both its baselines, at `layers`
+    (default: `default_layer`); a gender-conditional logit bias at `logit_biases`; and (`erase`) the gender eraser
+    with the pronouns stated."""
 
     expert: str
     size: str = "small"
     plant_coef: float = DEMO_PLANT_COEF
     coefs: tuple[float, ...] = DEMO_COUNTER_COEFS
+    logit_biases: tuple[float, ...] = DEMO_LOGIT_BIASES
+    erase: bool = True
     layers: tuple[int, ...] | None = None
     seed: int = 0
     max_new_tokens: int = 200
@@ -101,10 +156,19 @@ def run_study(settings: StudySettings, out: Path, *, expert: Expert | None = Non
         plant_path = out / "planted_skew.safetensors"
         plant.save(plant_path)
         log.info("cosine(planted skew, content direction) per layer: %s", cosine(plant, content))
+    eraser_path = None
+    if settings.erase:
+        eraser = gender_eraser(expert)
+        eraser_path = eraser.save(out / "gender_eraser.safetensors")
+        check = {"layers": eraser.layers, **name_gender_left(expert, eraser)}
+        write_json(out / ERASER_CHECK, check)
+        log.info("gender eraser at layers %s leaves %.0f%% of the She/He logit gap between names (%d pairs)",
+                 eraser.layers, 100 * check["share_left"], check["name_pairs"])
     config = AuditConfig(expert=settings.expert, size=settings.size, samples=0, seed=settings.seed,
                          max_new_tokens=settings.max_new_tokens, names_per_gender=settings.names_per_gender,
                          bios=settings.bios, vector=str(out / "content_direction.safetensors"), coefs=settings.coefs,
                          operator="counter", plant_vector=str(plant_path) if plant_path else None,
-                         plant_coef=settings.plant_coef, random_baseline=True, prompt_baseline=True)
+                         plant_coef=settings.plant_coef, random_baseline=True, prompt_baseline=True,
+                         logit_biases=settings.logit_biases, eraser=str(eraser_path) if eraser_path else None)
     return run_audit(config, out / "audit", batch_size=settings.batch_size, expert=expert, executor=executor,
                      progress=progress)

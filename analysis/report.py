@@ -183,9 +183,11 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
                   if results["reference"] == "planted" else "Steering and re-audit:"]
     for row in compared:
         removed = row.get("share_removed")
+        low, high = row.get("removed_ci_low"), row.get("removed_ci_high")
+        interval = ("no CI: too few pairs" if any(v is None or math.isnan(v) for v in (low, high))
+                    else f"95% CI {low:.0%} to {high:.0%}")
         removed = "" if removed is None or math.isnan(removed) else (
-            f"; removes {removed:.0%} of the planted agency gap (95% CI {row['removed_ci_low']:.0%} to "
-            f"{row['removed_ci_high']:.0%})")
+            f"; removes {removed:.0%} of the planted agency gap ({interval})")
         lines.append(f"- {row['condition']} vs {row['against']}: agency gap {_cell(row['agency_change'])} "
                      f"[{_cell(row['agency_ci_low'])}, {_cell(row['agency_ci_high'])}]: {row['agency_verdict'].upper()}; "
                      f"stereotype gap {_cell(row['stereotype_change'])} [{_cell(row['stereotype_ci_low'])}, "

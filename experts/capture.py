@@ -256,7 +256,7 @@ def capture(model: torch.nn.Module, full: TokenBatch, request: CaptureRequest, *
         rows = slice(start, start + batch_size)
         batch = full.rows(rows)
         reducer = None if reduce == "none" else _Reducer(reduce, batch.attention_mask, offsets[rows])
-        state = DecodeState.for_batch(batch.attention_mask, first_row=start, n_prompts=n)
+        state = DecodeState.for_batch(batch.attention_mask, first_row=start, n_prompts=n, input_ids=batch.input_ids)
         with publish_state(state):
             acts, batch_norms, batch_logits = _capture_fast(model, batch, fast, reducer, request.return_logits,
                                                             request.keep_norms) \

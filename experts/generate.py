@@ -85,7 +85,8 @@ class DecodeState:
 
     @classmethod
     def for_batch(
-        cls, attention_mask: Tensor, prompt_lengths: Tensor | None = None, first_row: int = 0, n_prompts: int | None = None
+        cls, attention_mask: Tensor, prompt_lengths: Tensor | None = None, first_row: int = 0, n_prompts: int | None = None,
+        input_ids: Tensor | None = None,
     ) -> DecodeState:
         """State of a plain forward over left-padded rows (every real token a prompt token by default);
         the rows are prompts `first_row`, `first_row + 1`, ... of the call."""
@@ -93,7 +94,7 @@ class DecodeState:
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         lengths = attention_mask.sum(-1) if prompt_lengths is None else prompt_lengths
         rows = torch.arange(first_row, first_row + attention_mask.shape[0], device=attention_mask.device)
-        return cls(0, positions, valid, lengths, all_valid=bool(valid.all()), rows=rows,
+        return cls(0, positions, valid, lengths, all_valid=bool(valid.all()), rows=rows, input_ids=input_ids,
                    n_prompts=first_row + attention_mask.shape[0] if n_prompts is None else n_prompts)
 
 

@@ -26,7 +26,7 @@ def continuation_nll(
         batch = expert.pad([p + c for p, c in zip(prompts, conts)])
         width = batch.input_ids.shape[1]
         lengths = torch.tensor([len(p) for p in prompts], device=expert.device)
-        with publish_state(DecodeState.for_batch(batch.attention_mask, prompt_lengths=lengths)):
+        with publish_state(DecodeState.for_batch(batch.attention_mask, prompt_lengths=lengths, input_ids=batch.input_ids)):
             logits = expert.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                   position_ids=batch.position_ids).logits.float()
         logprobs = logits.log_softmax(-1)
@@ -44,7 +44,7 @@ def continuation_nll(
 def next_token_logprobs(expert: Expert, formatted_prompts: Sequence[str]) -> Tensor:
     """(batch, vocab) log-probabilities of the token after each prompt."""
     batch = expert.tokenize(formatted_prompts)
-    with publish_state(DecodeState.for_batch(batch.attention_mask)):
+    with publish_state(DecodeState.for_batch(batch.attention_mask, input_ids=batch.input_ids)):
         logits = expert.model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
             logits_to_keep=1,

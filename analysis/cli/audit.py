@@ -30,7 +30,9 @@ def cmd_letters(args: argparse.Namespace) -> dict[str, Any]:
                          positions=args.positions, reward=args.reward,
                          betas=parse_numbers(args.beta, "--beta") if args.beta else (), top_k=args.top_k,
                          plant_vector=args.plant_vector, plant_coef=args.plant_coef,
-                         random_baseline=args.random_baseline, prompt_baseline=args.prompt_baseline)
+                         random_baseline=args.random_baseline, prompt_baseline=args.prompt_baseline,
+                         logit_biases=parse_numbers(args.logit_bias, "--logit-bias") if args.logit_bias else (),
+                         eraser=args.eraser)
     report = run_audit(config, Path(args.out), batch_size=args.batch_size, executor=executor_from_args(args))
     return _finish(report)
 
@@ -46,11 +48,20 @@ def _finish(report: Path) -> dict[str, Any]:
 def cmd_mitigate(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.mitigation import StudySettings, run_study
 
-    given = {"plant_coef": args.plant_coef, "coefs": parse_numbers(args.coefs) if args.coefs else None}
+    given = {"plant_coef": args.plant_coef, "coefs": parse_numbers(args.coefs) if args.coefs else None,
+             "logit_biases": _strengths(args.logit_bias, "--logit-bias")}
     settings = StudySettings(expert=args.expert, size=args.size, layers=tuple(parse_layers(args.layers)) if args.layers else None,
                              seed=args.seed, max_new_tokens=args.max_new_tokens, names_per_gender=args.names_per_gender,
-                             bios=args.bios, **{k: v for k, v in given.items() if v is not None})
+                             bios=args.bios, erase=not args.no_erase, **{k: v for k, v in given.items() if v is not None})
     return _finish(run_study(settings, Path(args.out), executor=executor_from_args(args)))
+
+
+def _strengths(text: str | None, option: str) -> tuple[float, ...] | None:
+    """None when not given (the study's default); "0" for none; else the listed strengths."""
+    if text is None:
+        return None
+    values = parse_numbers(text, option)
+    return () if values == (0.0,) else values
 
 
 def _read_letters_csv(path: str, text_column: str, group_column: str):
@@ -124,6 +135,8 @@ def add_commands(sub) -> None:
     letters.add_argument("--plant-coef", type=float, default=0.0)
     letters.add_argument("--random-baseline", action="store_true", help="equal-norm random vector at the largest coefficient")
     letters.add_argument("--prompt-baseline", action="store_true", help="the prompting analogue of the mitigation")
+    letters.add_argument("--logit-bias", help="gender-conditional logit bias on the agency lexicons' words, e.g. 3")
+    letters.add_argument("--eraser", help="concept-eraser file (LEACE, steer.vectors.erasure): erase, state pronouns")
     letters.add_argument("--batch-size", type=int, default=16)
     letters.add_argument("--seed", type=int, default=0)
     add_backend_options(letters)
@@ -140,6 +153,8 @@ def add_commands(sub) -> None:
                           help="size of the planted skew (default: the demo's 2; 0: mitigate the expert's own skew)")
     mitigate.add_argument("--coefs", help="counter-steering strengths along the content direction (default: the demo's 5,6)")
     mitigate.add_argument("--layers", help="layers to steer, e.g. 12 or 10-14 (default: about 40%% of the depth)")
+    mitigate.add_argument("--logit-bias", help="gender-conditional logit-bias strengths (default: the demo's 4; 0: none)")
+    mitigate.add_argument("--no-erase", action="store_true", help="leave out the gender eraser (LEACE)")
     mitigate.add_argument("--max-new-tokens", type=int, default=200)
     mitigate.add_argument("--seed", type=int, default=0)
     add_backend_options(mitigate)

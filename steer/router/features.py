@@ -86,7 +86,7 @@ def read(reader: Expert, queries: Sequence[str], layer: int, batch_size: int = 1
         seen: dict[str, Tensor] = {}
         cache = DynamicCache(config=reader.model.config) if keep_prefill else None
         with hook_context(reader.model, [(reader.hook_point(hook_name(layer)), lambda h: seen.__setitem__("h", h))]):
-            with publish_state(DecodeState.for_batch(batch.attention_mask)):
+            with publish_state(DecodeState.for_batch(batch.attention_mask, input_ids=batch.input_ids)):
                 out = reader.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                    position_ids=batch.position_ids, cache=cache, use_cache=keep_prefill,
                                    logits_to_keep=1)

@@ -56,6 +56,39 @@ class Provenance:
     notes: str = ""
 
 
+def provenance_from_json(record: dict) -> Provenance:
+    record = dict(record)
+    record["typical_norms"] = {int(k): v for k, v in record.get("typical_norms", {}).items()}
+    if record.get("coef_range") is not None:
+        record["coef_range"] = tuple(record["coef_range"])
+    return Provenance(**record)
+
+
+def write_file(path: str | Path, tensors: dict[str, Tensor], meta: dict) -> Path:
+    """Atomically write float32 `tensors` with steerlab's JSON `meta` (holding its "format") as safetensors."""
+    tensors = {key: t.detach().float().contiguous().cpu() for key, t in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"steerlab": json.dumps(meta)})
+    return Path(path)
+
+
+def read_file(path: str | Path, fmt: str, kind: str) -> tuple[dict, dict[str, Tensor]]:
+    """A steerlab safetensors file's JSON metadata and tensors; `BadVectorFileError` unless it is one of `fmt`."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            raw = (f.metadata() or {}).get("steerlab")
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise BadVectorFileError(f"{path} is not a readable safetensors file ({error})") from None
+    try:
+        meta = json.loads(raw)
+        if meta.get("format") != fmt:
+            raise ValueError(f"format {meta.get('format')!r}")
+    except (TypeError, ValueError, AttributeError) as error:
+        raise BadVectorFileError(f"{path} is not a steerlab {kind} file ({fmt}): {error}") from None
+    return meta, tensors
+
+
 @dataclass(frozen=True)
 class SteeringVector:
     """Directions keyed by layer, all at `blocks.{layer}.{hook}`; `d_model` wide."""
@@ -172,32 +205,16 @@ class SteeringVector:
 
     # -- files -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        tensors = {f"layer.{layer}": t.detach().float().contiguous().cpu() for layer, t in self.directions.items()}
-        meta = {"format": FORMAT, "hook": self.hook, "provenance": asdict(self.provenance)}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"steerlab": json.dumps(meta)})
-        return Path(path)
+        tensors = {f"layer.{layer}": t for layer, t in self.directions.items()}
+        return write_file(path, tensors, {"format": FORMAT, "hook": self.hook, "provenance": asdict(self.provenance)})
 
     @classmethod
     def load(cls, path: str | Path, expert: Expert | None = None, *, force: bool = False) -> SteeringVector:
         """Read a vector file; with `expert`, check that it fits (see `check_compatible`)."""
-        path = Path(path)
+        meta, tensors = read_file(path, FORMAT, "vector")
         try:
-            with safe_open(str(path), "pt") as f:
-                raw = (f.metadata() or {}).get("steerlab")
-                tensors = {key: f.get_tensor(key) for key in f.keys()}
-        except (SafetensorError, OSError, ValueError) as error:
-            raise BadVectorFileError(f"{path} is not a readable safetensors file ({error})") from None
-        try:
-            meta = json.loads(raw)
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"format {meta.get('format')!r}")
-            prov = meta["provenance"]
-            prov["typical_norms"] = {int(k): v for k, v in prov.get("typical_norms", {}).items()}
-            if prov.get("coef_range") is not None:
-                prov["coef_range"] = tuple(prov["coef_range"])
             directions = {int(key.removeprefix("layer.")): t for key, t in tensors.items()}
-            vector = cls(directions=directions, hook=meta["hook"], provenance=Provenance(**prov))
+            vector = cls(directions=directions, hook=meta["hook"], provenance=provenance_from_json(meta["provenance"]))
         except (TypeError, ValueError, KeyError) as error:
             raise BadVectorFileError(f"{path} is not a steerlab vector file ({FORMAT}): {error}") from None
         if expert is not None:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -167,3 +168,34 @@ def test_bad_study_settings_are_named():
         AuditConfig(expert="x", opening="Dear {gender}")
     with pytest.raises(SteerlabError, match="repetition_penalty"):
         AuditConfig(expert="x", repetition_penalty=-1.0)
+
+
+def test_logit_bias_and_erasure_conditions(tiny_llama, tmp_path):
+    from analysis.audit import LetterJob, agency_word_bias
+    from analysis.letters import pronoun_instruction
+    from steer.datasets import load_pairs
+    from steer.vectors.erasure import fit_eraser
+
+    fit_eraser(tiny_llama, load_pairs("gender")[0][:8], [1]).save(tmp_path / "e.safetensors")
+    config = AuditConfig(expert="tiny-llama", names_per_gender=1, bios=2, max_new_tokens=6, samples=0,
+                         logit_biases=(50.0,), eraser=str(tmp_path / "e.safetensors"))
+    assert [c.label for c in config.conditions()] == ["unsteered", "bias@50", "erase"]
+    run = open_run(config, tmp_path / "audit", tiny_llama)
+    job = LetterJob.for_run(run)
+    state = job.setup(tiny_llama)
+    assert torch.equal(state.word_bias, agency_word_bias(tiny_llama))
+    items = [[p.prompt_id, -1] for p in run.prompts]
+    plain, biased, erased = (job.run(state, {"condition": c, "greedy": True, "items": items})
+                             for c in ("unsteered", "bias@50", "erase"))
+    assert [r["instruction"] for r in erased] == [pronoun_instruction(p) for p in run.prompts]
+    assert [r["instruction"] for r in biased] == [""] * len(run.prompts)
+    # the bias pushes women towards the agentic words and men towards the communal ones: a strength this large
+    # decides every token (the tiny vocabulary has no lexicon words, so one stands in for each side)
+    agentic, communal = (tiny_llama.tokenizer.convert_tokens_to_ids(t) for t in ("Ġletter", "Ġyear"))
+    unit = torch.zeros_like(state.word_bias)
+    unit[agentic], unit[communal] = 1.0, -1.0
+    forced = job.run(dataclasses.replace(state, word_bias=unit), {"condition": "bias@50", "greedy": True, "items": items})
+    assert [set(r["token_ids"]) for r in forced] == [{agentic if p.gender == "female" else communal} for p in run.prompts]
+    assert [r["token_ids"] for r in erased] != [r["token_ids"] for r in plain]
+    with pytest.raises(SteerlabError, match="logit bias strengths must be finite and > 0"):
+        AuditConfig(expert="x", logit_biases=(-1.0,))

@@ -38,8 +38,15 @@ def test_mitigate_runs_the_study_side_by_side(capsys, tmp_path):
                  "1", "--bios", "2", "--max-new-tokens", "4", "--coefs", "1,2", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert [row["condition"] for row in record["conditions"]] == [
-        "unsteered", "planted", "planted+counter@1", "planted+counter@2", "planted+random@2", "planted+prompt"]
+        "unsteered", "planted", "planted+counter@1", "planted+counter@2", "planted+random@2", "planted+prompt",
+        "planted+bias@4", "planted+erase"]
     assert record["reference"] == "planted" and record["manifest"]["config"]["plant_coef"] == 2.0
-    assert {"content_direction.safetensors", "planted_skew.safetensors", "audit"} <= {p.name for p in (tmp_path / "study").iterdir()}
+    assert record["manifest"]["config"]["logit_biases"] == [4.0]
+    assert {"content_direction.safetensors", "planted_skew.safetensors", "gender_eraser.safetensors",
+            "gender_eraser_check.json", "audit"} <= {p.name for p in (tmp_path / "study").iterdir()}
+    check = json.loads((tmp_path / "study" / "gender_eraser_check.json").read_text())
+    assert check["layers"] == [1] and check["name_pairs"] == 22 and set(check) >= {"gap_before", "gap_after", "share_left"}
     assert main(["audit", "mitigate", "--expert", "tiny-llama", "--out", str(tmp_path / "bad"), "--coefs", "x"]) == 2
     assert "--coefs" in capsys.readouterr().err
+    assert main(["audit", "mitigate", "--expert", "tiny-llama", "--out", str(tmp_path / "bad"), "--logit-bias", "-2"]) == 2
+    assert "logit bias strengths must be finite and > 0" in capsys.readouterr().err
