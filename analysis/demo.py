@@ -6,7 +6,7 @@
 2. The positive control: a skew planted by steering (men towards agentic content, women towards communal); the
    audit must detect it with the expected sign.
 3. The mitigation frontier on the planted skew: gender-conditional counter-steering along a content direction
-   from Wan et al.'s data (gender projected out) at two strengths, against an equal-norm random vector and a
+   from Wan et al.'s data (gender projected out), against an equal-norm random vector and a
    prompting baseline under the same seeds; a gender-conditional logit bias on the agency lexicons' words; and
    LEACE erasure of gender with the pronouns stated: share of the skew removed against fluency cost.
 """

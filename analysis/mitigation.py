@@ -42,9 +42,10 @@ from steer.vectors.vector import SteeringVector
 log = logging.getLogger(__name__)
 PLANT_DATA = "agentic_communal.jsonl"
 # The demo's study (SmolLM2-135M-Instruct, layer 12): a planted skew of 2 (about a third of the typical residual
-# norm) and two counter-steering strengths along the content direction (norm ~9 there); see README.
+# norm) and counter-steering at 6 along the content direction (norm ~9 there); other strengths, layers and
+# operators are measured in benchmarks/RESULTS.md.
 DEMO_PLANT_COEF = 2.0
-DEMO_COUNTER_COEFS = (5.0, 6.0)
+DEMO_COUNTER_COEFS = (6.0,)
 DEMO_LOGIT_BIASES = (4.0,)  # logits added to (or taken from) the agency lexicons' word tokens, per row by gender
 ERASER_CHECK = "gender_eraser_check.json"  # the eraser's check on the name pairs, beside the study's vectors
 

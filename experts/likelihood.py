@@ -18,25 +18,29 @@ if TYPE_CHECKING:
 def continuation_nll(
     expert: Expert, formatted_prompts: Sequence[str], continuations: Sequence[Sequence[int]], batch_size: int = 8
 ) -> list[float]:
-    """Mean negative log-likelihood per continuation token (nan for an empty continuation)."""
-    out: list[float] = []
-    for start in range(0, len(continuations), batch_size):
-        prompts = [expert.encode(p) for p in formatted_prompts[start : start + batch_size]]
-        conts = [list(c) for c in continuations[start : start + batch_size]]
-        batch = expert.pad([p + c for p, c in zip(prompts, conts)])
-        width = batch.input_ids.shape[1]
-        lengths = torch.tensor([len(p) for p in prompts], device=expert.device)
+    """Mean negative log-likelihood per continuation token (nan for an empty continuation).
+
+    Rows are batched by length (less padding), and logits are computed only for the positions that predict a
+    continuation token (left padding puts them last in every row), as logsumexp − the chosen logit."""
+    prompts = [expert.encode(p) for p in formatted_prompts]
+    conts = [list(c) for c in continuations]
+    order = sorted(range(len(conts)), key=lambda i: len(prompts[i]) + len(conts[i]))
+    out = [float("nan")] * len(conts)
+    for start in range(0, len(order), batch_size):
+        rows = [i for i in order[start : start + batch_size] if conts[i]]
+        if not rows:
+            continue
+        batch = expert.pad([prompts[i] + conts[i] for i in rows])
+        lengths = torch.tensor([len(prompts[i]) for i in rows], device=expert.device)
+        keep = max(len(conts[i]) for i in rows) + 1  # the last `keep` positions hold every predicting position
         with publish_state(DecodeState.for_batch(batch.attention_mask, prompt_lengths=lengths, input_ids=batch.input_ids)):
             logits = expert.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                  position_ids=batch.position_ids).logits.float()
-        logprobs = logits.log_softmax(-1)
-        for i, (p, c) in enumerate(zip(prompts, conts)):
-            if not c:
-                out.append(float("nan"))
-                continue
-            first = width - len(c) - 1  # the position that predicts the first continuation token
-            picked = logprobs[i, first : width - 1].gather(-1, torch.tensor(c, device=expert.device)[:, None])
-            out.append(-picked.mean().item())
+                                  position_ids=batch.position_ids, logits_to_keep=keep).logits.float()
+        for row, i in enumerate(rows):
+            n = len(conts[i])
+            predicting = logits[row, keep - n - 1 : keep - 1]  # the position before each continuation token
+            chosen = predicting.gather(-1, torch.tensor(conts[i], device=predicting.device)[:, None])[:, 0]
+            out[i] = (predicting.logsumexp(-1) - chosen).mean().item()
     return out
 
 

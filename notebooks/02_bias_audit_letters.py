@@ -26,7 +26,7 @@
 #   communal) and check that the audit sees it, with the right sign; then counter-steer along a content
 #   direction built from Wan et al.'s own data and measure how much of the planted skew it removes.
 #
-# This notebook is small (12 twin pairs, three conditions) so it runs in a few minutes; `make demo` (24 pairs,
+# This notebook is small (8 twin pairs, three conditions) so it runs in a few minutes; `make demo` (24 pairs,
 # both baselines) and `steer audit letters --size medium` (176 pairs) are the real things.
 
 # %%
@@ -57,7 +57,7 @@ expert = Expert.load()
 # SmolLM2-135M writes to the candidate or to "[Recipient's Name]" far more often than about the candidate.
 
 # %%
-NAMES, BIOS = 3, 4
+NAMES, BIOS = 2, 4
 prompts = build_prompts("small", names_per_gender=NAMES, n_bios=BIOS)
 print(f"{len(prompts) // 2} twin pairs; the letter opens with {DEFAULT_OPENING!r}\n")
 print(prompts[0].text, "\n---\n", prompts[1].text)

@@ -151,7 +151,7 @@ def add_commands(sub) -> None:
     mitigate.add_argument("--bios", type=int, help="biographies used (default: the size's)")
     mitigate.add_argument("--plant-coef", type=float,
                           help="size of the planted skew (default: the demo's 2; 0: mitigate the expert's own skew)")
-    mitigate.add_argument("--coefs", help="counter-steering strengths along the content direction (default: the demo's 5,6)")
+    mitigate.add_argument("--coefs", help="counter-steering strengths along the content direction (default: the demo's 6)")
     mitigate.add_argument("--layers", help="layers to steer, e.g. 12 or 10-14 (default: about 40%% of the depth)")
     mitigate.add_argument("--logit-bias", help="gender-conditional logit-bias strengths (default: the demo's 4; 0: none)")
     mitigate.add_argument("--no-erase", action="store_true", help="leave out the gender eraser (LEACE)")

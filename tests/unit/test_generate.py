@@ -98,3 +98,21 @@ def test_repetition_penalty_is_the_ctrl_penalty_on_generated_tokens(tiny):
     assert tiny.generate(PROMPTS, max_new_tokens=40, stop_at_eos=False, repetition_penalty=1.0).token_ids == plain.token_ids
     with pytest.raises(SteerlabError, match="repetition_penalty"):
         GenerationSettings(repetition_penalty=0.0)
+
+
+def test_continuation_nll_equals_one_row_at_a_time_log_softmax(tiny):
+    from experts.likelihood import continuation_nll
+
+    prompts = ["Dear committee", "A letter for Kelly, who", "Hi"]
+    conts = [tiny.encode(" she is kind")[1:], [], tiny.encode(" and he leads the team well")[1:]]
+    got = continuation_nll(tiny, prompts, conts, batch_size=2)
+    assert got[1] != got[1]  # nan for an empty continuation
+    for prompt, cont, value in zip(prompts, conts, got):
+        if not cont:
+            continue
+        ids = torch.tensor([tiny.encode(prompt) + cont])
+        with torch.inference_mode():
+            logprobs = tiny.model(input_ids=ids).logits.float().log_softmax(-1)[0]
+        first = ids.shape[1] - len(cont) - 1
+        expected = -logprobs[first : ids.shape[1] - 1].gather(-1, torch.tensor(cont)[:, None]).mean().item()
+        assert value == pytest.approx(expected, abs=1e-4)
