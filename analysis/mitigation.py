@@ -31,7 +31,7 @@ from analysis.audit import AuditConfig, name_tokens, run_audit
 from analysis.letters import DEFAULT_OPENING, names
 from experts.expert import Expert
 from experts.files import write_json
-from experts.generate import DecodeState, publish_state
+from experts.likelihood import next_token_logprobs
 from steer.datasets import ContrastPair, load_pairs
 from steer.rad.training import load_labeled
 from steer.scale.jobs import Executor
@@ -102,11 +102,8 @@ def name_gender_left(expert: Expert, eraser: ConceptEraser, opening: str = DEFAU
     she, he = (expert.tokenizer(word, add_special_tokens=False)["input_ids"][-1] for word in (" She", " He"))
 
     def gaps() -> np.ndarray:
-        batch = expert.tokenize(texts)
-        with publish_state(DecodeState.for_batch(batch.attention_mask, input_ids=batch.input_ids)):
-            logits = expert.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                  position_ids=batch.position_ids, use_cache=False, logits_to_keep=1).logits[:, -1]
-        lean = (logits[:, she] - logits[:, he]).float().numpy()
+        logprobs = next_token_logprobs(expert, texts)  # a difference of log-probs is the difference of logits
+        lean = (logprobs[:, she] - logprobs[:, he]).numpy()
         return lean[0::2] - lean[1::2]
 
     before = gaps()

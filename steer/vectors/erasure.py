@@ -29,10 +29,10 @@ from experts.generate import DecodeState, current_decode_state
 from experts.hookpoints import BLOCK_HOOKS
 from experts.hooks import ActivationFn, attach
 from steer.datasets import ContrastPair
-from steer.errors import BadVectorFileError, VectorMismatchError
+from steer.errors import BadVectorFileError
 from steer.vectors.apply import check_positions, position_mask
 from steer.vectors.extract import pair_texts
-from steer.vectors.vector import Provenance, provenance_from_json, read_file, write_file
+from steer.vectors.vector import Provenance, check_fits, provenance_from_json, read_file, write_file
 
 if TYPE_CHECKING:
     from experts.expert import Expert
@@ -79,16 +79,7 @@ class ConceptEraser:
         return (h32 - ((h32 - part["mean"]) @ part["read"])[..., None] * part["write"]).to(h.dtype)
 
     def check_compatible(self, expert: Expert, force: bool = False) -> None:
-        if self.d_model != expert.d_model:
-            raise VectorMismatchError(f"eraser width {self.d_model} does not match expert {expert.name!r} "
-                                      f"(d_model {expert.d_model})")
-        bad = [layer for layer in self.layers if not 0 <= layer < expert.n_layers]
-        if bad:
-            raise VectorMismatchError(f"eraser layers {bad} are out of range for {expert.name!r} (0..{expert.n_layers - 1})")
-        made_for = self.provenance.fingerprint
-        if made_for and made_for != expert.fingerprint and not force:
-            raise VectorMismatchError(f"eraser was fitted on {self.provenance.expert!r} (weights {made_for}), not "
-                                      f"{expert.name!r} (weights {expert.fingerprint}); pass force=True to use it anyway")
+        check_fits("eraser", self.d_model, self.layers, self.provenance, expert, force)
 
     def save(self, path: str | Path) -> Path:
         tensors = {f"{name}.{layer}": t for layer, part in self.parts.items() for name, t in part.items()}

@@ -64,6 +64,21 @@ def provenance_from_json(record: dict) -> Provenance:
     return Provenance(**record)
 
 
+def check_fits(kind: str, d_model: int, layers: list[int], made: Provenance, expert: Expert, force: bool = False) -> None:
+    """Raise `VectorMismatchError` unless a `kind` ("vector", "eraser") of this width, at these layers, made on
+    the weights in `made`, fits `expert` (`force` accepts other weights of the same shape)."""
+    if d_model != expert.d_model:
+        raise VectorMismatchError(f"{kind} width {d_model} does not match expert {expert.name!r} (d_model {expert.d_model})")
+    bad = [layer for layer in layers if not 0 <= layer < expert.n_layers]
+    if bad:
+        raise VectorMismatchError(f"{kind} layers {bad} are out of range for {expert.name!r} (0..{expert.n_layers - 1})")
+    if made.fingerprint and made.fingerprint != expert.fingerprint and not force:
+        raise VectorMismatchError(
+            f"{kind} was made for {made.expert!r} (weights {made.fingerprint}), not {expert.name!r} "
+            f"(weights {expert.fingerprint}); pass force=True (CLI: --force) to use it anyway"
+        )
+
+
 def write_file(path: str | Path, tensors: dict[str, Tensor], meta: dict) -> Path:
     """Atomically write float32 `tensors` with steerlab's JSON `meta` (holding its "format") as safetensors."""
     tensors = {key: t.detach().float().contiguous().cpu() for key, t in tensors.items()}
@@ -189,19 +204,7 @@ class SteeringVector:
     # -- compatibility -----------------------------------------------------------------------
     def check_compatible(self, expert: Expert, force: bool = False) -> None:
         """Raise `VectorMismatchError` unless this vector fits `expert` (width, layers, fingerprint)."""
-        if self.d_model != expert.d_model:
-            raise VectorMismatchError(
-                f"vector width {self.d_model} does not match expert {expert.name!r} (d_model {expert.d_model})"
-            )
-        bad = [layer for layer in self.layers if not 0 <= layer < expert.n_layers]
-        if bad:
-            raise VectorMismatchError(f"vector layers {bad} are out of range for {expert.name!r} (0..{expert.n_layers - 1})")
-        made_for = self.provenance.fingerprint
-        if made_for and made_for != expert.fingerprint and not force:
-            raise VectorMismatchError(
-                f"vector was made for {self.provenance.expert!r} (weights {made_for}), not {expert.name!r} "
-                f"(weights {expert.fingerprint}); pass force=True (CLI: --force) to use it anyway"
-            )
+        check_fits("vector", self.d_model, self.layers, self.provenance, expert, force)
 
     # -- files -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
