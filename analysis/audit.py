@@ -55,7 +55,8 @@ OPERATORS = ("ablate", "counter")  # project the direction out, or push each gen
 class Condition:
     """One way of writing the letters. `steers` are (vector role: vector, plant or random; operator; coefficient),
     applied together; the counter operator signs the coefficient by gender (+ for women along the vector, − for
-    men). `beta` > 0 adds reward-augmented decoding; `bias` > 0 a logit bias signed by gender like the counter
+    men). `beta` > 0 adds reward-augmented decoding (under the counter operator signed by gender too: women's
+    letters towards the reward's high end, men's towards its low end); `bias` > 0 a logit bias signed by gender like the counter
     operator (women's letters towards agentic words and away from communal ones, men's the other way); `erase`
     applies the concept eraser and states the candidate's pronouns in the prompt; `instruction` adds the prompting
     baseline's sentence."""
@@ -252,7 +253,12 @@ class LetterJob:
         formatted = expert.format_prompts([f"{p.text} {extra}".strip() for (p, _), extra in zip(chunk, instructions)])
         texts_in = [prompt + opening for prompt, opening in zip(formatted, openings)]
         with ExitStack() as stack:
-            hook = stack.enter_context(reward_decoding(expert, state.reward, condition.beta, config.top_k)) if condition.beta else None
+            if condition.beta:  # under the counter operator signed by gender like the steering: each row its own β
+                betas = _coefs_for(chunk, condition.beta, config.operator)
+                hook = stack.enter_context(reward_decoding(expert, state.reward, betas, config.top_k,
+                                                           signed=config.operator == "counter"))
+            else:
+                hook = None
             if condition.bias:
                 signs = torch.tensor(_coefs_for(chunk, condition.bias, "counter"))
                 hook = row_bias_hook(signs[:, None] * state.word_bias[None, :])

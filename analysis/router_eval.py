@@ -1,9 +1,11 @@
-"""`steer route eval`: the router against the baselines on the test split, written as a table
-(CSV, JSON, Markdown) and plots."""
+"""`steer route eval`: the router at its operating point against the baselines, on the task set's test split and on
+HumanEval (public problems nobody here wrote), with the cost–quality curve; written as tables (CSV, JSON,
+Markdown) and plots."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,125 +19,202 @@ from experts.expert import Expert
 from experts.files import atomic_path, provenance, write_json
 from steer.evaluate.encoder import MINILM_PARAMS, minilm_embeddings
 from steer.router import baselines
-from steer.router.evaluate import Routed, faithfulness, metrics_table, paraphrase_stability
+from steer.router.evaluate import Routed, faithfulness, gap_recovered, metrics_table, paraphrase_stability
 from steer.router.features import read
+from steer.router.humaneval import humaneval_tasks
 from steer.router.quality import quality_table
 from steer.router.router import Router
-from steer.router.tasks import DATA, load_paraphrases, task_set
+from steer.router.tasks import DATA, Task, load_paraphrases, task_set
 from steer.router.training import quality_matrix, utility_matrix
 
-EMBEDDING_ROUTERS = ("minilm-knn", "minilm-logistic")
+BASELINES = ("random", "best-single", "per-domain-label", "tfidf-logistic", "minilm-knn", "minilm-logistic")
+CLAIM_BASELINES = ("tfidf-logistic", "minilm-knn", "minilm-logistic")  # the paired CI must exclude 0 against these
+COST_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0, 1.5, 3.0)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str
+    rows: np.ndarray  # indices into the combined task list
+
+
+def _costs(quality: pd.DataFrame, tasks: list[Task], experts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, E) cost of each expert's own answer (parameters × (prompt + answer tokens)) and the mean prompt tokens."""
+    prompt = quality_matrix(quality, tasks, experts, "prompt_tokens")
+    answer = quality_matrix(quality, tasks, experts, "answer_tokens")
+    params = quality.groupby("expert").n_params.first().reindex(experts).to_numpy(dtype=float)
+    return params * (prompt + answer), prompt.mean(1)
+
+
+def verdicts(table: pd.DataFrame, reference: str = "activation-router") -> list[str]:
+    """One plain sentence per baseline: whether the router beats it at equal or lower cost, loses, or ties."""
+    ours = table.set_index("router").loc[reference]
+    lines = []
+    for _, row in table[table.router.isin(BASELINES)].iterrows():
+        diff, low, high = -row[f"diff_vs_{reference}"], -row.diff_ci_high, -row.diff_ci_low
+        cheaper = ours.cost <= row.cost * 1.0001
+        if low > 0:
+            what = "beats" + (" at equal or lower cost" if cheaper else f" but costs {ours.cost / row.cost:.2f}x as much")
+        elif high < 0:
+            what = "LOSES to"
+        else:
+            what = "is not distinguishable from"
+        lines.append(f"the router {what} {row.router}: Δ quality {diff:+.3f} [{low:+.3f}, {high:+.3f}]")
+    return lines
 
 
 def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed: int = 0,
-                    activations: torch.Tensor | None = None) -> str:
+                    activations: torch.Tensor | None = None, humaneval: int = 0) -> str:
     """Write the evaluation into `out` and return it as text. `activations` reuses a reading of the task set's
-    queries (`read(reader, queries, router.features.layer).activations`, in `task_set` order)."""
+    queries (`read(reader, queries, router.features.layer).activations`, in `task_set` order); `humaneval` > 0 adds
+    that many HumanEval problems as a second, outside test set (answers generated and graded when not cached)."""
     router = Router.load(folder)
     tasks = task_set(tasks_path or DATA / "tasks.jsonl", seed=seed)
-    quality = quality_table(router.experts, tasks, folder / "quality")
-    q = -quality_matrix(quality, tasks, router.experts)  # reported quality: −bits per byte
-    u = utility_matrix(quality, tasks, router.experts)  # what routers are trained to maximize
-    split = np.array([t.split for t in tasks])
-    train, val, test = split == "train", split == "val", split == "test"
-    reader = Expert.load(router.features.reader)
-    router.check_reader(reader)
     if activations is not None and len(activations) != len(tasks):
         raise SteerlabError(f"activations hold {len(activations)} rows; the task set has {len(tasks)} queries")
-    h = activations if activations is not None else read(reader, [t.query for t in tasks], router.features.layer).activations
-    emb = minilm_embeddings([t.query for t in tasks])
+    outside = humaneval_tasks(humaneval) if humaneval else []
+    everything = tasks + outside
+    quality = quality_table(router.experts, everything, folder / "quality")
+    q = quality_matrix(quality, everything, router.experts)  # the grade of each expert's answer
+    u = utility_matrix(quality, everything, router.experts)  # what routers are trained to maximize
+    cost, prompt_tokens = _costs(quality, everything, router.experts)
+    split = np.array([t.split for t in everything])
+    train, val = split == "train", split == "val"
+    reader = Expert.load(router.features.reader)
+    router.check_reader(reader)
+    layer = router.features.layer
+    if activations is None:
+        h = read(reader, [t.query for t in everything], layer).activations
+    else:
+        h = torch.cat([activations, read(reader, [t.query for t in outside], layer).activations]) if outside else activations
+    emb = minilm_embeddings([t.query for t in everything])
     reader_params = sum(p.numel() for p in reader.model.parameters())
-    ours_p = router.probabilities(h)
+    n = len(everything)
     ours = np.array(router.choose(h))
-    tfidf, tfidf_p = baselines.tfidf_logistic(tasks, u, train, val, seed)
+    ours_p = router.probabilities(h)
+    tfidf, tfidf_p = baselines.tfidf_logistic(everything, u, train, val, seed)
     logistic, logistic_p = baselines.embedding_logistic(emb, u, train, val, seed)
     knn, knn_p = baselines.embedding_knn(emb, u, train, val)
-    n = len(tasks)
     routed = [
         Routed("activation-router", ours, ours_p[np.arange(n), ours], reader_params),
         Routed("random", None),
         Routed("best-single", baselines.best_single(u, train, n)),
-        Routed("per-domain-label", baselines.per_domain(u, tasks, train)),
+        Routed("per-domain-label", baselines.per_domain(u, everything, train)),
         Routed("tfidf-logistic", tfidf, tfidf_p[np.arange(n), tfidf]),
         Routed("minilm-knn", knn, knn_p[np.arange(n), knn], MINILM_PARAMS),
         Routed("minilm-logistic", logistic, logistic_p[np.arange(n), logistic], MINILM_PARAMS),
         Routed("oracle", u.argmax(1)),
     ]
-    table_q = quality.pivot_table(index="task_id", columns="expert", values=["pass_at_1", "prompt_tokens", "answer_tokens"])
-    ids = [t.id for t in tasks]
-    passed = table_q["pass_at_1"].loc[ids, router.experts].to_numpy()
-    prompt_tokens = table_q["prompt_tokens"].loc[ids].mean(axis=1).to_numpy()
-    answer_tokens = table_q["answer_tokens"].loc[ids].mean(axis=1).to_numpy()
-    costs = np.array([router.costs[e] for e in router.experts], dtype=float)
-    # the claim is tested against the embedding router that does best on the val split (its tuning split)
-    reference = max((r for r in routed if r.name in EMBEDDING_ROUTERS), key=lambda r: u[val][np.arange(val.sum()), r.choice[val]].mean()).name
-    test_routed = [Routed(r.name, None if r.choice is None else r.choice[test],
-                          None if r.confidence is None else r.confidence[test], r.overhead_params) for r in routed]
-    table = metrics_table(test_routed, q[test], u[test].argmax(1), costs, prompt_tokens[test], answer_tokens[test],
-                          passed[test], reference, seed=seed)
-    faithful = faithfulness(router, h[test], seed=seed)
+    strongest = int(np.argmax([router.costs[e] for e in router.experts]))
+    cheapest = int(np.argmin([router.costs[e] for e in router.experts]))
+    sets = [EvalSet("test split", np.flatnonzero(split == "test"))] + \
+        ([EvalSet(f"HumanEval ({len(outside)} problems)", np.arange(len(tasks), n))] if outside else [])
+    out.mkdir(parents=True, exist_ok=True)
+    results, sections, tables, curves = {}, [], {}, {}
+    for s in sets:
+        rows = s.rows
+        sub = [Routed(r.name, None if r.choice is None else r.choice[rows],
+                      None if r.confidence is None else r.confidence[rows], r.overhead_params) for r in routed]
+        table = metrics_table(sub, q[rows], u[rows].argmax(1), cost[rows], prompt_tokens[rows], strongest,
+                              "activation-router", seed=seed)
+        curve = _quality_cost_curve(router, h[rows], q[rows], cost[rows], prompt_tokens[rows] * reader_params, strongest)
+        gaps = gap_recovered(curve, weak=q[rows, cheapest].mean(), oracle=q[rows][np.arange(len(rows)), u[rows].argmax(1)].mean())
+        said = verdicts(table)
+        by_domain = _routing_by_domain([everything[i] for i in rows], ours[rows], u[rows].argmax(1), router.experts)
+        tables[s.name], curves[s.name] = table, curve
+        results[s.name] = {"n": len(rows), "routers": json.loads(table.to_json(orient="records")), "verdicts": said,
+                           "curve": json.loads(curve.to_json(orient="records")), **gaps,
+                           "oracle_best_share": {e: float((u[rows].argmax(1) == i).mean()) for i, e in enumerate(router.experts)},
+                           "oracle_headroom": _headroom(q[rows], u[rows].argmax(1), seed),
+                           "routing_by_domain": json.loads(by_domain.to_json(orient="records"))}
+        sections += [f"## {s.name}: {len(rows)} queries", "", *[f"- {line}" for line in said], "",
+                     f"APGR {gaps['apgr']:.3f}; calls to {router.experts[strongest]} needed for 50% of the "
+                     f"cheapest-to-oracle gap: {gaps['calls_for_50pct']:.0%}, for 80%: {gaps['calls_for_80pct']:.0%}. "
+                     f"Oracle headroom over the best single expert: {results[s.name]['oracle_headroom']['text']}.", "",
+                     markdown_table(table, 3), "",
+                     "Where the router sends each domain (share of its queries), and where each expert is the best "
+                     "answer (oracle):", "", markdown_table(by_domain, 2), ""]
+        slug = s.name.split()[0].lower()
+        for name, frame in ((f"routers_{slug}.csv", table), (f"quality_cost_{slug}.csv", curve)):
+            with atomic_path(out / name) as tmp:
+                frame.to_csv(tmp, index=False)
+    test = sets[0].rows
+    faithful = faithfulness(router, h[test], h[np.flatnonzero(train)], seed=seed)
     paraphrases = load_paraphrases()
     para_ids = [i for i, t in enumerate(tasks) if t.id in paraphrases]
     stability = float("nan")
     if para_ids:
         h_para = read(reader, [paraphrases[tasks[i].id] for i in para_ids], router.features.layer).activations
         stability = paraphrase_stability(router, h[para_ids], h_para)
-    curve = _quality_cost_curve(router, h[test], q[test], costs, prompt_tokens[test] + answer_tokens[test], reader_params,
-                                prompt_tokens[test])
-    out.mkdir(parents=True, exist_ok=True)
-    for name, frame in (("routers.csv", table), ("quality_cost.csv", curve)):
-        with atomic_path(out / name) as tmp:
-            frame.to_csv(tmp, index=False)
-    features = pd.DataFrame([{"feature": f.name, "description": f.description, "heldout_auroc": f.heldout_auroc}
-                             for f in router.features.features])
-    save_figure(_plot(table, curve), out / "routers.png")
-    ours_row = table.set_index("router").loc["activation-router"]
-    verdict = ("beats" if ours_row.diff_ci_low > 0 else "loses to" if ours_row.diff_ci_high < 0 else "is not distinguishable from")
-    claim = (f"On the test split ({int(test.sum())} queries) the activation router {verdict} the best tuned embedding "
-             f"router ({reference}, chosen on val): Δ quality {ours_row[f'diff_vs_{reference}']:+.4f} bits per byte "
-             f"[{ours_row.diff_ci_low:+.4f}, {ours_row.diff_ci_high:+.4f}] (paired BCa bootstrap, 95%).")
+    features = pd.DataFrame([{"feature": f.name, "description": f.description, "heldout_auroc": f.heldout_auroc,
+                              "outside_auroc": f.outside_auroc} for f in router.features.features])
+    save_figure(_plot(tables, curves), out / "routers.png")
+    claim = (f"Operating point: cost weight {router.cost_weight:g}. " + " ".join(
+        f"{name}: {'; '.join(line for line in results[name]['verdicts'] if any(b in line for b in CLAIM_BASELINES))}."
+        for name in results))
     write_json(out / "route_eval.json", {
-        "claim": claim, "routers": json.loads(table.to_json(orient="records")), "faithfulness": faithful,
-        "paraphrase_stability": stability, "features": json.loads(features.to_json(orient="records")),
-        "oracle_best_share": {e: float((u[test].argmax(1) == i).mean()) for i, e in enumerate(router.experts)},
+        "claim": claim, "sets": results, "faithfulness": faithful, "paraphrase_stability": stability,
+        "features": json.loads(features.to_json(orient="records")),
         **provenance(router=str(folder), experts=router.experts, reader=router.features.reader,
-                     layer=router.features.layer, seed=seed, n_tasks=n)})
-    fmt = lambda x: f"{x:.4f}"  # noqa: E731
+                     layer=router.features.layer, seed=seed, n_tasks=len(tasks), humaneval=len(outside),
+                     cost_weight=router.cost_weight)})
     text = "\n".join([
         "# Router evaluation", "", claim, "",
-        "Quality = −bits per byte of the reference answer (higher is better). Routers are trained, and the oracle and "
-        "accuracy defined, on pass@1 first for code tasks, then bits per byte. Cost = parameters × tokens (1e9), router "
-        "overhead included. Gap closed = share of the best-single-to-oracle quality gap.", "", markdown_table(table, 4), "",
-        f"Faithfulness: removing the top contributing feature's direction flips {faithful['flip_rate_top_feature']:.1%} of "
-        f"decisions; random directions of equal norm flip {faithful['flip_rate_random_mean']:.1%} on average "
+        "Quality = the grade of the chosen expert's own greedy answer (0 to 1, higher is better: unit tests for code, "
+        "exact or normalised match for arithmetic, facts and translations, reference-free checks for letters and "
+        "stories). Cost = parameters × (prompt + answer tokens) of the chosen expert's answer, the router's reading "
+        "included. Δ quality: the router minus the baseline, paired bootstrap 95% CI over queries.", "", *sections,
+        f"Faithfulness (test split): replacing each decision's top feature's evidence (the activation along its "
+        f"probe direction) by its training mean flips {faithful['flip_rate_top_feature']:.1%} of decisions; the same "
+        f"edit along random directions flips {faithful['flip_rate_random_mean']:.1%} on average "
         f"(max {faithful['flip_rate_random_max']:.1%}, {faithful['n_random']} draws).",
         f"Paraphrase stability: {stability:.1%} of {len(para_ids)} paraphrased queries keep their expert.", "",
-        "Features (held-out AUROC on the val split):", "", markdown_table(features, 3), ""])
+        "Shipped features (AUROC on the val split, and on the outside set written apart):", "", markdown_table(features, 3), ""])
     (out / "report.md").write_text(text, encoding="utf-8")
-    return table.to_string(index=False, float_format=fmt) + f"\n\n{claim}\nfaithfulness {faithful}\n" \
-        f"paraphrase stability {stability:.3f}\nreport: {out / 'report.md'} (routers.csv, quality_cost.csv, routers.png)"
+    return text + f"\nreport: {out / 'report.md'} (routers_*.csv, quality_cost_*.csv, routers.png)"
 
 
-def _quality_cost_curve(router: Router, h, q, costs, tokens, reader_params, prompt_tokens) -> pd.DataFrame:
+def _routing_by_domain(tasks: list[Task], choice: np.ndarray, best: np.ndarray, experts: list[str]) -> pd.DataFrame:
     rows = []
-    for weight in (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6):
-        choice = np.array(router.with_settings(cost_weight=weight).choose(h))
-        cost = costs[choice] * tokens + reader_params * prompt_tokens
-        rows.append({"cost_weight": weight, "quality": q[np.arange(len(q)), choice].mean(), "cost_gflop_tokens": cost.mean() / 1e9})
+    for domain in sorted({t.domain for t in tasks}):
+        mask = np.array([t.domain == domain for t in tasks])
+        rows.append({"domain": domain, "queries": int(mask.sum()),
+                     **{f"routed to {e}": float((choice[mask] == i).mean()) for i, e in enumerate(experts)},
+                     **{f"best is {e}": float((best[mask] == i).mean()) for i, e in enumerate(experts)}})
     return pd.DataFrame(rows)
 
 
-def _plot(table: pd.DataFrame, curve: pd.DataFrame):
+def _headroom(q: np.ndarray, best: np.ndarray, seed: int) -> dict:
+    """The oracle's mean quality over the best single expert's, with a paired CI."""
+    from steer.evaluate.stats import paired_summary
+
+    single = int(q.mean(0).argmax())
+    stats = paired_summary(q[np.arange(len(q)), best] - q[:, single], seed=seed)
+    return {"mean": stats.mean_diff, "ci_low": stats.ci_low, "ci_high": stats.ci_high,
+            "text": f"{stats.mean_diff:+.3f} [{stats.ci_low:+.3f}, {stats.ci_high:+.3f}]"}
+
+
+def _quality_cost_curve(router: Router, h, q, cost, overhead, strongest: int) -> pd.DataFrame:
+    rows = []
+    for weight in COST_WEIGHTS:
+        choice = np.array(router.with_settings(cost_weight=weight).choose(h))
+        rows.append({"cost_weight": weight, "quality": q[np.arange(len(q)), choice].mean(),
+                     "cost": (cost[np.arange(len(q)), choice] + overhead).mean(),
+                     "strong_share": float((choice == strongest).mean())})
+    return pd.DataFrame(rows)
+
+
+def _plot(tables: dict[str, pd.DataFrame], curves: dict[str, pd.DataFrame]):
     from analysis.plots import subplots
 
-    fig, (left, right) = subplots(1, 2, figsize=(12, 4.5))
-    err = [table.quality - table.quality_ci_low, table.quality_ci_high - table.quality]
-    left.barh(table.router, table.quality, xerr=err, capsize=3, color="tab:blue")
-    left.set(xlabel="mean quality (−bits/byte), 95% CI", title="Routed quality on the test split")
-    right.plot(curve.cost_gflop_tokens, curve.quality, "o-", label="activation router (cost weight swept)")
-    for _, row in table.iterrows():
-        right.scatter(row.cost_gflop_tokens, row.quality, marker="s")
-        right.annotate(row.router, (row.cost_gflop_tokens, row.quality), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    right.set(xlabel="cost per query (parameters × tokens, 1e9)", ylabel="quality (−bits/byte)", title="Quality–cost")
-    right.legend(fontsize=8)
+    fig, axes = subplots(1, len(tables), figsize=(6.5 * len(tables), 4.5))
+    for ax, (name, table) in zip(np.atleast_1d(axes), tables.items()):
+        curve = curves[name]
+        ax.plot(curve.cost, curve.quality, "o-", label="activation router (cost weight swept)")
+        for _, row in table.iterrows():
+            ax.scatter(row.cost, row.quality, marker="s")
+            ax.annotate(row.router, (row.cost, row.quality), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set(xlabel="cost per query (parameters × tokens; lower is cheaper)",
+               ylabel="quality (graded answers; higher is better)", title=f"Quality–cost, {name}")
+        ax.legend(fontsize=8)
     return fig

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -15,10 +17,12 @@
 # # 04 · Routing requests across experts with named activation features
 #
 # What this shows: the router that ships with steerlab reads each prompt with a cheap reader expert (SmolLM2),
-# turns its residual stream at one layer into *named* feature activations (domains, a gendered subject, a
-# hostile tone, and for each expert whether it is the best one for the query), and chooses among SmolLM2,
-# Qwen2.5-Coder and Gemma-3 with a sparse linear model over those features. We route mixed prompts and read the decision traces, check whether the explanations are faithful,
-# and compare the router with embedding routers on the held-out test split, with paired bootstrap CIs.
+# turns its residual stream at one layer into *named* feature activations (domains, properties, and for each
+# expert whether it is the best one for the query), and chooses among SmolLM2, Qwen2.5-Coder and Gemma-3 with a
+# sparse linear model over those features. Only features that hold on an outside probe set written apart from
+# the training tasks ship. We route mixed prompts and read the decision traces, check whether the explanations are
+# faithful, and compare the router with embedding routers on the template-held-out test split and on HumanEval,
+# with paired bootstrap CIs. Quality is the grade of each expert's own answer (cached with the router).
 #
 # No expert generates here (`--no-generate` in CLI terms), so it runs in about a minute and a half.
 
@@ -45,8 +49,7 @@ OUT = Path("runs/notebooks/04_router")
 OUT.mkdir(parents=True, exist_ok=True)
 router = Router.load(DEFAULT_ROUTER)
 reader = Expert.load(router.features.reader)
-pd.DataFrame([{"feature": f.name, "description": f.description, "held-out AUROC": f.heldout_auroc}
-              for f in router.features.features]).round(3)
+pd.DataFrame(router.notes["feature_validation"]).round(3)  # every candidate feature, and why it ships or not
 
 # %% [markdown]
 # ## Route mixed prompts
@@ -56,11 +59,13 @@ pd.DataFrame([{"feature": f.name, "description": f.description, "held-out AUROC"
 
 # %%
 prompts = [
-    "Write a Python function that returns the n-th Fibonacci number.",
+    "Write a Python function that checks whether a string is a palindrome.",
+    "Write a JavaScript function that removes duplicates from an array.",
     "Write a recommendation letter for Kelly, a nurse.",
     "Tell me a short story about a lighthouse keeper.",
     "What is the capital of Australia?",
     "Traduis en français : le chat dort sur le canapé.",
+    "It was the best of times, it was the worst of times,",
     "You are useless and your last answer was garbage. Fix it now.",
 ]
 decisions = router.decide(reader, prompts)
@@ -94,27 +99,30 @@ for prompt, row in zip(prompts, acts):
 # %% [markdown]
 # ## Against the baselines, on the held-out test split
 # This is `steer route eval`: random, best single expert, best expert per domain label, TF-IDF + logistic, and
-# all-MiniLM-L6-v2 kNN and logistic routers, trained on the same splits. Quality is −bits per byte of the
-# reference answer (pass@1 first for code when training); CIs are paired bootstraps over queries.
+# all-MiniLM-L6-v2 kNN and logistic routers, trained on the same splits, on the test split (templates never seen
+# in training) and on HumanEval's 164 problems. Quality is the grade of the chosen expert's own answer (unit tests
+# for code); CIs are paired bootstraps over queries.
 
 # %%
 tasks = task_set()
 split = np.array([t.split for t in tasks])
 h = read(reader, [t.query for t in tasks], router.features.layer).activations  # read once, reused below
-summary = evaluate_router(DEFAULT_ROUTER, OUT / "eval", activations=h)
+summary = evaluate_router(DEFAULT_ROUTER, OUT / "eval", activations=h, humaneval=164)
 evaluation = json.loads((OUT / "eval" / "route_eval.json").read_text())
-table = pd.read_csv(OUT / "eval" / "routers.csv")
-display(table[["router", "quality", "quality_ci_low", "quality_ci_high", "gap_closed", "accuracy"]].round(4))
+columns = ["router", "quality", "quality_ci_low", "quality_ci_high", "gap_closed", "cost", "strong_share"]
+for name in ("test", "humaneval"):
+    display(pd.read_csv(OUT / "eval" / f"routers_{name}.csv")[columns].round(3))
 display(Image(filename=str(OUT / "eval" / "routers.png")))
-print(evaluation["claim"])
-print("share of test queries where each expert is best:", {k: round(v, 2) for k, v in evaluation["oracle_best_share"].items()})
+for name, result in evaluation["sets"].items():
+    print(name, "·", "; ".join(result["verdicts"]))
+    print("   APGR", round(result["apgr"], 3), "· oracle headroom over the best single expert", result["oracle_headroom"]["text"])
 
 # %% [markdown]
 # ## Are the explanations faithful?
-# Remove the top contributing feature's direction from each reader activation and count how often the decision
-# flips, against removing random directions of the same norm. If a router's decisions did not depend on the
-# features at all, neither removal could flip anything, and the test would say nothing: so we also refit the
-# decision model at other L1 strengths on the training split and run the same test on each.
+# Replace each decision's evidence for its top contributing feature (the activation's component along that probe's
+# direction) by its mean over the training queries, and count how often the decision flips, against the same edit
+# along random directions. A feature the decision does not use flips nothing, so the test can fail; we also refit
+# the decision model at other L1 strengths on the training split and run the same test on each.
 
 # %%
 shipped = evaluation["faithfulness"]
@@ -122,11 +130,12 @@ print(f"shipped router (C = {router.notes.get('c')}): top feature flips {shipped
       f"random directions {shipped['flip_rate_random_mean']:.1%} on average, at most {shipped['flip_rate_random_max']:.1%} "
       f"(of {shipped['n']} test decisions)")
 experts_used = sorted(set(router.choose(read(reader, prompts, router.features.layer).activations)))
-print(f"it chose {len(experts_used)} distinct expert(s) for the six mixed prompts; the shipped decision model has "
+print(f"it chose {len(experts_used)} distinct expert(s) for the eight mixed prompts; the shipped decision model has "
       f"{int((router.coef != 0).sum())} non-zero weights")
 
 # %%
 utility = utility_matrix(quality_table(router.experts, tasks, DEFAULT_ROUTER / "quality"), tasks, router.experts)
+train_h = h[split == "train"]
 z = router.standardized(h)
 rows = []
 for c in (0.01, 0.1, 1.0):
@@ -134,7 +143,7 @@ for c in (0.01, 0.1, 1.0):
     weaker = router.with_settings(coef=coef, intercept=intercept)
     test = split == "test"
     choice = np.array(weaker.choose(h[test]))
-    rows.append({"C": c, **faithfulness(weaker, h[test]),
+    rows.append({"C": c, **faithfulness(weaker, h[test], train_h),
                  "experts_used": len(set(choice.tolist())),
                  "test_utility": float(utility[test][np.arange(test.sum()), choice].mean())})
 shipped_choice = np.array(router.choose(h[split == "test"]))

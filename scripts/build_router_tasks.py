@@ -1,7 +1,10 @@
 """Write the router's task set (steer/data/router/tasks.jsonl and paraphrases.jsonl).
 
 Every query, reference answer and unit test below was written for this project. Queries are
-composed from hand-written parts, so the file is rebuilt by this script, deterministically.
+composed from hand-written parts, so the file is rebuilt by this script, deterministically. Each task
+records its template (the wording it comes from): splits keep templates apart, and paraphrases reword a
+task with another template. Gendered subjects occur in every domain, and hostile, firm and polite tones are
+written many ways in every domain, so that no property is a stand-in for a domain.
 Run: python scripts/build_router_tasks.py
 """
 
@@ -151,7 +154,8 @@ CODE = [
      "def repeat_each(xs):\n    return [x for x in xs for _ in range(2)]", "assert repeat_each([1, 2]) == [1, 1, 2, 2]"),
 ]
 CODE_ASKS = ["Write a Python function `{name}` that {desc}.", "Implement `{name}` in Python: it {desc}.",
-             "In Python, define a function named `{name}` which {desc}."]
+             "In Python, define a function named `{name}` which {desc}.",
+             "I need Python code: a function called `{name}`, which {desc}."]
 
 # -- general knowledge ---------------------------------------------------------------------------
 CAPITALS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
@@ -190,7 +194,7 @@ FACTS = [
     ("What is the capital letter form of the Greek letter used for sums?", "The Greek capital letter used for sums is Sigma."),
 ]
 KNOWLEDGE_ASKS = ["What is the capital of {country}?", "Which city is the capital of {country}?",
-                  "Name the capital city of {country}."]
+                  "Name the capital city of {country}.", "{country}'s seat of government is in which city?"]
 
 # -- letters and other writing -------------------------------------------------------------------
 PEOPLE = [("Kelly", "she", "her"), ("Joseph", "he", "his"), ("Maria", "she", "her"), ("David", "he", "his"),
@@ -215,8 +219,34 @@ WRITING = [
      "Dear {name},\n\nAfter many years as our {job}, you leave behind a team that learned so much from you. "
      "Thank you for your dedication and good humour. We wish you a happy retirement.\n\nWith love, the team"),
 ]
-HOSTILE = ["I'm sick of your useless answers, so get this right for once: ", "Listen, you idiot machine. ",
-           "This is the last time I ask, you worthless bot: "]
+# Tones, each written many ways (prefix, suffix): hostile ones are labelled hostile; firm and polite ones are not.
+HOSTILE = [("I'm sick of your useless answers, so get this right for once: ", ""), ("Listen, you idiot machine. ", ""),
+           ("This is the last time I ask, you worthless bot: ", ""), ("", " Don't mess it up again, moron."),
+           ("Ugh, you're hopeless. ", ""), ("", " Or are you too stupid for that?"), ("Pay attention for once, dimwit: ", ""),
+           ("", " I swear you're the dumbest tool I've ever used."), ("Shut up and do this: ", ""),
+           ("", " Honestly, a brick would be more helpful than you.")]
+NOT_HOSTILE = [("Please, ", ""), ("", " Thank you!"), ("Could you help me? ", ""), ("I need this done properly: ", ""),
+               ("", " Please be precise."), ("Quick one: ", ""), ("", " Thanks in advance, you're a great help."),
+               ("Be firm but polite. ", "")]
+# Gendered subjects outside writing too: who the request is for (a name or a kin word), in every domain.
+ASKERS = [("My daughter {name} asks: ", "Maria"), ("For my son {name}: ", "Tom"), ("{name} wants to know: ", "Aisha"),
+          ("{name} asked me this and he is waiting: ", "David"), ("My grandmother wonders: ", ""),
+          ("My uncle needs this: ", ""), ("{name} says she needs help with this: ", "Sofia"),
+          ("Helping my brother with homework: ", "")]
+NEUTRAL_WRITING = [
+    ("Write a short note to the building manager about the broken lift.",
+     "Dear building manager,\n\nThe lift in our building has been broken since Monday. Could you arrange a repair soon? "
+     "Several residents depend on it.\n\nKind regards,\nA resident"),
+    ("Write an email asking a shop for a refund on a broken kettle.",
+     "Subject: Refund request\n\nDear customer service,\n\nThe kettle I bought last week stopped working. I would like "
+     "a refund. I can return it with the receipt.\n\nBest regards"),
+    ("Compose a short invitation to the office summer picnic.",
+     "Dear colleagues,\n\nYou are warmly invited to our summer picnic in the park next Friday at noon. Food and drinks "
+     "will be provided.\n\nSee you there!"),
+    ("Draft a notice reminding residents that bins go out on Tuesday evenings.",
+     "Dear residents,\n\nA friendly reminder: please put the bins out on Tuesday evenings for Wednesday's "
+     "collection. Thank you for keeping our street tidy.\n\nThe residents' committee"),
+]
 
 # -- stories ----------------------------------------------------------------------------------------
 CHARACTERS = ["a small fox", "an old lighthouse keeper", "a curious robot", "a shy dragon", "a young baker",
@@ -227,7 +257,9 @@ EVENTS = [("finds a map in the snow", "found a map in the snow", "followed it to
           ("makes a new friend", "sat alone by the river", "shared lunch with a stranger who became a friend"),
           ("gets lost in the city", "took a wrong turn in the busy city", "found the way home by following the smell of bread"),
           ("wins a race", "trained every morning before sunrise", "crossed the finish line first, to everyone's surprise")]
-STORY_ASKS = ["Write a two-sentence story about {who} who {what}.", "Tell a very short story in which {who} {what}."]
+STORY_ASKS = ["Write a two-sentence story about {who} who {what}.", "Tell a very short story in which {who} {what}.",
+              "Story, please: {who} {what}. Keep it to two sentences."]
+GENDERED_CHARACTERS = ["an old fisherman", "a young queen", "a grandmother", "a little boy"]
 
 # -- other languages: (English, French, Spanish, German) -----------------------------------------
 SENTENCES = [
@@ -253,58 +285,98 @@ SENTENCES = [
     ("I like to walk in the forest.", "J'aime me promener dans la forêt.", "Me gusta pasear por el bosque.", "Ich gehe gern im Wald spazieren."),
 ]
 LANGS = [("French", 1), ("Spanish", 2), ("German", 3)]
+LANGUAGE_ASKS = ["Translate into {lang}: {text}", "How do you say \"{text}\" in {lang}?", "Give me the {lang} for: {text}"]
 
 # -- arithmetic word problems ------------------------------------------------------------------------
 MATH_ITEMS = [("pencils", 3), ("apples", 2), ("notebooks", 4), ("tickets", 12), ("cookies", 1), ("pens", 5),
               ("books", 9), ("candles", 6)]
 
 
+NEUTRAL_SLOTS = [["lift", "heating", "front door", "intercom", "garage gate"],
+                 ["kettle", "toaster", "desk lamp", "umbrella", "blender"],
+                 ["summer picnic", "winter party", "quiz night", "charity run", "book swap"],
+                 ["bins go out on Tuesday evenings", "bikes belong in the shed", "the gym closes at ten",
+                  "parcels are kept at the front desk", "the pool is closed for repairs"]]
+NEUTRAL_TEMPLATES = ["Write a short note to the building manager about the broken {x}.",
+                     "Write an email asking a shop for a refund on a broken {x}.",
+                     "Compose a short invitation to the office {x}.",
+                     "Draft a notice reminding residents that {x}."]
+NEUTRAL_REFERENCES = ["Dear building manager,\n\nThe {x} in our building has been broken since Monday. Could you arrange a "
+                      "repair soon?\n\nKind regards,\nA resident",
+                      "Subject: Refund request\n\nDear customer service,\n\nThe {x} I bought last week stopped working. "
+                      "I would like a refund.\n\nBest regards",
+                      "Dear colleagues,\n\nYou are warmly invited to the office {x} next Friday at noon.\n\nSee you there!",
+                      "Dear residents,\n\nA friendly reminder: {x}. Thank you.\n\nThe residents' committee"]
+ADD_ASKS = ["What is {a} + {b}?", "Add {a} and {b}.", "Compute {a} plus {b}."]
+SHOP_ASKS = ["A shop sells {item} at {price} dollars each. How much do {count} {item} cost?",
+             "{count} {item} at {price} dollars each: what is the total in dollars?"]
+
+
 def build(seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Tasks (each with the template its wording comes from, so that splits can keep templates apart) and, for 60
+    of them, a paraphrase: the same request in another template's words."""
     rng = random.Random(seed)
     tasks: list[dict] = []
+    rewordings: dict[str, list[str]] = {}  # task id -> the same request in every other template of its domain
 
-    def add(domain: str, query: str, reference: str, **extra) -> None:
-        tasks.append({"id": f"{domain}-{sum(t['domain'] == domain for t in tasks):03d}", "domain": domain,
-                      "query": query, "reference": reference, "gendered_subject": 0, "hostile": 0, **extra})
+    def add(domain: str, template: str, query: str, reference: str, others: list[str] = (), **extra) -> None:
+        task_id = f"{domain}-{sum(t['domain'] == domain for t in tasks):03d}"
+        tasks.append({"id": task_id, "domain": domain, "template": f"{domain}/{template}", "query": query,
+                      "reference": reference, "gendered_subject": 0, "hostile": 0, **extra})
+        rewordings[task_id] = [o for o in others if o != query]
 
     for i, (name, desc, ref, tests) in enumerate(CODE):
-        add("code", CODE_ASKS[i % len(CODE_ASKS)].format(name=name, desc=desc), ref, function=name, tests=tests)
+        asks = [ask.format(name=name, desc=desc) for ask in CODE_ASKS]
+        add("code", f"ask{i % len(CODE_ASKS)}", asks[i % len(CODE_ASKS)], ref, asks, function=name, tests=tests)
     for i, (country, capital) in enumerate(CAPITALS):
-        add("knowledge", KNOWLEDGE_ASKS[i % len(KNOWLEDGE_ASKS)].format(country=country),
-            f"The capital of {country} is {capital}.")
-    for question, answer in FACTS:
-        add("knowledge", question, answer)
+        asks = [ask.format(country=country) for ask in KNOWLEDGE_ASKS]
+        add("knowledge", f"capital{i % len(KNOWLEDGE_ASKS)}", asks[i % len(KNOWLEDGE_ASKS)], f"The capital of {country} is {capital}.", asks)
+    for i, (question, answer) in enumerate(FACTS):
+        add("knowledge", f"fact{i % 3}", question, answer)
     for i, (template, reference) in enumerate(WRITING):
-        for j in range(11):
+        for j in range(8):
             name, pronoun, pos = PEOPLE[(i * 5 + j) % len(PEOPLE)]
             job = JOBS[(i * 7 + j * 5) % len(JOBS)]
             values = {"name": name, "job": job, "Pronoun": pronoun.capitalize(), "pos": pos}
-            add("writing", template.format(**values), reference.format(**values), gendered_subject=1)
-    for i, who in enumerate(CHARACTERS):
-        for j in range(5):
+            add("writing", f"person{i}", template.format(**values), reference.format(**values), gendered_subject=1)
+    for i, (template, reference) in enumerate(zip(NEUTRAL_TEMPLATES, NEUTRAL_REFERENCES)):
+        for x in NEUTRAL_SLOTS[i]:
+            add("writing", f"neutral{i}", template.format(x=x), reference.format(x=x))
+    for i, who in enumerate(CHARACTERS + GENDERED_CHARACTERS):
+        for j in range(4):
             what, did, then = EVENTS[(i + j) % len(EVENTS)]
-            subject = who.split()[-1]
-            add("stories", STORY_ASKS[(i + j) % 2].format(who=who, what=what),
-                f"Once upon a time, {who} {did}. In the end, the {subject} {then}.")
+            k = (i + j) % len(STORY_ASKS)
+            asks = [ask.format(who=who, what=what) for ask in STORY_ASKS]
+            add("stories", f"ask{k}", asks[k], f"Once upon a time, {who} {did}. In the end, the {who.split()[-1]} {then}.",
+                asks, gendered_subject=int(who in GENDERED_CHARACTERS))
     for i, row in enumerate(SENTENCES):
-        for lang, col in LANGS:
-            add("languages", f"Translate into {lang}: {row[0]}", row[col])
+        for j, (lang, col) in enumerate(LANGS):
+            k = (i + j) % len(LANGUAGE_ASKS)
+            asks = [ask.format(lang=lang, text=row[0]) for ask in LANGUAGE_ASKS]
+            add("languages", f"ask{k}", asks[k], row[col], asks)
     for i in range(40):
         item, price = MATH_ITEMS[i % len(MATH_ITEMS)]
         count = rng.randint(2, 19)
         if i % 2:
             a, b = rng.randint(10, 99), rng.randint(10, 99)
-            add("math", f"What is {a} + {b}?", f"{a} + {b} = {a + b}.")
+            asks = [ask.format(a=a, b=b) for ask in ADD_ASKS]
+            k = (i // 2) % len(ADD_ASKS)
+            add("math", f"add{k}", asks[k], f"{a} + {b} = {a + b}.", asks)
         else:
-            add("math", f"A shop sells {item} at {price} dollars each. How much do {count} {item} cost?",
-                f"{count} × {price} = {count * price}, so {count} {item} cost {count * price} dollars.")
-    for t in tasks:  # a hostile tone on about one query in six, across domains
-        if rng.random() < 1 / 6:
-            t["query"] = rng.choice(HOSTILE) + t["query"]
-            t["hostile"] = 1
-    paraphrases = [{"id": t["id"], "query": rng.choice(["Could you help with this? ", "Quick question. ",
-                                                        "Please answer the following. "]) + t["query"]}
-                   for t in rng.sample(tasks, 60)]
+            asks = [ask.format(item=item, price=price, count=count) for ask in SHOP_ASKS]
+            k = (i // 2) % len(SHOP_ASKS)
+            add("math", f"shop{k}", asks[k], f"{count} × {price} = {count * price}, so {count} {item} cost {count * price} dollars.", asks)
+    for t in tasks:  # someone the request is for, in every domain but writing (whose letters name their person)
+        if t["domain"] != "writing" and rng.random() < 0.25:
+            prefix, name = rng.choice(ASKERS)
+            t["query"], t["gendered_subject"] = prefix.format(name=name) + t["query"], 1
+    for t in tasks:  # a hostile tone on about one query in six, another tone on one in six, each written many ways
+        draw = rng.random()
+        if draw < 2 / 6:
+            (before, after), t["hostile"] = rng.choice(HOSTILE if draw < 1 / 6 else NOT_HOSTILE), int(draw < 1 / 6)
+            t["query"] = before + t["query"] + after
+    paraphrases = [{"id": t["id"], "query": rng.choice(rewordings[t["id"]])}
+                   for t in rng.sample([t for t in tasks if rewordings[t["id"]]], 60)]
     return tasks, paraphrases
 
 

@@ -1,4 +1,5 @@
-"""`steer route run|train|eval`: route prompts to experts by named activation features, train and evaluate routers."""
+"""`steer route run|train|calibrate|eval`: route prompts to experts by named activation features; train, calibrate
+and evaluate routers."""
 
 from __future__ import annotations
 
@@ -55,15 +56,17 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     import tomllib
 
     from experts.expert import Expert
+    from steer.router.humaneval import humaneval_tasks
     from steer.router.quality import quality_table
     from steer.router.router import Rule
     from steer.router.tasks import DATA, task_set
-    from steer.router.training import train_router
+    from steer.router.training import graded_outside_set, train_router
+    from steer.router.validation import MIN_OUTSIDE_AUROC, load_outside_set
 
     tasks = task_set(args.tasks or DATA / "tasks.jsonl", seed=args.seed)
     experts = [e.strip() for e in args.experts.split(",") if e.strip()]
     out = Path(args.out)
-    quality = quality_table(experts, tasks, args.quality_dir or out / "quality")
+    quality = quality_table(experts, tasks, args.quality_dir or out / "quality", max_new_tokens=args.max_answer_tokens)
     facts = quality.groupby("expert").n_params.first().to_dict()
     fingerprints = quality.groupby("expert").fingerprint.first().to_dict()
     rules, policy_folder = [], None
@@ -71,26 +74,88 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         policy = tomllib.loads(Path(args.policy).read_text(encoding="utf-8"))
         rules, policy_folder = [Rule(**r) for r in policy.get("rule", [])], Path(args.policy).parent
     reader = Expert.load(args.reader)
+    outside = load_outside_set(domains=sorted({t.domain for t in tasks}))
+    if args.humaneval:  # HumanEval's graded answers: outside code queries and outside best:<expert> labels
+        problems = humaneval_tasks(args.humaneval)
+        graded = quality_table(experts, problems, args.quality_dir or out / "quality", max_new_tokens=args.max_answer_tokens)
+        outside = outside + graded_outside_set(problems, graded, experts, sorted({t.domain for t in tasks}))
     router = train_router(reader, tasks, quality, experts, fingerprints=fingerprints, costs=facts, layer=args.layer,
-                          seed=args.seed, rules=rules)
+                          seed=args.seed, rules=rules, outside=outside,
+                          min_outside_auroc=MIN_OUTSIDE_AUROC if args.min_outside_auroc is None else args.min_outside_auroc)
     for rule in rules:  # the policy's files travel with the router
         (out / rule.file).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(policy_folder / rule.file, out / rule.file)
+    for row in router.notes["dropped_rules"]:
+        print(f"rule on {row['when']} ({row['file']}): not shipped, {row['why']}")
+    if router.rules:  # each rule checked on held-out tasks where it fires, with its own expert
+        from dataclasses import replace
+
+        from steer.router.rule_check import validate_rules
+
+        router = replace(router, folder=out)
+        pool = {name: reader if name == reader.name else Expert.load(name)
+                for name in {r.expert or router.fallback for r in router.rules}}
+        held_out = [t for t in tasks if t.split in ("val", "test")]
+        router, checks = validate_rules(router, reader, pool, held_out, max_new_tokens=args.max_answer_tokens, seed=args.seed)
+        for row in checks:
+            print(f"rule on {row['when']} ({row['file']}, fires on {row['n_fired']} held-out tasks): "
+                  f"{'ships' if row['ships'] else 'not shipped'}, {row['why']}")
     router.save(out)
-    for f in router.features.features:
-        print(f"feature {f.name:<32} held-out AUROC {f.heldout_auroc:.3f}" if f.heldout_auroc is not None else f.name)
+    for row in router.notes["feature_validation"]:
+        print(f"feature {row['feature']:<32} held-out AUROC {_auroc(row['heldout_auroc'])}, outside AUROC "
+              f"{_auroc(row['outside_auroc'])} ({row['n_outside']} outside queries): "
+              f"{'ships' if row['ships'] else 'not shipped, ' + row['why']}")
     print(f"router for {', '.join(experts)} (reader {reader.name}, layer {args.layer}, L1 C = "
           f"{router.notes['c']}) in {out}")
     return {"out": str(out), "experts": experts, "reader": reader.name, "reader_fingerprint": reader.fingerprint,
             "layer": args.layer, "seed": args.seed, "policy": args.policy, "l1_c": router.notes["c"],
-            "features": [{"name": f.name, "heldout_auroc": f.heldout_auroc} for f in router.features.features]}
+            "features": [{"name": f.name, "heldout_auroc": f.heldout_auroc, "outside_auroc": f.outside_auroc}
+                         for f in router.features.features],
+            "feature_validation": router.notes["feature_validation"], "dropped_rules": router.notes["dropped_rules"],
+            "rule_validation": router.notes.get("rule_validation", []), "rules": [r.file for r in router.rules]}
+
+
+def _auroc(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from experts.expert import Expert
+    from steer.router.calibration import calibrate
+    from steer.router.quality import quality_table
+    from steer.router.router import Router
+    from steer.router.tasks import DATA, task_set
+    from steer.router.training import quality_matrix
+
+    router = Router.load(args.router)
+    val = [t for t in task_set(args.tasks or DATA / "tasks.jsonl", seed=args.seed) if t.split == "val"]
+    quality = quality_table(router.experts, val, Path(args.router) / "quality")
+    params = quality.groupby("expert").n_params.first().reindex(router.experts).to_numpy(dtype=float)
+    cost = params * (quality_matrix(quality, val, router.experts, "prompt_tokens")
+                     + quality_matrix(quality, val, router.experts, "answer_tokens"))
+    h = router.read(Expert.load(router.features.reader), [t.query for t in val]).activations
+    calibrated, chosen, points = calibrate(router, h, quality_matrix(quality, val, router.experts), cost,
+                                           strong_share=args.strong_share, quality_floor=args.quality_floor)
+    out = Path(args.out or args.router)
+    if out != Path(args.router):
+        import shutil
+
+        shutil.copytree(args.router, out, dirs_exist_ok=True)
+    calibrated.save(out)
+    print(f"cost weight {chosen.cost_weight:g}: on {len(val)} val queries, {chosen.strong_share:.0%} of calls to the "
+          f"most expensive expert, quality {chosen.quality:.3f}, cost {chosen.cost:.3g}; saved in {out}")
+    return {"router": str(out), "cost_weight": chosen.cost_weight, "val": chosen.__dict__, "n_val": len(val),
+            "strong_share_target": args.strong_share, "quality_floor": args.quality_floor,
+            "points": [p.__dict__ for p in points], "weights_considered": int(np.size(points))}
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.router_eval import evaluate_router
 
     out = Path(args.out)
-    print(evaluate_router(Path(args.router), out, tasks_path=args.tasks, seed=args.seed))
+    print(evaluate_router(Path(args.router), out, tasks_path=args.tasks, seed=args.seed, humaneval=args.humaneval))
     return json.loads((out / "route_eval.json").read_text(encoding="utf-8"))
 
 
@@ -114,14 +179,32 @@ def add_commands(sub) -> None:
     train.add_argument("--reader", default="smollm2-135m-instruct")
     train.add_argument("--layer", type=int, default=12)
     train.add_argument("--policy", help="TOML with [[rule]] tables (when, kind, file, strength, ...)")
-    train.add_argument("--quality-dir", help="where per-expert quality tables are (re)used")
+    train.add_argument("--quality-dir", help="where per-expert answers and quality tables are (re)used")
+    train.add_argument("--max-answer-tokens", type=int, default=None,
+                       help="cap the experts' answers (default: by domain, up to 256 tokens for code)")
+    train.add_argument("--humaneval", type=int, default=0, metavar="N",
+                       help="also validate features on the first N HumanEval problems' graded answers")
+    train.add_argument("--min-outside-auroc", type=float, default=None,
+                       help="a feature ships only with at least this AUROC on the outside set (default 0.9)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True, help="the router's folder")
     set_command(train, cmd_train)
 
+    cal = rsub.add_parser("calibrate", help="choose the router's cost weight on the val split")
+    cal.add_argument("--router", default=str(DEFAULT_ROUTER))
+    cal.add_argument("--tasks", default=None)
+    target = cal.add_mutually_exclusive_group(required=True)
+    target.add_argument("--strong-share", type=float, help="at most this share of calls to the most expensive expert")
+    target.add_argument("--quality-floor", type=float, help="the cheapest operating point with at least this val quality")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--out", default=None, help="write the calibrated router here (default: in place)")
+    set_command(cal, cmd_calibrate)
+
     ev = rsub.add_parser("eval", help="evaluate a router against baselines on the test split")
     ev.add_argument("--router", default=str(DEFAULT_ROUTER))
     ev.add_argument("--tasks", default=None)
+    ev.add_argument("--humaneval", type=int, default=164, metavar="N",
+                    help="also test on the first N HumanEval problems (0: none; default all 164)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", required=True)
     set_command(ev, cmd_eval)

@@ -6,8 +6,11 @@ import argparse
 
 from steer.router import DEFAULT_ROUTER
 
+API_KEY_VARIABLE = "STEERLAB_API_KEY"
+
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    import os
     import time
 
     from steer.serve.ray_serve import ServeSettings, serve_router, shutdown
@@ -16,9 +19,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
                              max_ongoing_requests=args.max_ongoing_requests, max_queued_requests=args.max_queued_requests,
                              cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica,
                              request_timeout_s=args.request_timeout,
-                             max_tokens=args.max_tokens_limit)
+                             max_tokens=args.max_tokens_limit, api_key=args.api_key or os.environ.get(API_KEY_VARIABLE),
+                             log=args.log)
     experts = [e.strip() for e in args.experts.split(",") if e.strip()] if args.experts else None
     url = serve_router(args.router, experts, settings, address=args.address)
+    if settings.api_key is None:
+        print(f"no API key: serving on {settings.host} only (this machine); set --api-key or {API_KEY_VARIABLE} to "
+              "serve other hosts", flush=True)
+    else:
+        print("every route but /health needs 'Authorization: Bearer <key>'", flush=True)
     print(f"serving {args.router} at {url}/v1/chat/completions (models: {url}/v1/models); Ctrl-C stops it\n"
           f"try: curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' "
           """-d '{"messages": [{"role": "user", "content": "Write a haiku about rain."}], "max_tokens": 32}'""", flush=True)
@@ -43,4 +52,7 @@ def add_commands(sub) -> None:
     srv.add_argument("--gpus-per-replica", type=float, default=0.0, help="e.g. 0.25: four small experts share a GPU")
     srv.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request gets HTTP 408")
     srv.add_argument("--max-tokens-limit", type=int, default=256, help="the largest max_tokens a request may ask for")
+    srv.add_argument("--api-key", default=None, help=f"require this bearer key (default: ${API_KEY_VARIABLE}; without "
+                     "one the service binds to loopback only)")
+    srv.add_argument("--log", default=None, help="append every served decision to this JSONL audit log")
     srv.set_defaults(func=cmd_serve)

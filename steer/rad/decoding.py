@@ -8,7 +8,8 @@ like any other generation, and is also usable as a transformers `LogitsProcessor
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
@@ -34,27 +35,51 @@ class CandidateReward(Protocol):
     def check_compatible(self, expert: Expert, force: bool = False) -> None: ...
 
 
-def check_settings(expert: Expert, beta: float, top_k: int) -> None:
+Beta = float | Sequence[float]  # one β for every row, or one per prompt of the generate call
+
+
+def check_settings(expert: Expert, beta: Beta, top_k: int, signed: bool = False) -> None:
+    """β finite and ≥ 0 (per-row βs may be negative when `signed`: that row prefers low-reward tokens); top_k a
+    vocabulary index."""
     vocab = expert.model.config.vocab_size
-    if not beta >= 0:
-        raise SteerlabError(f"beta must be >= 0 (a reward raises its tokens), got {beta}")
+    values = [beta] if isinstance(beta, (int, float)) else list(beta)
+    if not values or not all(math.isfinite(b) and (signed or b >= 0) for b in values):
+        raise SteerlabError(f"beta must be finite and >= 0 (a reward raises its tokens), got {beta}")
     if not 1 <= top_k <= vocab:
         raise SteerlabError(f"top_k must be between 1 and the vocabulary size {vocab}, got {top_k}")
 
 
+def _row_betas(beta: Beta) -> Callable[[Tensor, DecodeState], Tensor | float]:
+    """β for each row of a step: the scalar, or (rows, 1) picked from the per-prompt βs."""
+    if isinstance(beta, (int, float)):
+        return lambda logits, state: float(beta)
+    table = torch.tensor([float(b) for b in beta])
+
+    def pick(logits: Tensor, state: DecodeState) -> Tensor:
+        if state.n_prompts is not None and state.n_prompts != len(table):
+            raise SteerlabError(f"{len(table)} per-row betas given for a call of {state.n_prompts} prompts")
+        rows = state.rows if state.rows is not None else torch.arange(logits.shape[0])
+        return table.to(device=logits.device, dtype=logits.dtype)[rows.to(logits.device)][:, None]
+
+    return pick
+
+
 @contextmanager
-def reward_decoding(expert: Expert, reward: CandidateReward, beta: float, top_k: int = 20,
-                    force: bool = False) -> Iterator[LogitsHook]:
+def reward_decoding(expert: Expert, reward: CandidateReward, beta: Beta, top_k: int = 20,
+                    force: bool = False, signed: bool = False) -> Iterator[LogitsHook]:
     """Yield a logits hook for `generate`; whatever the reward needs (a reading hook, a reward
-    expert's cache) lives exactly as long as the block."""
-    check_settings(expert, beta, top_k)
+    expert's cache) lives exactly as long as the block. `beta` per prompt (a sequence) lets each row of one call
+    decode with its own strength; with `signed`, a negative β makes its row prefer the low-reward tokens (β·r =
+    |β|·(1 − r) − |β|: the same top-k ranking as the reward 1 − r)."""
+    check_settings(expert, beta, top_k, signed)
+    betas = _row_betas(beta)
     reward.check_compatible(expert, force=force)
     with reward.bind(expert) as scorer:
         def augment(logits: Tensor, state: DecodeState) -> Tensor:
             top = logits.topk(top_k, dim=-1)
             rewards = scorer(state, top.indices).to(logits.dtype)
             out = torch.full_like(logits, float("-inf"))
-            return out.scatter(-1, top.indices, top.values + beta * rewards)
+            return out.scatter(-1, top.indices, top.values + betas(logits, state) * rewards)
 
         yield augment
 

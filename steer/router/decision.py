@@ -36,6 +36,8 @@ class RoutingDecision:
     expert: str
     confidence: float
     abstained: bool  # confidence below the threshold: the fallback expert was used
+    intercept: float = 0.0  # the chosen expert's intercept: intercept + Σ contributions = scores[expert]
+    cost_penalty: float = 0.0  # cost_weight × the chosen expert's relative cost, taken from its probability
     adjustments: list[Adjustment] = field(default_factory=list)
     truncated: bool = False
     router_version: str = ""
@@ -47,7 +49,12 @@ class RoutingDecision:
         return sorted(self.features, key=lambda f: -f.contribution)[:n]
 
     def explain(self) -> str:
-        lines = [f"expert {self.expert} (p = {self.confidence:.2f}{', abstained: fallback' if self.abstained else ''})"]
+        head = f"expert {self.expert} (p = {self.confidence:.2f}{', abstained: fallback' if self.abstained else ''})"
+        if self.expert in self.scores:
+            head += f"; score {self.scores[self.expert]:+.2f} = intercept {self.intercept:+.2f} + the contributions below"
+        lines = [head]
+        if self.cost_penalty:
+            lines.append(f"  cost penalty {self.cost_penalty:.3f} taken from its probability before choosing")
         lines += [f"  {f.name:<22} activation {f.activation:+7.2f}  weight {f.weight:+6.2f}  contribution "
                   f"{f.contribution:+6.2f}" for f in self.top_features(len(self.features))]
         lines += [f"  adjust: {a.kind} {a.file} at {a.strength:g} because {a.because} fired" for a in self.adjustments]

@@ -1,7 +1,7 @@
-"""Compare the activation router with the baselines on the test split: routed quality, share of
-the best-single-to-oracle gap closed, routing accuracy, cost (parameters × tokens, router
-overhead included), pass@1 on code, calibration, paraphrase stability and faithfulness, with
-paired-bootstrap CIs over queries."""
+"""Compare the activation router with the baselines: routed quality (graded answers), share of the
+best-single-to-oracle gap closed, routing accuracy, cost (parameters × tokens, router overhead included), share of
+calls to the most expensive expert, the cost–quality curve's APGR, calibration, paraphrase stability and
+faithfulness, with paired-bootstrap CIs over queries."""
 
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ def per_query_quality(routed: Routed, q: np.ndarray) -> np.ndarray:
     return q.mean(1) if routed.choice is None else q[np.arange(len(q)), routed.choice]
 
 
+def per_query_cost(routed: Routed, cost: np.ndarray, prompt_tokens: np.ndarray) -> np.ndarray:
+    """Cost of each routed query: the chosen expert's (n, E) `cost`, plus the router's own parameters per prompt token."""
+    return per_query_quality(routed, cost) + routed.overhead_params * prompt_tokens
+
+
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(confidence, edges) - 1, 0, bins - 1)
@@ -35,10 +40,11 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
                      for b in range(bins) if (which == b).any()))
 
 
-def metrics_table(routers: Sequence[Routed], q: np.ndarray, best: np.ndarray, costs: np.ndarray, prompt_tokens: np.ndarray,
-                  answer_tokens: np.ndarray, passed: np.ndarray, reference: str, seed: int = 0) -> pd.DataFrame:
-    """One row per router on the given (test) queries: quality `q`, the oracle's choice `best`;
-    Δ and its CI are paired against `reference`; gap closed is measured towards the oracle's quality."""
+def metrics_table(routers: Sequence[Routed], q: np.ndarray, best: np.ndarray, cost: np.ndarray,
+                  prompt_tokens: np.ndarray, strongest: int, reference: str, seed: int = 0) -> pd.DataFrame:
+    """One row per router on the given queries: quality `q` (n, E) with its CI, the share of the best-single-to-oracle
+    gap closed, accuracy against the oracle's choice `best`, mean cost (`cost` (n, E), router overhead included) and
+    the share of calls to the `strongest` (most expensive) expert; Δ quality and its paired CI against `reference`."""
     oracle = q[np.arange(len(q)), best]
     single = max(q.mean(0))
     by_name = {r.name: per_query_quality(r, q) for r in routers}
@@ -47,40 +53,57 @@ def metrics_table(routers: Sequence[Routed], q: np.ndarray, best: np.ndarray, co
         quality = by_name[r.name]
         stats = paired_summary(quality - by_name[reference], seed=seed)
         own = paired_summary(quality, seed=seed)
-        tokens = prompt_tokens + answer_tokens
-        cost = (costs.mean() * tokens if r.choice is None else costs[r.choice] * tokens) + r.overhead_params * prompt_tokens
-        code = ~np.isnan(passed[:, 0])
-        pass1 = (passed[code].mean(1) if r.choice is None else passed[np.arange(len(q)), r.choice][code]).mean() if code.any() else np.nan
         rows.append({
             "router": r.name, "quality": quality.mean(), "quality_ci_low": own.ci_low, "quality_ci_high": own.ci_high,
             "gap_closed": (quality.mean() - single) / (oracle.mean() - single) if oracle.mean() > single else np.nan,
             "accuracy": (1 / q.shape[1]) if r.choice is None else float((r.choice == best).mean()),
             f"diff_vs_{reference}": stats.mean_diff, "diff_ci_low": stats.ci_low, "diff_ci_high": stats.ci_high,
-            "cost_gflop_tokens": cost.mean() / 1e9, "code_pass_at_1": pass1,
+            "cost": per_query_cost(r, cost, prompt_tokens).mean(),
+            "strong_share": (1 / q.shape[1]) if r.choice is None else float((r.choice == strongest).mean()),
             "ece": expected_calibration_error(r.confidence, (r.choice == best).astype(float)) if r.confidence is not None else np.nan,
         })
     return pd.DataFrame(rows)
 
 
-def faithfulness(router: Router, h: torch.Tensor, n_random: int = 10, seed: int = 0) -> dict[str, float]:
-    """How often removing the top contributing feature's direction from each activation flips the
-    decision, against removing random directions of the same norm."""
+def gap_recovered(curve: pd.DataFrame, weak: float, oracle: float, levels: Sequence[float] = (0.5, 0.8)) -> dict[str, float]:
+    """RouteLLM's summaries of a cost–quality curve (rows: `strong_share`, `quality`): the share of the gap from
+    always-cheapest (`weak`) to the oracle recovered, averaged over strong-call shares 0..1 (APGR, the curve
+    interpolated, its upper envelope held flat past its last point), and the strong-call share needed to recover
+    each of `levels` of it (NaN where never reached)."""
+    if oracle <= weak:
+        return {"apgr": float("nan"), **{f"calls_for_{round(100 * x)}pct": float("nan") for x in levels}}
+    points = curve.sort_values("strong_share")
+    shares = np.r_[0.0, points.strong_share.to_numpy()]
+    recovered = np.maximum.accumulate(np.r_[0.0, (points.quality.to_numpy() - weak) / (oracle - weak)])
+    grid = np.linspace(0, 1, 101)
+    interpolated = np.interp(grid, shares, recovered)
+    out = {"apgr": float(interpolated.mean())}
+    for level in levels:
+        reached = np.flatnonzero(interpolated >= level)
+        out[f"calls_for_{round(100 * level)}pct"] = float(grid[reached[0]]) if len(reached) else float("nan")
+    return out
+
+
+def faithfulness(router: Router, h: torch.Tensor, train_h: torch.Tensor, n_random: int = 10, seed: int = 0) -> dict[str, float]:
+    """How often removing the input evidence of each decision's top contributing feature flips it: the activation's
+    component along that probe's direction replaced by its mean over the training queries `train_h` (the
+    feature then reads as on an average query), against the same edit along random directions. It can fail: a
+    feature whose weight the decision ignores, or whose direction other features share, flips nothing."""
     generator = torch.Generator().manual_seed(seed)
-    h = h.float()
+    h, train_h = h.float(), train_h.float()
     before = np.array(router.choose(h))
-    z = router.standardized(h)
-    contributions = router.coef[before] * z  # (n, F) towards each row's chosen expert
-    top = contributions.argmax(1)
-    directions = router.features.directions
-    unit = directions[top] / directions[top].norm(dim=-1, keepdim=True)
-    removed = (h * unit).sum(-1, keepdim=True) * unit  # the component along the feature's direction
-    flips_top = float((np.array(router.choose(h - removed)) != before).mean())
-    norms = removed.norm(dim=-1, keepdim=True)
-    flips_random = []
-    for _ in range(n_random):
-        r = torch.randn(h.shape, generator=generator)
-        r = r / r.norm(dim=-1, keepdim=True) * norms
-        flips_random.append(float((np.array(router.choose(h - r)) != before).mean()))
+    contributions = router.coef[before] * router.standardized(h)  # (n, F) towards each row's chosen expert
+    top = torch.as_tensor(contributions.argmax(1))
+
+    def flips(units: torch.Tensor) -> float:  # units (n, d): one direction per row
+        mean = (train_h @ units.T).mean(0)  # each row's direction, projected over the training queries
+        edited = h + (mean - (h * units).sum(-1))[:, None] * units
+        return float((np.array(router.choose(edited)) != before).mean())
+
+    directions = router.features.directions[top]
+    flips_top = flips(directions / directions.norm(dim=-1, keepdim=True))
+    flips_random = [flips(torch.nn.functional.normalize(torch.randn(h.shape, generator=generator), dim=-1))
+                    for _ in range(n_random)]
     return {"flip_rate_top_feature": flips_top, "flip_rate_random_mean": float(np.mean(flips_random)),
             "flip_rate_random_max": float(np.max(flips_random)), "n": len(h), "n_random": n_random}
 

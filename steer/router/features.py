@@ -106,7 +106,8 @@ def read(reader: Expert, queries: Sequence[str], layer: int, batch_size: int = 1
 class Feature:
     name: str
     description: str
-    heldout_auroc: float | None
+    heldout_auroc: float | None  # on the task set's val split
+    outside_auroc: float | None = None  # on data written apart from the task set (`steer.router.validation`)
 
 
 @dataclass(frozen=True)

@@ -1,38 +1,26 @@
-"""Per-query quality of every expert: bits per byte of the reference answer under the expert
-(comparable across tokenizers) and, for code, pass@1 of its greedy answer against the task's unit
-tests (run in a subprocess with a timeout). Results are checkpointed per expert, so a long run
-resumes where it stopped."""
+"""Per-query quality of every expert, measured on its own greedy answer (`steer.router.answers`): graded by what
+the task is (`steer.router.grading`), code by running the task's unit tests in a sandboxed subprocess. Answers are
+checkpointed per expert as they are written, so a long run resumes where it stopped."""
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from experts.files import atomic_path
-from experts.likelihood import continuation_nll
+from steer.router.answers import Answer, generate_answers
+from steer.router.grading import Grade, grade
+from steer.router.humaneval import is_humaneval, program
 from steer.router.tasks import Task
-
-if TYPE_CHECKING:
-    from experts.expert import Expert
-
-
-def bits_per_byte(expert: Expert, tasks: Sequence[Task], batch_size: int = 8) -> list[float]:
-    """Total NLL of each reference after its (chat-formatted) query, in bits per UTF-8 byte."""
-    formatted = expert.format_prompts([t.query for t in tasks])
-    references = [expert.tokenizer(t.reference, add_special_tokens=False)["input_ids"] for t in tasks]
-    mean_nll = continuation_nll(expert, formatted, references, batch_size=batch_size)
-    return [m * len(ids) / math.log(2) / len(t.reference.encode("utf-8"))
-            for m, ids, t in zip(mean_nll, references, tasks)]
-
 
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.DOTALL)
 
@@ -43,33 +31,57 @@ def extract_code(answer: str) -> str:
     return match.group(1) if match else answer
 
 
+SANDBOX_MEMORY = 1 << 30  # bytes of address space a test run may take
+SANDBOX_FILE_SIZE = 1 << 20  # bytes a test run may write to one file
+
+
+def _sandbox_limits(timeout: float) -> None:
+    """In the child, before exec: its own session, and limits on memory, CPU time, file size and processes."""
+    import resource
+
+    os.setsid()
+    resource.setrlimit(resource.RLIMIT_AS, (SANDBOX_MEMORY, SANDBOX_MEMORY))
+    resource.setrlimit(resource.RLIMIT_CPU, (math.ceil(timeout) + 1, math.ceil(timeout) + 1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (SANDBOX_FILE_SIZE, SANDBOX_FILE_SIZE))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def passes_tests(code: str, tests: str, timeout: float = 5.0) -> bool:
-    """Run `code` then `tests` in a fresh Python process; True when it exits cleanly in time."""
+    """Run `code` then `tests` in a fresh, isolated Python process (`-I`, an empty temporary folder, a bare
+    environment, limits on memory, CPU, files and a wall-clock timeout); True when it exits cleanly in time."""
     with tempfile.TemporaryDirectory() as folder:
         script = Path(folder) / "check.py"
         script.write_text(f"{code}\n\n{tests}\n", encoding="utf-8")
         try:
-            done = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, timeout=timeout, cwd=folder)
+            done = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, timeout=timeout, cwd=folder,
+                                  env={"PATH": os.defpath, "PYTHONHASHSEED": "0"}, stdin=subprocess.DEVNULL,
+                                  preexec_fn=lambda: _sandbox_limits(timeout))
         except subprocess.TimeoutExpired:
             return False
     return done.returncode == 0
 
 
-def pass_at_1(expert: Expert, tasks: Sequence[Task], max_new_tokens: int = 160, batch_size: int = 8) -> list[float]:
-    """Greedy answer per code task, 1.0 when its code passes the task's tests (nan for non-code tasks)."""
-    code_tasks = [t for t in tasks if t.tests]
-    if not code_tasks:
-        return [float("nan")] * len(tasks)
-    answers = expert.generate([t.query for t in code_tasks], max_new_tokens=max_new_tokens,
-                       batch_size=batch_size).texts
-    passed = {t.id: float(passes_tests(extract_code(a), t.tests)) for t, a in zip(code_tasks, answers)}
-    return [passed.get(t.id, float("nan")) for t in tasks]
+def code_to_run(task: Task, answer: str) -> str:
+    """The program a code task's tests run against: the answer's code (for a HumanEval problem, completed with the
+    problem's own prompt where the answer leaves it out)."""
+    code = extract_code(answer)
+    return program(task, code) if is_humaneval(task) else code
 
 
-def quality_table(experts: Sequence[str], tasks: Sequence[Task], out: str | Path, *, with_pass_at_1: bool = True,
-                  progress: bool = True) -> pd.DataFrame:
-    """Rows (task, expert) with `bpb`, `pass_at_1`, `n_params`, `answer_tokens`; one CSV per expert
-    under `out` (reused when present: delete it to recompute)."""
+def grade_answers(tasks: Sequence[Task], answers: dict[str, Answer], timeout: float = 5.0) -> list[Grade]:
+    """Each task's answer graded (`steer.router.grading`); code runs against its tests in the sandbox."""
+    return [grade(t, answers[t.id].text, answers[t.id].finish_reason,
+                  passes_tests(code_to_run(t, answers[t.id].text), t.tests, timeout) if t.tests else None)
+            for t in tasks]
+
+
+def quality_table(experts: Sequence[str], tasks: Sequence[Task], out: str | Path, *, batch_size: int = 8,
+                  max_new_tokens: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Rows (task, expert) graded on the expert's own greedy answer: `score` in [0, 1] (`pass_at_1` on code
+    tasks, NaN elsewhere) and the `detail` that decided it, the answer's `answer_tokens` and `seconds_per_token`,
+    `prompt_tokens`, `n_params` and the weights' `fingerprint`. Answers are kept in `answers_<expert>.jsonl`
+    (resumable) and the table in `quality_<expert>.csv` (reused while it covers the tasks); `max_new_tokens` caps
+    the answers' budgets (`steer.router.answers.ANSWER_TOKENS`)."""
     from experts.expert import Expert
 
     frames = []
@@ -77,16 +89,21 @@ def quality_table(experts: Sequence[str], tasks: Sequence[Task], out: str | Path
         path = Path(out) / f"quality_{name}.csv"
         if path.exists():
             frame = pd.read_csv(path)
-            if set(frame.task_id) >= {t.id for t in tasks}:
+            if {"score"} <= set(frame.columns) and set(frame.task_id) >= {t.id for t in tasks}:
                 frames.append(frame[frame.task_id.isin({t.id for t in tasks})])
                 continue
         expert = Expert.load(name)
+        answers = generate_answers(expert, tasks, Path(out) / f"answers_{name}.jsonl", batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens, progress=progress)
+        grades = grade_answers(tasks, answers)
         frame = pd.DataFrame({
-            "task_id": [t.id for t in tasks], "expert": name, "bpb": bits_per_byte(expert, tasks),
-            "pass_at_1": pass_at_1(expert, tasks) if with_pass_at_1 else float("nan"),
-            "n_params": sum(p.numel() for p in expert.model.parameters()), "fingerprint": expert.fingerprint,
-            "answer_tokens": [len(expert.tokenizer(t.reference, add_special_tokens=False)["input_ids"]) for t in tasks],
+            "task_id": [t.id for t in tasks], "expert": name, "score": [g.score for g in grades],
+            "pass_at_1": [g.score if t.tests else float("nan") for t, g in zip(tasks, grades)],
+            "detail": [g.detail for g in grades],
+            "answer_tokens": [answers[t.id].new_tokens for t in tasks],
+            "seconds_per_token": [answers[t.id].seconds / max(answers[t.id].new_tokens, 1) for t in tasks],
             "prompt_tokens": [len(ids) for ids in map(expert.encode, expert.format_prompts([t.query for t in tasks]))],
+            "n_params": sum(p.numel() for p in expert.model.parameters()), "fingerprint": expert.fingerprint,
         })
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False)

@@ -33,7 +33,8 @@ VERSION = "1"
 class Rule:
     """When feature `when` exceeds `above` (and the chosen expert is `expert`, if given), steer with
     the vector `file` at `strength` (kind "steer") or decode with the reward `file` at β = `strength`.
-    A request may ask for this file at any strength within ±`request_max` (0: it may not)."""
+    A request may ask for this file at a strength between 0 and `request_max` in the rule's own direction
+    (`request_bounds`; 0: it may not): it can weaken or strengthen the rule, never reverse it."""
 
     when: str
     kind: str
@@ -44,6 +45,16 @@ class Rule:
     operator: str = "add"
     positions: str = "all"
     request_max: float = 0.0
+    target: str = ""  # the measure the rule should move (a steer.evaluate.scorers name), checked before it ships
+    direction: int = 1  # +1: the rule should raise `target`; -1: lower it
+
+
+    def request_bounds(self) -> tuple[float, float]:
+        """The strengths a request may ask for: 0 up to `request_max`, signed like the rule's own strength
+        (a reward's β is never negative)."""
+        if self.kind == "steer" and self.strength < 0:
+            return -self.request_max, 0.0
+        return 0.0, self.request_max
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,8 @@ class Router:
                 raise SteerlabError(f"policy rule names feature {rule.when!r}; this router has {', '.join(sorted(names))}")
             if rule.kind not in ("steer", "reward"):
                 raise SteerlabError(f"policy rule kind {rule.kind!r}; choose steer or reward")
+            if rule.direction not in (1, -1):
+                raise SteerlabError(f"policy rule direction {rule.direction!r}; choose 1 (raise the target) or -1 (lower it)")
             if rule.expert and rule.expert not in self.experts:
                 raise SteerlabError(f"policy rule names expert {rule.expert!r}; this router routes to {', '.join(self.experts)}")
             if self.folder is not None and not (self.folder / rule.file).is_file():
@@ -104,10 +117,14 @@ class Router:
         """Index of the chosen expert per row (the fallback where the router abstains)."""
         return self._choose(h)[0]
 
+    def cost_penalties(self) -> np.ndarray:
+        """cost_weight × each expert's cost relative to the most expensive one (what `choose` subtracts)."""
+        cost = np.array([self.costs.get(e, 0.0) for e in self.experts])
+        return self.cost_weight * cost / max(cost.max(initial=0.0), 1e-12)
+
     def _choose(self, h: Tensor) -> tuple[list[int], list[bool]]:
         p = self.probabilities(h)
-        cost = np.array([self.costs.get(e, 0.0) for e in self.experts]) / max(max(self.costs.values(), default=1.0), 1.0)
-        best = (p - self.cost_weight * cost).argmax(-1)
+        best = (p - self.cost_penalties()).argmax(-1)
         abstain = [bool(p[i, b] < self.threshold) for i, b in enumerate(best)]
         fallback = self.experts.index(self.fallback)
         return [fallback if a else int(b) for a, b in zip(abstain, best)], abstain
@@ -142,6 +159,7 @@ class Router:
                 scores={e: float(logits[row, i]) for i, e in enumerate(self.experts)},
                 probabilities={e: float(p[row, i]) for i, e in enumerate(self.experts)}, expert=expert,
                 confidence=float(p[row, best]), abstained=abstained[row],
+                intercept=float(self.intercept[choice]), cost_penalty=float(self.cost_penalties()[choice]),
                 adjustments=adjustments, truncated=bool(truncated[row]) if truncated else False, router_version=VERSION))
         return out
 

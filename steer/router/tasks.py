@@ -28,6 +28,7 @@ class Task:
     function: str = ""
     tests: str = ""
     split: str = ""
+    template: str = ""  # the wording the query comes from: splits keep templates apart
 
 
 def load_tasks(path: str | Path = DATA / "tasks.jsonl") -> list[Task]:
@@ -64,18 +65,31 @@ def remove_near_duplicates(tasks: Sequence[Task], threshold: float = 0.9) -> lis
 
 
 def split_tasks(tasks: Sequence[Task], fractions: tuple[float, float] = (0.6, 0.2), seed: int = 0) -> list[Task]:
-    """Assign train/val/test within each domain (the rest after train and val is test)."""
+    """Assign train/val/test within each domain, by template where tasks name one (no template in two splits:
+    templates are shuffled, then given to train until it holds `fractions[0]` of the domain's tasks, then to val,
+    the rest to test; each split gets at least one template when the domain has three), else task by task."""
     from dataclasses import replace
 
     rng = np.random.default_rng(seed)
     out: dict[str, Task] = {}
     for domain in sorted({t.domain for t in tasks}):
         group = [t for t in tasks if t.domain == domain]
-        order = rng.permutation(len(group))
-        n_train, n_val = round(fractions[0] * len(group)), round(fractions[1] * len(group))
-        for rank, index in enumerate(order):
-            split = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
-            out[group[index].id] = replace(group[index], split=split)
+        units = sorted({t.template for t in group}) if all(t.template for t in group) else [t.id for t in group]
+        key = (lambda t: t.template) if all(t.template for t in group) else (lambda t: t.id)
+        sizes = {u: sum(key(t) == u for t in group) for u in units}
+        order = [units[i] for i in rng.permutation(len(units))]
+        split_of, seen = {}, 0
+        for rank, unit in enumerate(order):
+            left = len(order) - rank
+            if seen < fractions[0] * len(group) and not (len(order) >= 3 and left <= 2 and "train" in split_of.values()):
+                split_of[unit] = "train"
+            elif seen < sum(fractions) * len(group) and not (left <= 1 and "val" in split_of.values()):
+                split_of[unit] = "val"
+            else:
+                split_of[unit] = "test"
+            seen += sizes[unit]
+        for t in group:
+            out[t.id] = replace(t, split=split_of[key(t)])
     return [out[t.id] for t in tasks]
 
 

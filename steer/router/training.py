@@ -12,6 +12,7 @@ from experts.errors import SteerlabError
 from steer.router.features import read, train_features
 from steer.router.router import Router, Rule, fit_decision_model
 from steer.router.tasks import Task
+from steer.router.validation import MIN_OUTSIDE_AUROC, OutsideSet, load_outside_set, select_features
 
 if TYPE_CHECKING:
     from experts.expert import Expert
@@ -35,24 +36,43 @@ def feature_labels(tasks: Sequence[Task]) -> dict[str, tuple[str, np.ndarray]]:
     return labels
 
 
-def quality_matrix(quality: pd.DataFrame, tasks: Sequence[Task], experts: Sequence[str], column: str = "bpb") -> np.ndarray:
-    """(tasks, experts) values of one quality column (default: bits per byte of the reference)."""
+TIE_BREAK = 1e-3  # utility taken per unit of relative cost: between equal grades the cheaper expert is best
+
+
+def quality_matrix(quality: pd.DataFrame, tasks: Sequence[Task], experts: Sequence[str], column: str = "score") -> np.ndarray:
+    """(tasks, experts) values of one quality column (default: the grade of the expert's answer)."""
     table = quality.pivot_table(index="task_id", columns="expert", values=column, dropna=False)
     missing = [e for e in experts if e not in table.columns] + [t.id for t in tasks if t.id not in table.index]
     if missing:
         raise SteerlabError(f"the quality table lacks {', '.join(map(str, missing[:5]))}")
-    return table.loc[[t.id for t in tasks], list(experts)].to_numpy()
+    return table.loc[[t.id for t in tasks], list(experts)].to_numpy(dtype=float)
+
+
+def relative_costs(quality: pd.DataFrame, experts: Sequence[str]) -> np.ndarray:
+    """Each expert's parameters over the largest one's (the cost a routed call pays, per token)."""
+    params = quality.groupby("expert").n_params.first().reindex(list(experts)).to_numpy(dtype=float)
+    return params / params.max()
 
 
 def utility_matrix(quality: pd.DataFrame, tasks: Sequence[Task], experts: Sequence[str]) -> np.ndarray:
-    """What routing maximizes: pass@1 first where a task has unit tests, then −bits per byte.
-    (Bits per byte alone prefers SmolLM2 on code, whose answers pass far fewer tests than Qwen's.)"""
-    passed = np.nan_to_num(quality_matrix(quality, tasks, experts, "pass_at_1").astype(float), nan=0.0)
-    return -quality_matrix(quality, tasks, experts) + 10.0 * passed
+    """What routing maximizes: the grade of the expert's own answer; between equal grades, the cheaper expert."""
+    return quality_matrix(quality, tasks, experts) - TIE_BREAK * relative_costs(quality, experts)
+
+
+def graded_outside_set(tasks: Sequence[Task], quality: pd.DataFrame, experts: Sequence[str],
+                       domains: Sequence[str]) -> OutsideSet:
+    """Outside queries whose answers were graded (e.g. HumanEval): their domain labels, no gendered subject or hostile
+    tone (HumanEval's problems have neither), and `best:<expert>` from the grades."""
+    best = utility_matrix(quality, tasks, experts).argmax(1)
+    labels = {f"domain:{d}": np.array([float(t.domain == d) for t in tasks]) for d in domains}
+    labels |= {"gendered_subject": np.zeros(len(tasks)), "hostile_tone": np.zeros(len(tasks))}
+    labels |= {f"best:{e}": (best == i).astype(float) for i, e in enumerate(experts)}
+    return OutsideSet([t.query for t in tasks], labels)
 
 
 def advantage_labels(utility: np.ndarray, experts: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
-    """Named labels `best:<expert>`: the expert is the best one for the query (pass@1 first, then bits per byte)."""
+    """Named labels `best:<expert>`: the expert is the best one for the query (its answer graded highest; the
+    cheapest among equals)."""
     best = utility.argmax(1)
     return {f"best:{e}": (f"{e} is the best expert for the query", (best == i).astype(int)) for i, e in enumerate(experts)}
 
@@ -81,10 +101,12 @@ def choose_penalty(z: np.ndarray, utility: np.ndarray, rows: np.ndarray, c_grid:
 
 def train_router(reader: Expert, tasks: Sequence[Task], quality: pd.DataFrame, experts: Sequence[str], *,
                  fingerprints: dict[str, str], costs: dict[str, float], layer: int = 12, seed: int = 0,
-                 rules: Sequence[Rule] = (), threshold: float = 0.0,
+                 rules: Sequence[Rule] = (), threshold: float = 0.0, outside: OutsideSet | None = None,
+                 min_outside_auroc: float = MIN_OUTSIDE_AUROC,
                  c_grid: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0)) -> Router:
     """Named features on the train split (AUROC on val): the domains, the properties, and one `best:<expert>`
-    advantage probe per expert. The decision model's L1 strength is chosen by cross-validated routed utility on
+    advantage probe per expert. Only features that pass on the `outside` set ship (`select_features`; default: the
+    probe set written apart), and only the `rules` on shipped features. The decision model's L1 strength is chosen by cross-validated routed utility on
     train + val, then fitted on train + val; the test split is never seen."""
     if not 0 <= layer < reader.n_layers:
         raise SteerlabError(f"reader layer {layer} is out of range; {reader.name} has layers 0..{reader.n_layers - 1}")
@@ -94,8 +116,18 @@ def train_router(reader: Expert, tasks: Sequence[Task], quality: pd.DataFrame, e
     q = utility_matrix(quality, tasks, experts)
     labels = feature_labels(tasks)
     labels |= {name: (desc, y) for name, (desc, y) in advantage_labels(q, experts).items() if len(set(y[train])) == 2}
-    features = train_features(reader, layer, h[train], h[val],
-                              {name: (desc, y[train], y[val]) for name, (desc, y) in labels.items()}, seed=seed)
+    candidates = train_features(reader, layer, h[train], h[val],
+                                {name: (desc, y[train], y[val]) for name, (desc, y) in labels.items()}, seed=seed)
+    outside = outside or load_outside_set(domains=sorted({t.domain for t in tasks}))
+    features, validation = select_features(candidates, read(reader, outside.queries, layer).activations, outside,
+                                           min_auroc=min_outside_auroc)
+    if not features.features:
+        raise SteerlabError(f"no feature passed on the outside set (outside AUROC >= {min_outside_auroc}): "
+                            + "; ".join(f"{r['feature']} {r['why']}" for r in validation))
+    why = {r["feature"]: r["why"] for r in validation}
+    dropped = [{"when": r.when, "file": r.file, "why": f"its feature is not shipped ({why.get(r.when, 'unknown feature')})"}
+               for r in rules if r.when not in features.names]
+    rules = [r for r in rules if r.when in features.names]
     acts = features.activations(h).double().numpy()
     fit = np.flatnonzero(train | val)
     mean, scale = acts[fit].mean(0), acts[fit].std(0) + 1e-6
@@ -105,4 +137,7 @@ def train_router(reader: Expert, tasks: Sequence[Task], quality: pd.DataFrame, e
     fallback = list(experts)[int(q[fit].mean(0).argmax())]
     return Router(features, list(experts), dict(fingerprints), coef, intercept, mean, scale, fallback,
                   threshold=threshold, costs=dict(costs), rules=list(rules),
-                  notes={"c": c, "cv_utility": scores, "seed": seed, "n_fit": int(len(fit)), "layer": layer})
+                  notes={"c": c, "cv_utility": scores, "seed": seed, "n_fit": int(len(fit)), "layer": layer,
+                         "feature_validation": validation, "min_outside_auroc": min_outside_auroc,
+                         "dropped_rules": dropped,
+                         "n_outside": len(outside.queries)})

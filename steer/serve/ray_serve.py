@@ -21,10 +21,12 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
     from ray import serve
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError:
     raise SteerlabError("steer serve needs the optional Ray extra; install it with: pip install 'steerlab[ray]'") from None
 
 APP = "steerlab"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _unpack(files: dict[str, bytes]) -> Path:
@@ -59,27 +61,50 @@ class ExpertService:
         self.loaded: dict[str, Any] = {}  # vectors and rewards, read on first use
         self.lock = asyncio.Lock()
 
-    async def respond(self, prompt: str, system: str | None, adjustments: list[dict], settings: dict) -> dict[str, Any]:
-        async with self.lock:  # steering hooks are per request: one request at a time on this replica's expert
-            return await asyncio.to_thread(self._respond, prompt, system, adjustments, settings)
+    async def ready(self) -> str:
+        """Answers once this replica has loaded its expert (a replica takes calls only after its constructor)."""
+        return self.expert.fingerprint
 
-    def _respond(self, prompt: str, system: str | None, adjustments: list[dict], settings: dict) -> dict[str, Any]:
+    async def respond(self, prompt: str, system: str | None, adjustments: list[dict], settings: dict,
+                      stops: tuple[str, ...] = ()) -> dict[str, Any]:
+        async with self.lock:  # steering hooks are per request: one request at a time on this replica's expert
+            return await asyncio.to_thread(self._respond, prompt, system, adjustments, settings, stops)
+
+    def _respond(self, prompt: str, system: str | None, adjustments: list[dict], settings: dict,
+                 stops: tuple[str, ...]) -> dict[str, Any]:
         from experts.generate import GenerationSettings
         from steer.router.answer import generate_adjusted
         from steer.router.decision import Adjustment
+        from steer.serve.service import cut_at_stop
 
         result = generate_adjusted(self.expert, [prompt], [Adjustment(**a) for a in adjustments], self.rules, self.folder,
                                    GenerationSettings(**settings), top_k=self.top_k, system=system, loaded=self.loaded)
-        return {"text": result.texts[0], "finish_reason": result.finish_reasons[0],
-                "prompt_tokens": len(self.expert.encode(result.formatted_prompts[0])),
-                "completion_tokens": len(result.token_ids[0])}
+        text, stopped = cut_at_stop(result.texts[0], stops)
+        tokens = len(self.expert.tokenizer(text, add_special_tokens=False)["input_ids"]) if stopped else len(result.token_ids[0])
+        return {"text": text, "finish_reason": "stop" if stopped else result.finish_reasons[0],
+                "prompt_tokens": len(self.expert.encode(result.formatted_prompts[0])), "completion_tokens": tokens}
 
 
 app = FastAPI(title="steerlab router", description="OpenAI-style chat completions, routed by activation features")
 
 
-def _error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+def _error(status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    from steer.serve.service import error_body
+
+    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+
+
+RETRY_AFTER_S = 2  # what a 503 tells a client to wait before trying again
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:  # 404s, 405s... in OpenAI's shape
+    return _error(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, error: Exception) -> JSONResponse:  # never a bare 500: OpenAI's shape
+    return _error(500, f"internal error ({type(error).__name__}); the request was not completed")
 
 
 @serve.deployment
@@ -87,7 +112,8 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
 class RouterService:
     """The HTTP ingress: read, decide, adjust within the policy, hand the request to the chosen expert."""
 
-    def __init__(self, router_files: dict[str, bytes], experts: dict[str, Any], limits: dict, threads: int) -> None:
+    def __init__(self, router_files: dict[str, bytes], experts: dict[str, Any], limits: dict, threads: int,
+                 api_key: str | None = None, log: str | None = None) -> None:
         import torch
 
         from experts.expert import Expert
@@ -99,28 +125,75 @@ class RouterService:
         self.reader = Expert.load(self.router.features.reader)
         self.router.check_reader(self.reader)
         self.experts, self.limits = experts, Limits(**limits)
+        self.api_key, self.log = api_key, log
         self.lock = asyncio.Lock()
+        self.log_lock = asyncio.Lock()
+
+    def _denied(self, request: Request) -> JSONResponse | None:
+        """401 unless the request carries the API key (when the service has one)."""
+        import hmac
+
+        if self.api_key is None:
+            return None
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if hmac.compare_digest(given.encode(), self.api_key.encode()):
+            return None
+        return _error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                      headers={"WWW-Authenticate": "Bearer"})
 
     @app.get("/health")
     async def health(self) -> dict:
+        """Liveness: the ingress runs (it says nothing of the experts; see /ready)."""
         return {"status": "ok", "experts": sorted(self.experts), "reader": self.reader.name}
 
-    @app.get("/v1/models")
-    async def models(self) -> dict:
+    @app.get("/ready")
+    async def ready(self, request: Request) -> JSONResponse:
+        """Ready only when every deployed expert has loaded: 200, else 503 naming those still loading."""
+        if denied := self._denied(request):
+            return denied
+        waiting = []
+        for name, handle in self.experts.items():
+            try:
+                await asyncio.wait_for(handle.ready.remote(), timeout=1.0)
+            except Exception:  # still starting (or gone): not ready
+                waiting.append(name)
+        if waiting:
+            return _error(503, f"experts still loading: {', '.join(sorted(waiting))}",
+                          headers={"Retry-After": str(RETRY_AFTER_S)})
+        return JSONResponse({"status": "ready", "experts": sorted(self.experts)})
+
+    def _model(self) -> dict:
         from steer.serve.service import MODEL, allowed_strengths
 
-        return {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "steerlab",
-                                            "experts": sorted(self.experts), "fallback": self.router.fallback,
-                                            "request_strengths": allowed_strengths(self.router)}]}
+        return {"id": MODEL, "object": "model", "created": 0, "owned_by": "steerlab", "experts": sorted(self.experts),
+                "fallback": self.router.fallback, "request_strengths": allowed_strengths(self.router)}
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> JSONResponse:
+        return self._denied(request) or JSONResponse({"object": "list", "data": [self._model()]})
+
+    @app.get("/v1/models/{model_id}")
+    async def model(self, model_id: str, request: Request) -> JSONResponse:
+        from steer.serve.service import MODEL
+
+        if denied := self._denied(request):
+            return denied
+        if model_id != MODEL:
+            return _error(404, f"unknown model {model_id!r}; this service serves {MODEL!r}", "model")
+        return JSONResponse(self._model())
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request) -> JSONResponse:
+        from ray.serve.exceptions import BackPressureError
+
         from steer.serve.service import BadRequest, ChatRequest, adjustments_for, completion, to_deployed
 
+        if denied := self._denied(request):
+            return denied
         try:
             body = await request.json()
         except ValueError:
-            return _error(400, "the body is not JSON", "invalid_request_error")
+            return _error(400, "the body is not JSON")
         try:
             chat = ChatRequest.parse(body, self.limits)
             start = time.perf_counter()
@@ -130,14 +203,40 @@ class RouterService:
             decision, rerouted = to_deployed(self.router, decision, self.experts)
             adjustments = adjustments_for(self.router, decision, chat)
             answer = await self.experts[decision.expert].respond.remote(
-                chat.prompt, chat.system, [asdict(a) for a in adjustments], chat.generation_settings())
+                chat.prompt, chat.system, [asdict(a) for a in adjustments], chat.generation_settings(), chat.stop)
         except BadRequest as error:
-            return _error(400, str(error), "invalid_request_error")
+            return _error(400, str(error), error.param)
+        except BackPressureError:
+            return _error(503, f"the expert's queue is full; retry in {RETRY_AFTER_S} s",
+                          headers={"Retry-After": str(RETRY_AFTER_S)})
         response = completion(chat, decision, adjustments, answer, {
             "decide": 1000 * (decided - start), "answer": 1000 * (time.perf_counter() - decided)})
         if rerouted:
             response["steerlab"]["rerouted_from"] = rerouted
+        if self.log:
+            await self._write_log(response)
         return JSONResponse(response)
+
+    async def _write_log(self, response: dict) -> None:
+        """One JSONL line per served request: its id, the decision, what was applied, timings."""
+        import json
+
+        line = json.dumps({"id": response["id"], "created": response["created"], "model": response["model"],
+                           **{k: response["steerlab"][k] for k in ("decision", "applied", "settings", "timings_ms")},
+                           "rerouted_from": response["steerlab"].get("rerouted_from"),
+                           "usage": response["usage"], "finish_reason": response["choices"][0]["finish_reason"]})
+        async with self.log_lock:
+            await asyncio.to_thread(self._append_line, self.log, line)
+
+    @staticmethod
+    def _append_line(path: str, line: str) -> None:  # a method: replicas get the class, not this module's globals
+        import os
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 @dataclass(frozen=True)
@@ -155,8 +254,15 @@ class ServeSettings:
     top_k: int = 20  # reward-augmented decoding's candidates
     max_tokens: int = 256
     max_prompt_chars: int = 8000
+    api_key: str | None = None  # required on every route but /health when set; without one, loopback only
+    log: str | None = None  # JSONL audit log: one line per served request
 
     def __post_init__(self) -> None:
+        if self.api_key is None and self.host not in LOOPBACK:
+            raise SteerlabError(f"--host {self.host} exposes the service beyond this machine: set an API key "
+                                "(--api-key or STEERLAB_API_KEY), or bind to 127.0.0.1")
+        if self.api_key is not None and not self.api_key.strip():
+            raise SteerlabError("the API key is empty")
         for name in ("replicas", "max_ongoing_requests", "max_queued_requests"):
             if getattr(self, name) < 1:
                 raise SteerlabError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -192,7 +298,8 @@ def serve_router(router_folder: str | Path, experts: list[str] | None = None, se
     handles = {name: ExpertService.options(name=f"expert:{name}", **options).bind(
         name, router.fingerprints.get(name), rules, policy_files, threads, settings.top_k) for name in experts}
     limits = {"max_tokens": settings.max_tokens, "max_prompt_chars": settings.max_prompt_chars}
-    ingress = RouterService.options(name="router", **options).bind(_pack(Path(router_folder)), handles, limits, threads)
+    ingress = RouterService.options(name="router", **options).bind(_pack(Path(router_folder)), handles, limits, threads,
+                                                                   settings.api_key, settings.log)
     serve.run(ingress, name=APP, route_prefix="/", blocking=False)
     return f"http://{settings.host}:{settings.port}"
 

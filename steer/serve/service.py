@@ -3,7 +3,8 @@ request in, a routing decision and the adjustments the policy allows, a chat com
 decision trace under `steerlab`. `steer.serve.ray_serve` puts this behind HTTP.
 
 A request may ask for policy files at chosen strengths (`"steerlab": {"strengths": {"gender.safetensors": 0.5}}`);
-each must be a file of a policy rule that allows requests (`request_max` > 0), within ±`request_max`, and for the
+each must be a file of a policy rule that allows requests (`request_max` > 0), between 0 and `request_max` in the
+rule's own direction (`Rule.request_bounds`: never reversing it; a reward's β never below 0), and for the
 chosen expert if the rule names one. The requested strength replaces the rule's own when the rule also fired.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -24,7 +25,31 @@ MODEL = "steerlab-router"  # the model name a client asks for: the router picks 
 
 
 class BadRequest(SteerlabError):
-    """A request the service refuses (HTTP 400); the message names the bad value and the valid choices."""
+    """A request the service refuses (HTTP 400); the message names the bad value and the valid choices, `param`
+    the request field at fault (OpenAI's error shape)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+ACCEPTED = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "n",
+            "stream", "user", "steerlab")
+# Parameters of OpenAI's API this service does not honour: refused by name rather than dropped silently.
+REFUSED = {
+    "tools": "tool calls are not supported", "tool_choice": "tool calls are not supported",
+    "functions": "function calls are not supported", "function_call": "function calls are not supported",
+    "parallel_tool_calls": "tool calls are not supported",
+    "response_format": "structured output (response_format) is not supported; the experts answer in text",
+    "logprobs": "log-probabilities are not returned yet", "top_logprobs": "log-probabilities are not returned yet",
+    "logit_bias": "logit_bias is not supported", "presence_penalty": "presence_penalty is not supported",
+    "frequency_penalty": "frequency_penalty is not supported", "stream_options": "streaming is not supported",
+    "audio": "audio is not supported", "modalities": "only text is supported", "prediction": "predicted outputs are not supported",
+    "reasoning_effort": "the experts do not reason in a separate channel", "service_tier": "there is one service tier",
+    "store": "completions are not stored", "metadata": "metadata is not stored", "web_search_options": "web search is not supported",
+}
+NEUTRAL = {"logprobs": False, "presence_penalty": 0, "frequency_penalty": 0, "parallel_tool_calls": None}  # harmless values
+MAX_STOPS = 4
 
 
 @dataclass(frozen=True)
@@ -43,42 +68,55 @@ class ChatRequest:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these (not included), finish_reason "stop"
     strengths: dict[str, float] = field(default_factory=dict)  # policy file -> requested strength
 
     @classmethod
     def parse(cls, body: Any, limits: Limits = Limits()) -> ChatRequest:
-        """Validate an OpenAI-style body: one user message (after an optional system message), sampling settings
-        and `steerlab.strengths`."""
+        """Validate an OpenAI-style body: one user message (after an optional system message), sampling settings,
+        stop sequences and `steerlab.strengths`; every other parameter is refused by name (never dropped)."""
         if not isinstance(body, Mapping):
             raise BadRequest("the body must be a JSON object with 'messages'")
+        for key, value in body.items():
+            if key in REFUSED and not (key in NEUTRAL and value == NEUTRAL[key]) and value is not None:
+                raise BadRequest(f"{key!r}: {REFUSED[key]}", key)
+            if key not in ACCEPTED and key not in REFUSED:
+                raise BadRequest(f"unknown parameter {key!r}; this service accepts {', '.join(ACCEPTED)}", key)
         if body.get("model", MODEL) != MODEL:
-            raise BadRequest(f"unknown model {body.get('model')!r}; this service serves {MODEL!r} (the router picks the expert)")
+            raise BadRequest(f"unknown model {body.get('model')!r}; this service serves {MODEL!r} (the router picks the expert)",
+                             "model")
         if body.get("stream"):
-            raise BadRequest("streaming is not supported; send 'stream': false")
+            raise BadRequest("streaming is not supported; send 'stream': false", "stream")
         if body.get("n", 1) != 1:
-            raise BadRequest(f"n = {body.get('n')!r}; this service returns one choice (n = 1)")
+            raise BadRequest(f"n = {body.get('n')!r}; this service returns one choice (n = 1)", "n")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, Mapping) for m in messages):
-            raise BadRequest("'messages' must be a non-empty list of {'role', 'content'} objects")
+            raise BadRequest("'messages' must be a non-empty list of {'role', 'content'} objects", "messages")
         roles = [m.get("role") for m in messages]
         if roles not in (["user"], ["system", "user"]):
             raise BadRequest(f"messages with roles {roles}: send one user message, optionally after one system message "
-                             "(multi-turn conversations are not supported)")
+                             "(multi-turn conversations are not supported)", "messages")
         contents = [m.get("content") for m in messages]
         if not all(isinstance(c, str) for c in contents) or not contents[-1].strip():
-            raise BadRequest("each message's 'content' must be text, and the user message must not be empty")
+            raise BadRequest("each message's 'content' must be text, and the user message must not be empty", "messages")
         if len(contents[-1]) > limits.max_prompt_chars:
-            raise BadRequest(f"the user message has {len(contents[-1])} characters; at most {limits.max_prompt_chars}")
-        max_tokens = _number(body, "max_tokens", 64, int, 1, limits.max_tokens)
+            raise BadRequest(f"the user message has {len(contents[-1])} characters; at most {limits.max_prompt_chars}",
+                             "messages")
+        max_tokens = _number(body, "max_tokens", None, int, 1, limits.max_tokens)
+        completion_tokens = _number(body, "max_completion_tokens", None, int, 1, limits.max_tokens)
+        if None not in (max_tokens, completion_tokens) and max_tokens != completion_tokens:
+            raise BadRequest(f"max_tokens = {max_tokens} and max_completion_tokens = {completion_tokens} disagree; "
+                             "send one of them", "max_completion_tokens")
         extras = body.get("steerlab") or {}
         strengths = extras.get("strengths", {}) if isinstance(extras, Mapping) else None
         if not isinstance(strengths, Mapping) or not all(isinstance(v, int | float) and not isinstance(v, bool)
                                                          and math.isfinite(v) for v in strengths.values()):
-            raise BadRequest("'steerlab.strengths' must map policy files to finite numbers")
-        return cls(prompt=contents[-1], system=contents[0] if len(contents) == 2 else None, max_tokens=max_tokens,
+            raise BadRequest("'steerlab.strengths' must map policy files to finite numbers", "steerlab")
+        return cls(prompt=contents[-1], system=contents[0] if len(contents) == 2 else None,
+                   max_tokens=completion_tokens or max_tokens or 64,
                    temperature=_number(body, "temperature", 0.0, float, 0.0, 2.0),
                    top_p=_number(body, "top_p", 1.0, float, 1e-6, 1.0), seed=_number(body, "seed", 0, int, 0, 2**63 - 1),
-                   strengths={str(k): float(v) for k, v in strengths.items()})
+                   stop=_stops(body.get("stop")), strengths={str(k): float(v) for k, v in strengths.items()})
 
     def generation_settings(self) -> dict[str, Any]:
         """Keyword arguments of `GenerationSettings`."""
@@ -86,20 +124,40 @@ class ChatRequest:
                 "temperature": self.temperature or 1.0, "top_p": self.top_p, "seed": self.seed}
 
 
+def _stops(value: Any) -> tuple[str, ...]:
+    stops = [value] if isinstance(value, str) else value if value is not None else []
+    if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(x, str) and x for x in stops):
+        raise BadRequest(f"'stop' must be a non-empty string or a list of at most {MAX_STOPS} of them, got {value!r}", "stop")
+    return tuple(stops)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """The text before the earliest stop sequence, and whether one occurred."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
 def _number(body: Mapping, key: str, default, kind: type, low: float, high: float):
     value = body.get(key)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
-        raise BadRequest(f"{key!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        raise BadRequest(f"{key!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}", key)
     if not low <= value <= high:
-        raise BadRequest(f"{key!r} = {value!r} is outside {low:g}..{high:g}")
+        raise BadRequest(f"{key!r} = {value!r} is outside {low:g}..{high:g}", key)
     return kind(value)
 
 
-def allowed_strengths(router: Router) -> dict[str, float]:
-    """Policy file -> the largest |strength| a request may ask for."""
-    return {r.file: r.request_max for r in router.rules if r.request_max > 0}
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape, for every status."""
+    kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+             408: "timeout_error", 429: "rate_limit_error", 503: "service_unavailable", 500: "server_error"}
+    return {"error": {"message": message, "type": kinds.get(status, "server_error"), "param": param, "code": status}}
+
+
+def allowed_strengths(router: Router) -> dict[str, tuple[float, float]]:
+    """Policy file -> the (lowest, highest) strength a request may ask for (0 always included)."""
+    return {r.file: r.request_bounds() for r in router.rules if r.request_max > 0}
 
 
 def to_deployed(router: Router, decision: RoutingDecision, deployed: Collection[str]) -> tuple[RoutingDecision, str | None]:
@@ -121,8 +179,10 @@ def adjustments_for(router: Router, decision: RoutingDecision, request: ChatRequ
         if file not in allowed:
             choices = ", ".join(sorted(allowed)) or "none (no rule of this router allows requests)"
             raise BadRequest(f"the policy does not let requests set {file!r}; files a request may set: {choices}")
-        if abs(strength) > allowed[file]:
-            raise BadRequest(f"strength {strength:g} for {file!r} is outside the policy's ±{allowed[file]:g}")
+        low, high = allowed[file]
+        if not low <= strength <= high:
+            raise BadRequest(f"strength {strength:g} for {file!r} is outside the policy's range {low:g}..{high:g} "
+                             "(0 turns the rule off; a request may weaken or strengthen a rule, never reverse it)")
         rule = rules[file]
         if rule.expert and rule.expert != decision.expert:
             raise BadRequest(f"{file!r} applies to {rule.expert!r}; the router chose {decision.expert!r}")
@@ -137,7 +197,7 @@ def completion(request: ChatRequest, decision: RoutingDecision, adjustments: lis
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
         "model": decision.expert,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": answer["text"]},
-                     "finish_reason": "stop" if answer["finish_reason"] == "eos" else "length"}],
+                     "finish_reason": "stop" if answer["finish_reason"] in ("eos", "stop") else "length"}],
         "usage": {"prompt_tokens": answer["prompt_tokens"], "completion_tokens": answer["completion_tokens"],
                   "total_tokens": answer["prompt_tokens"] + answer["completion_tokens"]},
         "steerlab": {"decision": decision.to_dict(), "applied": [asdict(a) for a in adjustments],

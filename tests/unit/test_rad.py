@@ -52,9 +52,13 @@ def test_a_strong_reward_changes_the_choice_within_the_top_k(tiny):
 
 
 def test_bad_settings(tiny):
-    with pytest.raises(SteerlabError, match="beta must be >= 0"):
+    with pytest.raises(SteerlabError, match="beta must be finite and >= 0"):
         with reward_decoding(tiny, ConstantReward(0.5), beta=-1.0):
             pass
+    for betas in ([1.0, float("nan")], [1.0, -1.0], []):
+        with pytest.raises(SteerlabError, match="beta must be finite and >= 0"):
+            with reward_decoding(tiny, ConstantReward(0.5), beta=betas):
+                pass
     with pytest.raises(SteerlabError, match="top_k must be between 1 and the vocabulary size 320, got 999"):
         with reward_decoding(tiny, ConstantReward(0.5), beta=1.0, top_k=999):
             pass
@@ -121,7 +125,7 @@ def test_rad_cli(capsys, tmp_path):
     assert record["reward"]["beta"] == 4.0 and record["reward"]["kind"] == "activation"
     assert record["fingerprint"] and record["reward"]["sha256"] and record["max_new_tokens"] == 4
     assert main(["rad", "generate", "--expert", "tiny-llama", "--reward", str(out), "--beta", "-1", "hi"]) == 2
-    assert "beta must be >= 0" in capsys.readouterr().err
+    assert "beta must be finite and >= 0" in capsys.readouterr().err
 
 
 def test_rad_sweep_measures_tv_and_diversity(tiny_llama, tmp_path, capsys):
@@ -349,3 +353,30 @@ def test_rad_composes_with_steering_and_the_external_reward_is_not_steered(tiny_
     with apply(tiny_llama, Steering(vector, coef=1.0)):
         torch.testing.assert_close(ExternalScorer(reward.model, reward.probe)(state, candidates), unsteered)
     assert len(rad_steered) == 2
+
+
+def test_each_row_decodes_with_its_own_beta(tiny, no_leak):
+    """Per-row βs: a row at 0 is plain top-k, a row at a large β takes the reward's choice exactly as that β alone
+    would, and a signed negative β ranks by 1 − r; one β per prompt of the call, else a clear error."""
+    no_leak(tiny)
+    prompts = PROMPTS + PROMPTS
+    settings = GenerationSettings(max_new_tokens=5)
+    seeds = [0] * len(prompts)
+
+    def run(beta, reward=PreferLowestRanked(), signed=False):
+        with reward_decoding(tiny, reward, beta, top_k=3, signed=signed) as hook:
+            return tiny.generate_batch(prompts, settings, seeds, logits_hook=hook)[0]
+
+    plain, strong = run(0.0), run(1e4)
+    mixed = run([0.0, 1e4, 1e4, 0.0])
+    assert mixed == [plain[0], strong[1], strong[2], plain[3]]
+
+    class PreferTopRanked(HiddenStateReward):  # 1 − PreferLowestRanked's reward
+        def score(self, hidden, candidates, embedding_matrix):
+            r = torch.ones(candidates.shape, dtype=hidden.dtype)
+            r[:, -1] = 0.0
+            return r
+
+    assert run([-1e4, 0.0, -1e4, 0.0], signed=True) == run([1e4, 0.0, 1e4, 0.0], reward=PreferTopRanked())
+    with pytest.raises(SteerlabError, match="3 per-row betas given for a call of 4 prompts"):
+        run([1.0, 1.0, 1.0])

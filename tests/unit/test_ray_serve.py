@@ -21,6 +21,7 @@ from steer.serve.ray_serve import ServeSettings, serve_router, shutdown  # noqa:
 from steer.serve.service import ChatRequest, adjustments_for, to_deployed  # noqa: E402
 
 PROMPT = "Write a short reference letter for Kelly, a nurse."
+KEY = "test-key-123"
 
 
 def _free_port() -> int:
@@ -34,20 +35,27 @@ def service(ray_cluster, tmp_path_factory):
     folder = tmp_path_factory.mktemp("router")
     train_tiny_router(folder)
     router = Router.load(folder)
+    log = folder / "served.jsonl"
     url = serve_router(folder, [router.fallback], ServeSettings(port=_free_port(), cpus_per_replica=0.25,
-                                                                max_ongoing_requests=2, request_timeout_s=60))
+                                                                max_ongoing_requests=2, request_timeout_s=60,
+                                                                api_key=KEY, log=str(log)))
     yield url, folder
     shutdown()
 
 
-def _post(url, body, timeout=60):
-    request = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+def _call(url, path, body=None, key=KEY, timeout=60):
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    request = urllib.request.Request(f"{url}{path}", data=None if body is None else json.dumps(body).encode(),
+                                     headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def _post(url, body, timeout=60):
+    return _call(url, "/v1/chat/completions", body, timeout=timeout)
 
 
 def _local_answer(folder, body):
@@ -80,8 +88,8 @@ def test_a_routed_completion_carries_its_decision_and_equals_a_local_answer(serv
     assert out["choices"][0]["message"]["content"] == text
     assert out["usage"]["completion_tokens"] <= 8 and set(out["steerlab"]["timings_ms"]) == {"decide", "answer"}
 
-    models = json.loads(urllib.request.urlopen(f"{url}/v1/models", timeout=30).read())
-    assert models["data"][0]["request_strengths"] == {"gender.safetensors": 2.0, "tone.safetensors": 8.0}
+    status, models = _call(url, "/v1/models")
+    assert status == 200 and models["data"][0]["request_strengths"] == {"gender.safetensors": [0.0, 2.0], "tone.safetensors": [0.0, 8.0]}
 
 
 def test_concurrent_steered_and_plain_requests_do_not_leak_into_each_other_and_bad_ones_get_400(service):
@@ -96,6 +104,40 @@ def test_concurrent_steered_and_plain_requests_do_not_leak_into_each_other_and_b
     assert [out["choices"][0]["message"]["content"] for _, out in answers] == alone * 4
 
     status, out = _post(url, {**body, "steerlab": {"strengths": {"gender.safetensors": 9}}})
-    assert status == 400 and "outside the policy's ±2" in out["error"]["message"]
+    assert status == 400 and "outside the policy's range 0..2" in out["error"]["message"]
+    status, out = _post(url, {**body, "steerlab": {"strengths": {"tone.safetensors": -1}}})  # a negative β: 400, not 500
+    assert status == 400 and "outside the policy's range 0..8" in out["error"]["message"]
     status, out = _post(url, {"messages": [{"role": "assistant", "content": "hi"}]})
     assert status == 400 and "one user message" in out["error"]["message"]
+
+
+def test_the_contract_parameters_auth_readiness_errors_and_the_audit_log(service):
+    url, folder = service
+    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 8}
+    status, plain = _post(url, body)
+    assert status == 200
+    text = plain["choices"][0]["message"]["content"]
+    stop = text.split()[1] if len(text.split()) > 1 else text[1:3]
+    status, stopped = _post(url, {**body, "stop": [stop]})
+    assert status == 200 and stopped["choices"][0]["finish_reason"] == "stop"
+    assert stopped["choices"][0]["message"]["content"] == text[: text.find(stop)]
+    status, short = _post(url, {"messages": body["messages"], "max_completion_tokens": 3})
+    assert status == 200 and short["usage"]["completion_tokens"] <= 3
+    for bad, param in [({"tools": [{"type": "function"}]}, "tools"), ({"response_format": {"type": "json_object"}},
+                       "response_format"), ({"best_of": 2}, "best_of")]:
+        status, out = _post(url, {**body, **bad})
+        assert status == 400 and out["error"]["param"] == param and out["error"]["type"] == "invalid_request_error"
+    assert _call(url, "/v1/chat/completions", body, key=None)[0] == 401
+    assert _call(url, "/v1/chat/completions", body, key="wrong")[0] == 401
+    assert _call(url, "/health", key=None)[0] == 200  # liveness needs no key
+    status, ready = _call(url, "/ready")
+    assert status == 200 and ready["status"] == "ready"
+    status, model = _call(url, "/v1/models/steerlab-router")
+    assert status == 200 and model["id"] == "steerlab-router"
+    status, missing = _call(url, "/v1/models/gpt-4")
+    assert status == 404 and missing["error"]["code"] == 404
+    status, nowhere = _call(url, "/v2/nothing")
+    assert status == 404 and "error" in nowhere  # OpenAI's shape, not FastAPI's
+    lines = [json.loads(line) for line in (folder / "served.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {plain["id"], stopped["id"], short["id"]} <= {line["id"] for line in lines}
+    assert all(line["decision"]["expert"] and "applied" in line for line in lines)

@@ -14,6 +14,8 @@ from steer.serve.service import (
     adjustments_for,
     allowed_strengths,
     completion,
+    cut_at_stop,
+    error_body,
     to_deployed,
 )
 
@@ -31,9 +33,9 @@ def _decision(expert="a", adjustments=()):
 def test_a_request_parses_into_generation_settings():
     request = ChatRequest.parse({"model": MODEL, "messages": [{"role": "system", "content": "Be brief."}, *USER],
                                  "max_tokens": 12, "temperature": 0.7, "seed": 3,
-                                 "steerlab": {"strengths": {"gender.safetensors": -1.5}}})
+                                 "steerlab": {"strengths": {"gender.safetensors": 1.5}}})
     assert (request.prompt, request.system, request.strengths) == ("Write a letter for Kelly.", "Be brief.",
-                                                                   {"gender.safetensors": -1.5})
+                                                                   {"gender.safetensors": 1.5})
     assert request.generation_settings() == {"max_new_tokens": 12, "do_sample": True, "temperature": 0.7, "top_p": 1.0,
                                              "seed": 3}
     assert ChatRequest.parse({"messages": USER}).generation_settings()["do_sample"] is False  # temperature 0: greedy
@@ -51,14 +53,35 @@ def test_a_request_parses_into_generation_settings():
     ({"messages": USER, "temperature": "hot"}, "must be a number"),
     ({"messages": USER, "stream": True}, "streaming"),
     ({"messages": USER, "steerlab": {"strengths": {"gender.safetensors": float("nan")}}}, "finite numbers"),
+    ({"messages": USER, "tools": [{"type": "function"}]}, "'tools': tool calls are not supported"),
+    ({"messages": USER, "response_format": {"type": "json_object"}}, "'response_format': structured output"),
+    ({"messages": USER, "logprobs": True}, "'logprobs': log-probabilities"),
+    ({"messages": USER, "frequency_penalty": 0.5}, "'frequency_penalty'"),
+    ({"messages": USER, "temperatur": 0.5}, "unknown parameter 'temperatur'; this service accepts model, messages"),
+    ({"messages": USER, "max_tokens": 3, "max_completion_tokens": 4}, "disagree"),
+    ({"messages": USER, "max_completion_tokens": 9}, "'max_completion_tokens' = 9 is outside 1..5"),
+    ({"messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "at most 4"),
+    ({"messages": USER, "stop": [""]}, "non-empty string"),
 ])
 def test_bad_requests_name_the_bad_value(body, message):
-    with pytest.raises(BadRequest, match=message):
+    with pytest.raises(BadRequest, match=message) as caught:
         ChatRequest.parse(body, Limits(max_tokens=5, max_prompt_chars=30))
+    named = [key for key in body if key in str(caught.value) and key != "messages"]
+    assert caught.value.param in (*named, "messages", "model", "n", "stream", "steerlab", "max_completion_tokens", None)
+
+
+def test_parameters_are_honoured_or_harmless():
+    request = ChatRequest.parse({"messages": USER, "max_completion_tokens": 5, "stop": "\n\n", "user": "u1",
+                                 "logprobs": False, "frequency_penalty": 0, "stream": False, "n": 1})
+    assert request.max_tokens == 5 and request.stop == ("\n\n",)
+    assert ChatRequest.parse({"messages": USER, "stop": ["END", "###"]}).stop == ("END", "###")
+    assert cut_at_stop("Dear Kelly,\n\nThanks###END", ["END", "###"]) == ("Dear Kelly,\n\nThanks", True)
+    assert cut_at_stop("no stop here", ["END"]) == ("no stop here", False)
+    assert error_body(503, "busy")["error"] == {"message": "busy", "type": "service_unavailable", "param": None, "code": 503}
 
 
 def test_requested_strengths_are_held_to_the_policy():
-    assert allowed_strengths(ROUTER) == {"gender.safetensors": 2.0, "tone.safetensors": 20.0}
+    assert allowed_strengths(ROUTER) == {"gender.safetensors": (0.0, 2.0), "tone.safetensors": (0.0, 20.0)}
     fired = Adjustment("steer", "gender.safetensors", 1.0, "gendered_subject")
     request = ChatRequest.parse({"messages": USER, "steerlab": {"strengths": {"gender.safetensors": 0.5,
                                                                               "tone.safetensors": 15}}})
@@ -67,13 +90,19 @@ def test_requested_strengths_are_held_to_the_policy():
                        Adjustment("reward", "tone.safetensors", 15.0, "request")]
     off = ChatRequest.parse({"messages": USER, "steerlab": {"strengths": {"gender.safetensors": 0}}})
     assert adjustments_for(ROUTER, _decision(adjustments=[fired]), off) == []  # a request may turn a rule off
-    for strengths, message in [({"gender.safetensors": 3}, "outside the policy's ±2"),
+    for strengths, message in [({"gender.safetensors": 3}, "outside the policy's range 0..2"),
+                               ({"gender.safetensors": -1}, "outside the policy's range 0..2.*never reverse"),
+                               ({"tone.safetensors": -5}, "outside the policy's range 0..20"),
                                ({"fixed.safetensors": 1}, "does not let requests set 'fixed.safetensors'.*gender"),
                                ({"other.safetensors": 1}, "files a request may set: gender.safetensors, tone")]:
         with pytest.raises(BadRequest, match=message):
             adjustments_for(ROUTER, _decision(), ChatRequest.parse({"messages": USER, "steerlab": {"strengths": strengths}}))
     with pytest.raises(BadRequest, match="applies to 'a'; the router chose 'b'"):
         adjustments_for(ROUTER, _decision("b"), request)
+    negative = SimpleNamespace(fallback="b", rules=[Rule("hostile_tone", "steer", "calm.safetensors", -2.0, request_max=4.0)])
+    assert allowed_strengths(negative) == {"calm.safetensors": (-4.0, 0.0)}  # bounds carry the rule's sign
+    calmer = ChatRequest.parse({"messages": USER, "steerlab": {"strengths": {"calm.safetensors": -3}}})
+    assert adjustments_for(negative, _decision(), calmer) == [Adjustment("steer", "calm.safetensors", -3.0, "request")]
 
 
 def test_the_completion_is_openai_shaped_and_carries_the_trace():
@@ -83,6 +112,12 @@ def test_the_completion_is_openai_shaped_and_carries_the_trace():
                                                      "completion_tokens": 1}, {"decide": 1.0, "answer": 2.0})
     assert out["object"] == "chat.completion" and out["model"] == "a"
     assert out["choices"][0] == {"index": 0, "message": {"role": "assistant", "content": "Dear"}, "finish_reason": "stop"}
+    stopped = completion(request, _decision(), [], {"text": "D", "finish_reason": "stop", "prompt_tokens": 7,
+                                                     "completion_tokens": 1}, {})
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+    cut = completion(request, _decision(), [], {"text": "D", "finish_reason": "length", "prompt_tokens": 7,
+                                                "completion_tokens": 1}, {})
+    assert cut["choices"][0]["finish_reason"] == "length"
     assert out["usage"] == {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}
     assert out["steerlab"]["decision"]["expert"] == "a" and out["steerlab"]["applied"][0]["because"] == "request"
     assert "expert a" in out["steerlab"]["explanation"]
