@@ -79,9 +79,6 @@ class DecodeState:
     input_ids: Tensor | None = None  # this forward's input tokens (at step s >= 1: the token chosen at step s-1)
     rows: Tensor | None = None  # (batch,) which prompt of the call each row is (per-prompt settings index it)
     n_prompts: int | None = None  # how many prompts the call has (host-side, for checks)
-    # (batch,) where each row sat in the batch the loop started with: finished rows leave it, so a scorer that keeps
-    # state per row follows its rows by this (None: every row, in order)
-    batch_index: Tensor | None = None
 
     def generated(self) -> Tensor:
         return self.valid & (self.position_ids >= self.prompt_lengths[:, None])
@@ -214,7 +211,6 @@ def decode(
     With `prefill`, step 0 reuses that forward pass instead of running the prompts again. `rows`
     says which prompt of the caller each row is (default: row i is prompt i), so per-prompt
     steering coefficients follow prompts, not batches; `n_prompts` is how many prompts the caller has.
-    A row that finishes (EOS) leaves the batch and the KV cache, so the others decode at the cost of their own.
 
     Raises `NonFiniteError` if the model's logits were ever NaN or infinite (a steering
     coefficient or schedule out of range, or corrupt weights): such text would be garbage.
@@ -226,7 +222,8 @@ def decode(
     stop = torch.tensor(sorted(stop_ids), device=device)
     mask, positions = batch.attention_mask, batch.position_ids
     cache = DynamicCache(config=model.config) if prefill is None else prefill.cache
-    generated: list[Tensor] = []  # per step, (batch,): pad for rows that have finished
+    finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=device)
+    generated: list[Tensor] = []
     step_input = batch.input_ids
     prompt_lengths = mask.sum(-1)
     step_valid = mask.bool()
@@ -234,13 +231,12 @@ def decode(
         raise SteerlabError(f"{len(rows)} row indices given for a batch of {mask.shape[0]} rows")
     row_index = torch.tensor(list(range(mask.shape[0]) if rows is None else rows), device=device)
     n_prompts = mask.shape[0] if rows is None else (n_prompts or max(rows) + 1)
-    active = torch.arange(mask.shape[0], device=device)  # rows still generating; finished rows leave the batch
     non_finite = torch.zeros((), dtype=torch.bool, device=device)
     seen = None  # (rows, vocabulary): tokens each row has generated, for the repetition penalty
     for step in range(config.max_new_tokens):
         state = DecodeState(step, positions, step_valid, prompt_lengths, all_valid=step > 0 or bool(step_valid.all()),
                             past=cache, attention_mask=mask, input_ids=step_input, rows=row_index,
-                            n_prompts=n_prompts, batch_index=active)
+                            n_prompts=n_prompts)
         with publish_state(state):
             if step == 0 and prefill is not None:
                 logits = prefill.logits
@@ -261,21 +257,14 @@ def decode(
             if logits_hook is not None:
                 logits = logits_hook(logits, state)
         tokens = _next_tokens(logits, config, generators, non_finite)
-        generated.append(torch.full((batch.input_ids.shape[0],), pad_id, dtype=tokens.dtype, device=device)
-                         .index_put((active,), tokens))
+        tokens = torch.where(finished, torch.full_like(tokens, pad_id), tokens)
+        generated.append(tokens)
         if seen is not None:
             seen[torch.arange(tokens.shape[0], device=device), tokens] = True
         if config.stop_at_eos:
-            going = ~torch.isin(tokens, stop)
-            if not bool(going.any()):
+            finished |= torch.isin(tokens, stop)
+            if bool(finished.all()):
                 break
-            if not bool(going.all()):  # drop the rows that just finished, from every per-row tensor and the cache
-                keep = going.nonzero().squeeze(-1)
-                active, tokens, mask, positions = active[keep], tokens[keep], mask[keep], positions[keep]
-                prompt_lengths, row_index = prompt_lengths[keep], row_index[keep]
-                seen = None if seen is None else seen[keep]
-                generators = [generators[i] for i in keep.tolist()]
-                cache.batch_select_indices(keep)
         step_input = tokens[:, None]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1

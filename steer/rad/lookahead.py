@@ -59,21 +59,16 @@ class ExternalScorer:
         self.cache: DynamicCache | None = None
         self.text: Tensor | None = None  # (B, length) what the reward expert has read (uncached form)
         self.candidates: Tensor | None = None
-        self.batch_index: Tensor | None = None  # the loop's rows this scorer follows (rows that finished leave)
 
     @torch.inference_mode()
     def __call__(self, state: DecodeState, candidates: Tensor) -> Tensor:
         if state.input_ids is None:
             raise SteerlabError("external rewards need the decode state's input tokens")
         candidates = candidates.to(self.expert.device)
-        index = getattr(state, "batch_index", None)
-        index = torch.arange(len(candidates)) if index is None else index
         if state.step == 0:
             self._start(len(candidates))
         else:
-            self._follow(index.to(self.expert.device))
             self._keep_chosen(state.input_ids[:, -1].to(self.expert.device))
-        self.batch_index = index.to(self.expert.device)
         scores = self._score_cached(candidates) if self.cached else self._score_uncached(candidates)
         self.candidates = candidates
         return scores.to(state.input_ids.device)
@@ -84,16 +79,6 @@ class ExternalScorer:
         self.cache = DynamicCache(config=self.expert.model.config)
         if self.prefix:
             self._forward(self.text, self.cache)
-
-    def _follow(self, index: Tensor) -> None:
-        """Drop the rows that finished since the last step (and their k tiles of the cache)."""
-        if len(index) == len(self.batch_index):
-            return
-        keep = torch.searchsorted(self.batch_index, index)  # both ascending: the loop keeps its rows in order
-        k = self.candidates.shape[1]
-        if self.cached:
-            self.cache.batch_select_indices((keep[:, None] * k + torch.arange(k, device=keep.device)).flatten())
-        self.candidates, self.text = self.candidates[keep], self.text[keep]
 
     def _keep_chosen(self, chosen: Tensor) -> None:
         """Keep, for each row, the tile of the candidate that was chosen (a finished row keeps any)."""

@@ -56,25 +56,6 @@ def test_stops_at_eos_per_row(tiny):
     assert len(result.token_ids[0]) == 3 and len(result.token_ids[1]) == 8
 
 
-def test_finished_rows_leave_the_batch_and_the_others_decode_as_alone(tiny):
-    eos = min(tiny.eos_ids)
-    widths = []
-
-    def prompt_0_stops_at_step_2(logits, state):
-        widths.append(logits.shape[0])
-        if state.step == 2:
-            logits = logits.clone()
-            logits[state.rows == 0, eos] = 1e4
-        return logits
-
-    for settings in ({}, {"do_sample": True, "seed": 3, "temperature": 0.9}):
-        widths.clear()
-        batched = tiny.generate(PROMPTS, max_new_tokens=8, logits_hook=prompt_0_stops_at_step_2, **settings)
-        assert widths[:3] == [3, 3, 3] and widths[3] <= 2  # prompt 0 left the batch (and its cache) after step 2
-        assert batched.finish_reasons[0] == "eos" and len(batched.token_ids[0]) == 2
-        assert batched.token_ids[1:] == [tiny.generate(p, max_new_tokens=8, **settings).token_ids[0] for p in PROMPTS[1:]]
-
-
 def test_chat_template_is_applied_for_chat_experts(tiny_llama):
     formatted = tiny_llama.format_prompts(["hi"])[0]
     assert formatted == "<|user|>hi<|end|><|assistant|>"
