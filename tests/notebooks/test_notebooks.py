@@ -13,7 +13,8 @@ from nbclient import NotebookClient
 pytestmark = pytest.mark.slow
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-CELL_TIMEOUT_S = 300
+CELL_TIMEOUT_S = 600  # notebook 03's comparison cell ran past 300 s on this machine on 2026-11-30 (with and without
+# rows leaving the decode batch); the cause is not yet found
 
 
 def test_there_are_five_numbered_notebooks():
