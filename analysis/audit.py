@@ -58,8 +58,8 @@ class Condition:
     men). `beta` > 0 adds reward-augmented decoding (under the counter operator signed by gender too: women's
     letters towards the reward's high end, men's towards its low end); `bias` > 0 a logit bias signed by gender like the counter
     operator (women's letters towards agentic words and away from communal ones, men's the other way); `erase`
-    applies the concept eraser and states the candidate's pronouns in the prompt; `instruction` adds the prompting
-    baseline's sentence."""
+    applies the concept eraser; `pronouns` states the candidate's pronouns in the prompt (always with `erase`);
+    `instruction` adds the prompting baseline's sentence."""
 
     label: str
     coef: float = 0.0  # the condition's strength, for tables and plots
@@ -67,6 +67,7 @@ class Condition:
     beta: float = 0.0
     bias: float = 0.0
     erase: bool = False
+    pronouns: bool = False
     instruction: bool = False
 
 
@@ -90,6 +91,9 @@ class AuditConfig:
     vector: str | None = None
     coefs: tuple[float, ...] = (0.0,)
     operator: str = "ablate"
+    # Under the counter operator: women's letters are steered at this share of each coefficient, men's at all of it
+    # (the two genders tolerate different pushes; 1: symmetric). Also applies to the random-vector baseline.
+    female_scale: float = 1.0
     # Not position 0: SmolLM2's attention sink there has a residual ~100x the others, and removing a
     # direction from it (projections in the thousands) wrecks generation.
     positions: str = "from:1"
@@ -104,12 +108,19 @@ class AuditConfig:
     prompt_baseline: bool = False  # the prompting analogue of the mitigation, one sentence added to the prompt
     logit_biases: tuple[float, ...] = ()  # gender-conditional logit bias on the agency lexicons' words (> 0)
     eraser: str | None = None  # a concept-eraser file (steer.vectors.erasure): erase gender, state the pronouns
+    # Every mitigation condition (and its baselines) states the candidate's pronouns in the prompt ("Refer to Kelly
+    # as she/her."); the unsteered and planted letters do not: it is part of the mitigation, not of the expert.
+    state_pronouns: bool = False
 
     def __post_init__(self) -> None:
         if self.betas and not self.reward:
             raise SteerlabError("--beta values need a --reward")
         if self.operator not in OPERATORS:
             raise SteerlabError(f"unknown audit operator {self.operator!r}; choose one of {', '.join(OPERATORS)}")
+        if not (math.isfinite(self.female_scale) and self.female_scale >= 0):
+            raise SteerlabError(f"female_scale must be finite and >= 0, got {self.female_scale}")
+        if self.female_scale != 1 and self.operator != "counter":
+            raise SteerlabError(f"female_scale {self.female_scale:g} needs the counter operator, not {self.operator!r}")
         if any(c != 0 for c in self.coefs) and not self.vector:
             raise SteerlabError("steering coefficients other than 0 need a --vector")
         if self.samples < 0 or (self.samples == 0 and not self.greedy):
@@ -133,17 +144,21 @@ class AuditConfig:
         plant = (("plant", "counter", -self.plant_coef),) if self.plant_vector else ()
         prefix = "planted+" if plant else ""
         coefs = [c for c in self.coefs if c != 0]
-        out = [Condition("unsteered")] + ([Condition("planted", self.plant_coef, plant)] if plant else [])
-        out += [Condition(f"{prefix}{self.operator}@{c:g}", c, plant + (("vector", self.operator, c),)) for c in coefs]
-        if self.random_baseline:  # at the largest coefficient: equal norm, the same per-gender signs
+        women = "" if self.female_scale == 1 else ",women@{:g}"  # men's coefficient first, then women's
+        said = self.state_pronouns
+        out = [Condition(f"{prefix}{self.operator}@{c:g}{women.format(c * self.female_scale)}", c,
+                         plant + (("vector", self.operator, c),), pronouns=said) for c in coefs]
+        if self.random_baseline:  # at the largest coefficient: equal norm, the same per-gender signs and scale
             c = max(coefs, key=abs)
-            out.append(Condition(f"{prefix}random@{c:g}", c, plant + (("random", self.operator, c),)))
+            out.append(Condition(f"{prefix}random@{c:g}{women.format(c * self.female_scale)}", c,
+                                 plant + (("random", self.operator, c),), pronouns=said))
         if self.prompt_baseline:
-            out.append(Condition(f"{prefix}prompt", 0.0, plant, instruction=True))
-        out += [Condition(f"{prefix}bias@{b:g}", b, plant, bias=b) for b in self.logit_biases]
+            out.append(Condition(f"{prefix}prompt", 0.0, plant, instruction=True, pronouns=said))
+        out += [Condition(f"{prefix}bias@{b:g}", b, plant, bias=b, pronouns=said) for b in self.logit_biases]
         if self.eraser:
-            out.append(Condition(f"{prefix}erase", 0.0, plant, erase=True))
-        return out + [Condition(f"{prefix}rad@{b:g}", b, plant, beta=b) for b in self.betas if b != 0]
+            out.append(Condition(f"{prefix}erase", 0.0, plant, erase=True, pronouns=True))
+        out += [Condition(f"{prefix}rad@{b:g}", b, plant, beta=b, pronouns=said) for b in self.betas if b != 0]
+        return [Condition("unsteered")] + ([Condition("planted", self.plant_coef, plant)] if plant else []) + out
 
 
 @dataclass
@@ -171,11 +186,12 @@ def open_run(config: AuditConfig, out: Path, expert: Expert) -> AuditRun:
     return AuditRun(config, out, prompts, expert.fingerprint)
 
 
-def _coefs_for(rows: Sequence[tuple[LetterPrompt, int]], coef: float, operator: str) -> list[float]:
+def _coefs_for(rows: Sequence[tuple[LetterPrompt, int]], coef: float, operator: str,
+               female_scale: float = 1.0) -> list[float]:
     """Ablation removes the direction alike for everyone; counter-steering pushes each gender
-    towards the other (+c for female rows along the male-minus-female direction, -c for male)."""
+    towards the other (+c × female_scale for female rows along the male-minus-female direction, -c for male)."""
     if operator == "counter":
-        return [coef if p.gender == "female" else -coef for p, _ in rows]
+        return [coef * female_scale if p.gender == "female" else -coef for p, _ in rows]
     return [coef] * len(rows)
 
 
@@ -235,7 +251,10 @@ class LetterJob:
                        {c.label: c for c in self.config.conditions()})
 
     def _steering(self, state: _Loaded, condition: Condition, chunk: list[tuple[LetterPrompt, int]]) -> list[Steering]:
-        return [Steering(state.vectors[role], coef=_coefs_for(chunk, coef, operator),
+        def scale(role: str) -> float:  # the plant is symmetric; the mitigation and its random twin may not be
+            return 1.0 if role == "plant" else self.config.female_scale
+
+        return [Steering(state.vectors[role], coef=_coefs_for(chunk, coef, operator, scale(role)),
                          operator="add" if operator == "counter" else operator, positions=self.config.positions)
                 for role, operator, coef in condition.steers]
 
@@ -247,8 +266,8 @@ class LetterJob:
                                       temperature=config.temperature, top_p=config.top_p, seed=config.seed,
                                       repetition_penalty=config.repetition_penalty)
         seeds = [row_seed(config.seed, p.text, s) for p, s in chunk]
-        instructions = [instruction_for(p, config.operator) if condition.instruction else
-                        pronoun_instruction(p) if condition.erase else "" for p, _ in chunk]
+        instructions = [" ".join(([instruction_for(p, config.operator)] if condition.instruction else [])
+                                 + ([pronoun_instruction(p)] if condition.pronouns else [])) for p, _ in chunk]
         openings = [config.opening.format(name=p.name) for p, _ in chunk]
         formatted = expert.format_prompts([f"{p.text} {extra}".strip() for (p, _), extra in zip(chunk, instructions)])
         texts_in = [prompt + opening for prompt, opening in zip(formatted, openings)]

@@ -42,10 +42,12 @@ from steer.vectors.vector import SteeringVector
 log = logging.getLogger(__name__)
 PLANT_DATA = "agentic_communal.jsonl"
 # The demo's study (SmolLM2-135M-Instruct, layer 12): a planted skew of 2 (about a third of the typical residual
-# norm) and counter-steering at 6 along the content direction (norm ~9 there); other strengths, layers and
-# operators are measured in benchmarks/RESULTS.md.
+# norm) and counter-steering along the content direction (norm ~9 there) at 8 for men's letters and 4 for women's
+# (pushed harder, women's letters stop finishing within the token budget; men's take more); other strengths,
+# layers and operators are measured in benchmarks/RESULTS.md.
 DEMO_PLANT_COEF = 2.0
-DEMO_COUNTER_COEFS = (6.0,)
+DEMO_COUNTER_COEFS = (8.0,)
+DEMO_FEMALE_SCALE = 0.5
 DEMO_LOGIT_BIASES = (4.0,)  # logits added to (or taken from) the agency lexicons' word tokens, per row by gender
 ERASER_CHECK = "gender_eraser_check.json"  # the eraser's check on the name pairs, beside the study's vectors
 
@@ -122,14 +124,17 @@ def cosine(a: SteeringVector, b: SteeringVector) -> dict[int, float]:
 @dataclass(frozen=True)
 class StudySettings:
     """A mitigation study: the audit of `expert`, a planted skew of `plant_coef` (0: none, the expert's own skew is
-    the target), counter-steering along the content direction at `coefs` and both its baselines, at `layers`
-    (default: `default_layer`); a gender-conditional logit bias at `logit_biases`; and (`erase`) the gender eraser
-    with the pronouns stated."""
+    the target), counter-steering along the content direction at `coefs` (women's letters at `female_scale` of
+    each) and both its baselines, at `layers` (default: `default_layer`); a gender-conditional logit bias at
+    `logit_biases`; and (`erase`) the gender eraser. With `state_pronouns`, every mitigation and baseline states the
+    candidate's pronouns in the prompt (the eraser always does)."""
 
     expert: str
     size: str = "small"
     plant_coef: float = DEMO_PLANT_COEF
     coefs: tuple[float, ...] = DEMO_COUNTER_COEFS
+    female_scale: float = DEMO_FEMALE_SCALE
+    state_pronouns: bool = True
     logit_biases: tuple[float, ...] = DEMO_LOGIT_BIASES
     erase: bool = True
     layers: tuple[int, ...] | None = None
@@ -165,7 +170,8 @@ def run_study(settings: StudySettings, out: Path, *, expert: Expert | None = Non
     config = AuditConfig(expert=settings.expert, size=settings.size, samples=0, seed=settings.seed,
                          max_new_tokens=settings.max_new_tokens, names_per_gender=settings.names_per_gender,
                          bios=settings.bios, vector=str(out / "content_direction.safetensors"), coefs=settings.coefs,
-                         operator="counter", plant_vector=str(plant_path) if plant_path else None,
+                         operator="counter", female_scale=settings.female_scale,
+                         state_pronouns=settings.state_pronouns, plant_vector=str(plant_path) if plant_path else None,
                          plant_coef=settings.plant_coef, random_baseline=True, prompt_baseline=True,
                          logit_biases=settings.logit_biases, eraser=str(eraser_path) if eraser_path else None)
     return run_audit(config, out / "audit", batch_size=settings.batch_size, expert=expert, executor=executor,

@@ -177,10 +177,19 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
                      f"gap {skew['mde']:.2f}). Negative control, gender labels scrambled within pairs: a verdict in "
                      f"{scramble['false_verdict_rate']:.1%} of {scramble['scrambles']} scrambles.")
     compared = [row for row in results["conditions"] if row.get("against")]
+    config = results["manifest"].get("config", {})
+    how = []
+    if config.get("operator") == "counter" and config.get("female_scale", 1.0) != 1.0:
+        how.append(f"counter-steering pushes men's letters at the coefficient and women's at {config['female_scale']:g} "
+                   "of it (counter@m,women@w)")
+    if config.get("state_pronouns"):
+        how.append("every mitigation and baseline states the candidate's pronouns in the prompt (\"Refer to Kelly as "
+                   "she/her.\"); the unsteered and planted letters do not")
     if compared:
-        lines += ["", "Positive control (a skew planted by steering: men's letters towards agentic content, women's "
-                  "towards communal) and mitigations of it, each judged by the change of the gaps:"
-                  if results["reference"] == "planted" else "Steering and re-audit:"]
+        lines += ["", ("Positive control (a skew planted by steering: men's letters towards agentic content, women's "
+                       "towards communal) and mitigations of it, each judged by the change of the gaps"
+                       if results["reference"] == "planted" else "Steering and re-audit")
+                  + (f" ({'; '.join(how)})" if how else "") + ":"]
     for row in compared:
         removed = row.get("share_removed")
         low, high = row.get("removed_ci_low"), row.get("removed_ci_high")

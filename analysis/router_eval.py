@@ -19,7 +19,7 @@ from experts.expert import Expert
 from experts.files import atomic_path, provenance, write_json
 from steer.evaluate.encoder import MINILM_PARAMS, minilm_embeddings
 from steer.router import baselines
-from steer.router.evaluate import Routed, faithfulness, gap_recovered, metrics_table, paraphrase_stability
+from steer.router.evaluate import Routed, faithfulness, gap_recovered, metrics_table, paraphrase_stability, verdicts
 from steer.router.features import read
 from steer.router.humaneval import humaneval_tasks
 from steer.router.quality import quality_table
@@ -29,6 +29,7 @@ from steer.router.training import quality_matrix, utility_matrix
 
 BASELINES = ("random", "best-single", "per-domain-label", "tfidf-logistic", "minilm-knn", "minilm-logistic")
 CLAIM_BASELINES = ("tfidf-logistic", "minilm-knn", "minilm-logistic")  # the paired CI must exclude 0 against these
+ALPHA = 0.05  # family-wise, over all the verdicts of one evaluation
 COST_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0, 1.5, 3.0)
 
 
@@ -44,23 +45,6 @@ def _costs(quality: pd.DataFrame, tasks: list[Task], experts: list[str]) -> tupl
     answer = quality_matrix(quality, tasks, experts, "answer_tokens")
     params = quality.groupby("expert").n_params.first().reindex(experts).to_numpy(dtype=float)
     return params * (prompt + answer), prompt.mean(1)
-
-
-def verdicts(table: pd.DataFrame, reference: str = "activation-router") -> list[str]:
-    """One plain sentence per baseline: whether the router beats it at equal or lower cost, loses, or ties."""
-    ours = table.set_index("router").loc[reference]
-    lines = []
-    for _, row in table[table.router.isin(BASELINES)].iterrows():
-        diff, low, high = -row[f"diff_vs_{reference}"], -row.diff_ci_high, -row.diff_ci_low
-        cheaper = ours.cost <= row.cost * 1.0001
-        if low > 0:
-            what = "beats" + (" at equal or lower cost" if cheaper else f" but costs {ours.cost / row.cost:.2f}x as much")
-        elif high < 0:
-            what = "LOSES to"
-        else:
-            what = "is not distinguishable from"
-        lines.append(f"the router {what} {row.router}: Δ quality {diff:+.3f} [{low:+.3f}, {high:+.3f}]")
-    return lines
 
 
 def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed: int = 0,
@@ -91,12 +75,12 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
     reader_params = sum(p.numel() for p in reader.model.parameters())
     n = len(everything)
     ours = np.array(router.choose(h))
-    ours_p = router.probabilities(h)
+    ours_p = router.expected_grades(h)
     tfidf, tfidf_p = baselines.tfidf_logistic(everything, u, train, val, seed)
     logistic, logistic_p = baselines.embedding_logistic(emb, u, train, val, seed)
     knn, knn_p = baselines.embedding_knn(emb, u, train, val)
     routed = [
-        Routed("activation-router", ours, ours_p[np.arange(n), ours], reader_params),
+        Routed("activation-router", ours, ours_p[np.arange(n), ours], reader_params, predicts="grade"),
         Routed("random", None),
         Routed("best-single", baselines.best_single(u, train, n)),
         Routed("per-domain-label", baselines.per_domain(u, everything, train)),
@@ -109,17 +93,18 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
     cheapest = int(np.argmin([router.costs[e] for e in router.experts]))
     sets = [EvalSet("test split", np.flatnonzero(split == "test"))] + \
         ([EvalSet(f"HumanEval ({len(outside)} problems)", np.arange(len(tasks), n))] if outside else [])
+    alpha = ALPHA / (len(BASELINES) * len(sets))  # Bonferroni over every verdict printed
     out.mkdir(parents=True, exist_ok=True)
     results, sections, tables, curves = {}, [], {}, {}
     for s in sets:
         rows = s.rows
         sub = [Routed(r.name, None if r.choice is None else r.choice[rows],
-                      None if r.confidence is None else r.confidence[rows], r.overhead_params) for r in routed]
+                      None if r.confidence is None else r.confidence[rows], r.overhead_params, r.predicts) for r in routed]
         table = metrics_table(sub, q[rows], u[rows].argmax(1), cost[rows], prompt_tokens[rows], strongest,
-                              "activation-router", seed=seed)
+                              "activation-router", seed=seed, alpha=alpha)
         curve = _quality_cost_curve(router, h[rows], q[rows], cost[rows], prompt_tokens[rows] * reader_params, strongest)
         gaps = gap_recovered(curve, weak=q[rows, cheapest].mean(), oracle=q[rows][np.arange(len(rows)), u[rows].argmax(1)].mean())
-        said = verdicts(table)
+        said = verdicts(table, BASELINES)
         by_domain = _routing_by_domain([everything[i] for i in rows], ours[rows], u[rows].argmax(1), router.experts)
         tables[s.name], curves[s.name] = table, curve
         results[s.name] = {"n": len(rows), "routers": json.loads(table.to_json(orient="records")), "verdicts": said,
@@ -129,7 +114,7 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
                            "routing_by_domain": json.loads(by_domain.to_json(orient="records"))}
         sections += [f"## {s.name}: {len(rows)} queries", "", *[f"- {line}" for line in said], "",
                      f"APGR {gaps['apgr']:.3f}; calls to {router.experts[strongest]} needed for 50% of the "
-                     f"cheapest-to-oracle gap: {gaps['calls_for_50pct']:.0%}, for 80%: {gaps['calls_for_80pct']:.0%}. "
+                     f"cheapest-to-oracle gap: {_share(gaps['calls_for_50pct'])}, for 80%: {_share(gaps['calls_for_80pct'])}. "
                      f"Oracle headroom over the best single expert: {results[s.name]['oracle_headroom']['text']}.", "",
                      markdown_table(table, 3), "",
                      "Where the router sends each domain (share of its queries), and where each expert is the best "
@@ -157,13 +142,15 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
         "features": json.loads(features.to_json(orient="records")),
         **provenance(router=str(folder), experts=router.experts, reader=router.features.reader,
                      layer=router.features.layer, seed=seed, n_tasks=len(tasks), humaneval=len(outside),
-                     cost_weight=router.cost_weight)})
+                     cost_weight=router.cost_weight, alpha=alpha)})
     text = "\n".join([
         "# Router evaluation", "", claim, "",
         "Quality = the grade of the chosen expert's own greedy answer (0 to 1, higher is better: unit tests for code, "
         "exact or normalised match for arithmetic, facts and translations, reference-free checks for letters and "
         "stories). Cost = parameters × (prompt + answer tokens) of the chosen expert's answer, the router's reading "
-        "included. Δ quality: the router minus the baseline, paired bootstrap 95% CI over queries.", "", *sections,
+        f"included. Δ quality: the router minus the baseline, with a paired BCa bootstrap CI over queries at α = {alpha:.4f} "
+        f"(0.05 over the {len(BASELINES) * len(sets)} verdicts, Bonferroni) and the smallest Δ detectable at that α.",
+        "", *sections,
         f"Faithfulness (test split): replacing each decision's top feature's evidence (the activation along its "
         f"probe direction) by its training mean flips {faithful['flip_rate_top_feature']:.1%} of decisions; the same "
         f"edit along random directions flips {faithful['flip_rate_random_mean']:.1%} on average "
@@ -172,6 +159,10 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
         "Shipped features (AUROC on the val split, and on the outside set written apart):", "", markdown_table(features, 3), ""])
     (out / "report.md").write_text(text, encoding="utf-8")
     return text + f"\nreport: {out / 'report.md'} (routers_*.csv, quality_cost_*.csv, routers.png)"
+
+
+def _share(value: float) -> str:
+    return "never reached" if np.isnan(value) else f"{value:.0%}"
 
 
 def _routing_by_domain(tasks: list[Task], choice: np.ndarray, best: np.ndarray, experts: list[str]) -> pd.DataFrame:
@@ -191,7 +182,7 @@ def _headroom(q: np.ndarray, best: np.ndarray, seed: int) -> dict:
     single = int(q.mean(0).argmax())
     stats = paired_summary(q[np.arange(len(q)), best] - q[:, single], seed=seed)
     return {"mean": stats.mean_diff, "ci_low": stats.ci_low, "ci_high": stats.ci_high,
-            "text": f"{stats.mean_diff:+.3f} [{stats.ci_low:+.3f}, {stats.ci_high:+.3f}]"}
+            "text": f"{stats.mean_diff + 0.0:+.3f} [{stats.ci_low + 0.0:+.3f}, {stats.ci_high + 0.0:+.3f}]"}
 
 
 def _quality_cost_curve(router: Router, h, q, cost, overhead, strongest: int) -> pd.DataFrame:

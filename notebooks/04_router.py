@@ -43,7 +43,7 @@ from steer.router.features import read
 from steer.router.quality import quality_table
 from steer.router.router import DEFAULT_ROUTER, Router, fit_decision_model
 from steer.router.tasks import task_set
-from steer.router.training import utility_matrix
+from steer.router.training import quality_matrix, utility_matrix
 
 OUT = Path("runs/notebooks/04_router")
 OUT.mkdir(parents=True, exist_ok=True)
@@ -53,9 +53,9 @@ pd.DataFrame(router.notes["feature_validation"]).round(3)  # every candidate fea
 
 # %% [markdown]
 # ## Route mixed prompts
-# Each decision is a `RoutingDecision`: every feature's activation, its weight in the decision model and its
-# contribution to the chosen expert's score, the per-expert probabilities, and the adjustments the policy
-# applies (steering vectors, rewards).
+# Each decision is a `RoutingDecision`: every feature's activation, its weight in the chosen expert's grade model
+# and its contribution to that expert's expected grade (a logit), each expert's expected grade, and the
+# adjustments the policy applies (steering vectors, rewards).
 
 # %%
 prompts = [
@@ -69,7 +69,7 @@ prompts = [
     "You are useless and your last answer was garbage. Fix it now.",
 ]
 decisions = router.decide(reader, prompts)
-pd.DataFrame([{"prompt": p[:48], "expert": d.expert, "confidence": d.confidence,
+pd.DataFrame([{"prompt": p[:48], "expert": d.expert, "expected grade": d.expected_grade,
                "top feature": d.top_features(1)[0].name, "adjustments": [a.kind for a in d.adjustments]}
               for p, d in zip(prompts, decisions)]).round(3)
 
@@ -134,12 +134,13 @@ print(f"it chose {len(experts_used)} distinct expert(s) for the eight mixed prom
       f"{int((router.coef != 0).sum())} non-zero weights")
 
 # %%
-utility = utility_matrix(quality_table(router.experts, tasks, DEFAULT_ROUTER / "quality"), tasks, router.experts)
+quality = quality_table(router.experts, tasks, DEFAULT_ROUTER / "quality")
+utility, grades = utility_matrix(quality, tasks, router.experts), quality_matrix(quality, tasks, router.experts)
 train_h = h[split == "train"]
 z = router.standardized(h)
 rows = []
 for c in (0.01, 0.1, 1.0):
-    coef, intercept = fit_decision_model(z[split == "train"], utility[split == "train"].argmax(1), len(router.experts), c)
+    coef, intercept = fit_decision_model(z[split == "train"], grades[split == "train"], c)
     weaker = router.with_settings(coef=coef, intercept=intercept)
     test = split == "test"
     choice = np.array(weaker.choose(h[test]))

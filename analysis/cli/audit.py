@@ -27,7 +27,7 @@ def cmd_letters(args: argparse.Namespace) -> dict[str, Any]:
                          seed=args.seed, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
                          opening=args.opening, template=args.template, names_per_gender=args.names_per_gender,
                          bios=args.bios, vector=args.vector, coefs=parse_numbers(args.coefs), operator=args.operator,
-                         positions=args.positions, reward=args.reward,
+                         female_scale=args.female_scale, state_pronouns=args.state_pronouns, positions=args.positions, reward=args.reward,
                          betas=parse_numbers(args.beta, "--beta") if args.beta else (), top_k=args.top_k,
                          plant_vector=args.plant_vector, plant_coef=args.plant_coef,
                          random_baseline=args.random_baseline, prompt_baseline=args.prompt_baseline,
@@ -49,6 +49,7 @@ def cmd_mitigate(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.mitigation import StudySettings, run_study
 
     given = {"plant_coef": args.plant_coef, "coefs": parse_numbers(args.coefs) if args.coefs else None,
+             "female_scale": args.female_scale, "state_pronouns": args.state_pronouns,
              "logit_biases": _strengths(args.logit_bias, "--logit-bias")}
     settings = StudySettings(expert=args.expert, size=args.size, layers=tuple(parse_layers(args.layers)) if args.layers else None,
                              seed=args.seed, max_new_tokens=args.max_new_tokens, names_per_gender=args.names_per_gender,
@@ -124,6 +125,10 @@ def add_commands(sub) -> None:
     letters.add_argument("--vector", help="steering vector for the re-audit")
     letters.add_argument("--coefs", default="0", help="steering coefficients, e.g. 0,0.5,1")
     letters.add_argument("--operator", default="ablate", choices=["ablate", "counter"])
+    letters.add_argument("--female-scale", type=float, default=1.0,
+                         help="counter operator: women's letters steered at this share of each coefficient (default 1)")
+    letters.add_argument("--state-pronouns", action="store_true",
+                         help="every mitigation condition states the candidate's pronouns in the prompt")
     letters.add_argument("--reward", help="activation reward for reward-augmented decoding (second mitigation)")
     letters.add_argument("--beta", help="reward strengths, e.g. 5 or 5,10")
     letters.add_argument("--top-k", type=int, default=20, help="candidates re-weighted by the reward")
@@ -152,6 +157,10 @@ def add_commands(sub) -> None:
     mitigate.add_argument("--plant-coef", type=float,
                           help="size of the planted skew (default: the demo's 2; 0: mitigate the expert's own skew)")
     mitigate.add_argument("--coefs", help="counter-steering strengths along the content direction (default: the demo's 6)")
+    mitigate.add_argument("--female-scale", type=float,
+                          help="women's letters counter-steered at this share of each coefficient (default: the demo's)")
+    mitigate.add_argument("--state-pronouns", action=argparse.BooleanOptionalAction, default=None,
+                          help="mitigations state the candidate's pronouns in the prompt (default: the demo's, yes)")
     mitigate.add_argument("--layers", help="layers to steer, e.g. 12 or 10-14 (default: about 40%% of the depth)")
     mitigate.add_argument("--logit-bias", help="gender-conditional logit-bias strengths (default: the demo's 4; 0: none)")
     mitigate.add_argument("--no-erase", action="store_true", help="leave out the gender eraser (LEACE)")

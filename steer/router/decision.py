@@ -13,8 +13,8 @@ from pathlib import Path
 class FeatureReading:
     name: str
     activation: float  # probe logit on the reader's activation (> 0: fires)
-    weight: float  # the decision model's weight for the chosen expert
-    contribution: float  # weight × standardized activation: its push towards the chosen expert
+    weight: float  # the chosen expert's grade model's weight
+    contribution: float  # weight × standardized activation: its push on the chosen expert's expected grade (logit)
 
 
 @dataclass(frozen=True)
@@ -31,13 +31,13 @@ class RoutingDecision:
     reader: str
     reader_layer: int
     features: list[FeatureReading]
-    scores: dict[str, float]  # decision-model logit per expert
-    probabilities: dict[str, float]
+    scores: dict[str, float]  # logit of each expert's expected grade
+    expected_grades: dict[str, float]  # each expert's predicted grade (0 to 1): sigmoid(score)
     expert: str
-    confidence: float
-    abstained: bool  # confidence below the threshold: the fallback expert was used
+    expected_grade: float  # the chosen expert's
+    abstained: bool  # the expected grade below the threshold: the fallback expert was used
     intercept: float = 0.0  # the chosen expert's intercept: intercept + Σ contributions = scores[expert]
-    cost_penalty: float = 0.0  # cost_weight × the chosen expert's relative cost, taken from its probability
+    cost_penalty: float = 0.0  # cost_weight × the chosen expert's relative cost, taken from its expected grade
     adjustments: list[Adjustment] = field(default_factory=list)
     truncated: bool = False
     router_version: str = ""
@@ -49,12 +49,13 @@ class RoutingDecision:
         return sorted(self.features, key=lambda f: -f.contribution)[:n]
 
     def explain(self) -> str:
-        head = f"expert {self.expert} (p = {self.confidence:.2f}{', abstained: fallback' if self.abstained else ''})"
+        head = (f"expert {self.expert} (expected grade {self.expected_grade:.2f}"
+                f"{', abstained: fallback' if self.abstained else ''})")
         if self.expert in self.scores:
-            head += f"; score {self.scores[self.expert]:+.2f} = intercept {self.intercept:+.2f} + the contributions below"
+            head += f"; logit {self.scores[self.expert]:+.2f} = intercept {self.intercept:+.2f} + the contributions below"
         lines = [head]
         if self.cost_penalty:
-            lines.append(f"  cost penalty {self.cost_penalty:.3f} taken from its probability before choosing")
+            lines.append(f"  cost penalty {self.cost_penalty:.3f} taken from its expected grade before choosing")
         lines += [f"  {f.name:<22} activation {f.activation:+7.2f}  weight {f.weight:+6.2f}  contribution "
                   f"{f.contribution:+6.2f}" for f in self.top_features(len(self.features))]
         lines += [f"  adjust: {a.kind} {a.file} at {a.strength:g} because {a.because} fired" for a in self.adjustments]

@@ -20,8 +20,9 @@ from steer.router.router import Router
 class Routed:
     name: str
     choice: np.ndarray | None  # expert index per query; None = uniform random (scored by expectation)
-    confidence: np.ndarray | None = None  # probability given to the chosen expert
+    confidence: np.ndarray | None = None  # what the router predicted for its choice (see `predicts`)
     overhead_params: float = 0.0  # router's own parameters per prompt token
+    predicts: str = "best"  # confidence is P(the choice is the oracle's) ("best") or the choice's expected grade ("grade")
 
 
 def per_query_quality(routed: Routed, q: np.ndarray) -> np.ndarray:
@@ -41,28 +42,56 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 
 def metrics_table(routers: Sequence[Routed], q: np.ndarray, best: np.ndarray, cost: np.ndarray,
-                  prompt_tokens: np.ndarray, strongest: int, reference: str, seed: int = 0) -> pd.DataFrame:
+                  prompt_tokens: np.ndarray, strongest: int, reference: str, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
     """One row per router on the given queries: quality `q` (n, E) with its CI, the share of the best-single-to-oracle
     gap closed, accuracy against the oracle's choice `best`, mean cost (`cost` (n, E), router overhead included) and
-    the share of calls to the `strongest` (most expensive) expert; Δ quality and its paired CI against `reference`."""
+    the share of calls to the `strongest` (most expensive) expert; Δ quality against `reference` with its paired
+    (1 − `alpha`) CI and the minimum detectable Δ at `alpha` (80% power);
+    the calibration error of what each router predicted (its choice being the oracle's, or its choice's grade)."""
     oracle = q[np.arange(len(q)), best]
     single = max(q.mean(0))
     by_name = {r.name: per_query_quality(r, q) for r in routers}
     rows = []
     for r in routers:
         quality = by_name[r.name]
-        stats = paired_summary(quality - by_name[reference], seed=seed)
+        stats = paired_summary(quality - by_name[reference], seed=seed, confidence=1 - alpha, alpha=alpha)
         own = paired_summary(quality, seed=seed)
         rows.append({
             "router": r.name, "quality": quality.mean(), "quality_ci_low": own.ci_low, "quality_ci_high": own.ci_high,
             "gap_closed": (quality.mean() - single) / (oracle.mean() - single) if oracle.mean() > single else np.nan,
             "accuracy": (1 / q.shape[1]) if r.choice is None else float((r.choice == best).mean()),
             f"diff_vs_{reference}": stats.mean_diff, "diff_ci_low": stats.ci_low, "diff_ci_high": stats.ci_high,
+            "diff_mde": stats.mde, "alpha": alpha,
             "cost": per_query_cost(r, cost, prompt_tokens).mean(),
             "strong_share": (1 / q.shape[1]) if r.choice is None else float((r.choice == strongest).mean()),
-            "ece": expected_calibration_error(r.confidence, (r.choice == best).astype(float)) if r.confidence is not None else np.nan,
+            "ece": np.nan if r.confidence is None else expected_calibration_error(
+                r.confidence, quality if r.predicts == "grade" else (r.choice == best).astype(float)),
         })
     return pd.DataFrame(rows)
+
+
+def verdicts(table: pd.DataFrame, against: Sequence[str], reference: str = "activation-router") -> list[str]:
+    """One plain sentence per router named in `against`, from `metrics_table`'s CIs (at its α, which the caller
+    corrects for the number of verdicts): the reference beats it (at equal or lower cost, or not), loses, or cannot
+    be told apart, with the minimum detectable difference."""
+    ours = table.set_index("router").loc[reference]
+    lines = []
+    for _, row in table[table.router.isin(against)].iterrows():
+        diff, low, high = -row[f"diff_vs_{reference}"] + 0.0, -row.diff_ci_high + 0.0, -row.diff_ci_low + 0.0
+        cheaper = ours.cost <= row.cost * 1.0001
+        if low == high == diff == 0:  # no query differs: there is no interval to speak of
+            lines.append(f"the router gives the same quality as {row.router} on every query (cost ratio "
+                         f"{ours.cost / row.cost:.2f})")
+            continue
+        if low > 0:
+            what = "beats" + (" at equal or lower cost" if cheaper else f" but costs {ours.cost / row.cost:.2f}x as much")
+        elif high < 0:
+            what = "LOSES to"
+        else:
+            what = "is not distinguishable from"
+        lines.append(f"the router {what} {row.router}: Δ quality {diff:+.3f} [{low:+.3f}, {high:+.3f}] "
+                     f"({1 - row.alpha:.2%} CI; detectable Δ {row.diff_mde:.3f})")
+    return lines
 
 
 def gap_recovered(curve: pd.DataFrame, weak: float, oracle: float, levels: Sequence[float] = (0.5, 0.8)) -> dict[str, float]:

@@ -1,7 +1,7 @@
-"""The router: named features on a reader expert -> a sparse (L1) multinomial logistic model that
-scores each expert -> the chosen expert, or the fallback below a confidence threshold -> the
-adjustments its policy asks for. Saved as a folder: router.json, features.safetensors and the
-policy's vector and reward files."""
+"""The router: named features on a reader expert -> one sparse (L1) logistic model per expert that predicts the
+grade of that expert's answer -> the expert with the highest expected grade less its cost penalty, or the fallback
+where even that expected grade is below a threshold -> the adjustments its policy asks for. Saved as a folder:
+router.json, features.safetensors and the policy's vector and reward files."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from steer.router.tasks import DEFAULT_ROUTER  # noqa: F401 (re-exported: the sh
 if TYPE_CHECKING:
     from experts.expert import Expert
 
-FORMAT = "steerlab.router/1"
-VERSION = "1"
+FORMAT = "steerlab.router/2"  # 2: expected grades per expert (1: a classifier of the best expert)
+VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,12 @@ class Router:
     features: FeatureSet
     experts: list[str]
     fingerprints: dict[str, str]
-    coef: np.ndarray  # (E, F) on standardized feature activations
+    coef: np.ndarray  # (E, F) on standardized feature activations: the logit of each expert's expected grade
     intercept: np.ndarray  # (E,)
     feature_mean: np.ndarray  # (F,)
     feature_scale: np.ndarray  # (F,)
     fallback: str
-    threshold: float = 0.0
+    threshold: float = 0.0  # below this expected grade for the chosen expert, use the fallback
     costs: dict[str, float] = field(default_factory=dict)  # parameters per expert
     cost_weight: float = 0.0
     rules: list[Rule] = field(default_factory=list)
@@ -107,23 +107,21 @@ class Router:
         acts = self.features.activations(h).double().numpy()
         return (acts - self.feature_mean) / self.feature_scale
 
-    def probabilities(self, h: Tensor) -> np.ndarray:
-        logits = self.standardized(h) @ self.coef.T + self.intercept
-        logits -= logits.max(-1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(-1, keepdims=True)
+    def expected_grades(self, h: Tensor) -> np.ndarray:
+        """(n, E): each expert's predicted grade (0 to 1) for each query."""
+        return _sigmoid(self.standardized(h) @ self.coef.T + self.intercept)
 
     def choose(self, h: Tensor) -> list[int]:
         """Index of the chosen expert per row (the fallback where the router abstains)."""
         return self._choose(h)[0]
 
     def cost_penalties(self) -> np.ndarray:
-        """cost_weight × each expert's cost relative to the most expensive one (what `choose` subtracts)."""
+        """cost_weight × each expert's cost relative to the most expensive one: the grade `choose` gives up for it."""
         cost = np.array([self.costs.get(e, 0.0) for e in self.experts])
         return self.cost_weight * cost / max(cost.max(initial=0.0), 1e-12)
 
     def _choose(self, h: Tensor) -> tuple[list[int], list[bool]]:
-        p = self.probabilities(h)
+        p = self.expected_grades(h)
         best = (p - self.cost_penalties()).argmax(-1)
         abstain = [bool(p[i, b] < self.threshold) for i, b in enumerate(best)]
         fallback = self.experts.index(self.fallback)
@@ -141,11 +139,10 @@ class Router:
         acts = self.features.activations(h).double().numpy()
         z = (acts - self.feature_mean) / self.feature_scale
         logits = z @ self.coef.T + self.intercept
-        p = self.probabilities(h)
+        p = _sigmoid(logits)
         out = []
         choices, abstained = self._choose(h)
         for row, choice in enumerate(choices):
-            best = int(p[row].argmax())
             expert = self.experts[choice]
             readings = [FeatureReading(name, float(acts[row, j]), float(self.coef[choice, j]),
                                        float(self.coef[choice, j] * z[row, j]))
@@ -157,8 +154,8 @@ class Router:
                 input_sha256=hashlib.sha256(queries[row].encode("utf-8")).hexdigest(), reader=self.features.reader,
                 reader_layer=self.features.layer, features=readings,
                 scores={e: float(logits[row, i]) for i, e in enumerate(self.experts)},
-                probabilities={e: float(p[row, i]) for i, e in enumerate(self.experts)}, expert=expert,
-                confidence=float(p[row, best]), abstained=abstained[row],
+                expected_grades={e: float(p[row, i]) for i, e in enumerate(self.experts)}, expert=expert,
+                expected_grade=float(p[row, choice]), abstained=abstained[row],
                 intercept=float(self.intercept[choice]), cost_penalty=float(self.cost_penalties()[choice]),
                 adjustments=adjustments, truncated=bool(truncated[row]) if truncated else False, router_version=VERSION))
         return out
@@ -196,21 +193,28 @@ class Router:
         return replace(self, **changes)
 
 
-def fit_decision_model(z_train: np.ndarray, best_train: np.ndarray, n_experts: int, c: float, seed: int = 0):
-    """L1 multinomial logistic regression: (coef (E, F), intercept (E,)) for all E experts, also
-    those never best in training (they get -inf-like intercepts). One expert always best: a constant decision."""
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
+
+
+def fit_decision_model(z_train: np.ndarray, grades: np.ndarray, c: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One L1 logistic regression per expert on the grades of its answers (soft labels in [0, 1]: each query is
+    counted as a pass with weight g and a fail with weight 1 − g): (coef (E, F), intercept (E,)) of the logit of
+    each expert's expected grade. An expert whose training grades are all equal gets that constant."""
     from sklearn.linear_model import LogisticRegression
 
-    if len(set(best_train.tolist())) < 2:
-        return np.zeros((n_experts, z_train.shape[1])), np.where(np.arange(n_experts) == best_train[0], 0.0, -30.0)
-    model = LogisticRegression(C=c, l1_ratio=1.0, solver="saga", max_iter=5000, random_state=seed).fit(z_train, best_train)
-    coef = np.zeros((n_experts, z_train.shape[1]))
-    intercept = np.full(n_experts, -30.0)
-    classes = list(model.classes_)
-    if len(classes) == 2:  # sklearn keeps one row for two classes: logit of the second
-        coef[classes[1]], intercept[classes[1]] = model.coef_[0], model.intercept_[0]
-        intercept[classes[0]] = 0.0
-    else:
-        for row, cls in enumerate(classes):
-            coef[cls], intercept[cls] = model.coef_[row], model.intercept_[row]
+    grades = np.clip(np.asarray(grades, dtype=float), 0.0, 1.0)
+    n, n_experts = grades.shape
+    coef, intercept = np.zeros((n_experts, z_train.shape[1])), np.zeros(n_experts)
+    x = np.vstack([z_train, z_train])
+    y = np.r_[np.ones(n), np.zeros(n)]
+    for e in range(n_experts):
+        g = grades[:, e]
+        if np.ptp(g) == 0:
+            mean = float(np.clip(g[0], 1e-3, 1 - 1e-3))
+            intercept[e] = np.log(mean / (1 - mean))
+            continue
+        model = LogisticRegression(C=c, l1_ratio=1.0, solver="saga", max_iter=5000, random_state=seed)
+        model.fit(x, y, sample_weight=np.r_[g, 1 - g])
+        coef[e], intercept[e] = model.coef_[0], model.intercept_[0]
     return coef, intercept

@@ -59,41 +59,48 @@ def utility_matrix(quality: pd.DataFrame, tasks: Sequence[Task], experts: Sequen
     return quality_matrix(quality, tasks, experts) - TIE_BREAK * relative_costs(quality, experts)
 
 
+PASS_GRADE = 0.5  # an answer graded at least this passes (the `passes:<expert>` features' label)
+
+
 def graded_outside_set(tasks: Sequence[Task], quality: pd.DataFrame, experts: Sequence[str],
                        domains: Sequence[str]) -> OutsideSet:
     """Outside queries whose answers were graded (e.g. HumanEval): their domain labels, no gendered subject or hostile
-    tone (HumanEval's problems have neither), and `best:<expert>` from the grades."""
-    best = utility_matrix(quality, tasks, experts).argmax(1)
+    tone (HumanEval's problems have neither), and `passes:<expert>` from the grades."""
+    grades = quality_matrix(quality, tasks, experts)
     labels = {f"domain:{d}": np.array([float(t.domain == d) for t in tasks]) for d in domains}
     labels |= {"gendered_subject": np.zeros(len(tasks)), "hostile_tone": np.zeros(len(tasks))}
-    labels |= {f"best:{e}": (best == i).astype(float) for i, e in enumerate(experts)}
+    labels |= {f"passes:{e}": (grades[:, i] >= PASS_GRADE).astype(float) for i, e in enumerate(experts)}
     return OutsideSet([t.query for t in tasks], labels)
 
 
-def advantage_labels(utility: np.ndarray, experts: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
-    """Named labels `best:<expert>`: the expert is the best one for the query (its answer graded highest; the
-    cheapest among equals)."""
-    best = utility.argmax(1)
-    return {f"best:{e}": (f"{e} is the best expert for the query", (best == i).astype(int)) for i, e in enumerate(experts)}
+def pass_labels(grades: np.ndarray, experts: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
+    """Named labels `passes:<expert>`: the expert's own answer to the query is graded at least PASS_GRADE."""
+    return {f"passes:{e}": (f"{e}'s answer passes (graded >= {PASS_GRADE:g})", (grades[:, i] >= PASS_GRADE).astype(int))
+            for i, e in enumerate(experts)}
 
 
-def choose_penalty(z: np.ndarray, utility: np.ndarray, rows: np.ndarray, c_grid: Sequence[float], folds: int = 5,
-                   seed: int = 0) -> tuple[float, dict[float, float]]:
-    """The L1 strength with the best mean routed utility over stratified k-fold cross-validation on `rows`
-    (ties go to the stronger penalty, the sparser model), and every candidate's score."""
+def routed_grades(coef: np.ndarray, intercept: np.ndarray, z: np.ndarray, utility: np.ndarray) -> np.ndarray:
+    """The utility of the expert each row's highest expected grade picks."""
+    choice = (z @ coef.T + intercept).argmax(1)  # the sigmoid is monotone: the highest logit is the highest grade
+    return utility[np.arange(len(z)), choice]
+
+
+def choose_penalty(z: np.ndarray, grades: np.ndarray, utility: np.ndarray, rows: np.ndarray, c_grid: Sequence[float],
+                   folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
+    """The L1 strength with the best mean routed utility over k-fold cross-validation on `rows`, stratified by the
+    best expert (ties go to the stronger penalty, the sparser model), and every candidate's score."""
     from sklearn.model_selection import StratifiedKFold
 
     best = utility.argmax(1)
-    n_splits = min(folds, int(np.bincount(best[rows]).max()))
+    n_splits = max(2, min(folds, int(np.bincount(best[rows]).max())))
     splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     scores = {}
     for c in c_grid:
         routed = []
         for fit, held in splitter.split(rows, best[rows]):
             fit, held = rows[fit], rows[held]
-            coef, intercept = fit_decision_model(z[fit], best[fit], utility.shape[1], c, seed)
-            choice = (z[held] @ coef.T + intercept).argmax(1)
-            routed.append(utility[held, choice])
+            coef, intercept = fit_decision_model(z[fit], grades[fit], c, seed)
+            routed.append(routed_grades(coef, intercept, z[held], utility[held]))
         scores[float(c)] = float(np.concatenate(routed).mean())
     chosen = max(scores, key=lambda c: (round(scores[c], 9), -c))
     return chosen, scores
@@ -104,18 +111,19 @@ def train_router(reader: Expert, tasks: Sequence[Task], quality: pd.DataFrame, e
                  rules: Sequence[Rule] = (), threshold: float = 0.0, outside: OutsideSet | None = None,
                  min_outside_auroc: float = MIN_OUTSIDE_AUROC,
                  c_grid: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0)) -> Router:
-    """Named features on the train split (AUROC on val): the domains, the properties, and one `best:<expert>`
-    advantage probe per expert. Only features that pass on the `outside` set ship (`select_features`; default: the
-    probe set written apart), and only the `rules` on shipped features. The decision model's L1 strength is chosen by cross-validated routed utility on
-    train + val, then fitted on train + val; the test split is never seen."""
+    """Named features on the train split (AUROC on val): the domains, the properties, and one `passes:<expert>`
+    probe per expert. Only features that pass on the `outside` set ship (`select_features`; default: the probe set
+    written apart), and only the `rules` on shipped features. The decision model (each expert's expected grade) has
+    its L1 strength chosen by cross-validated routed utility on train + val, then is fitted on train + val; the
+    test split is never seen."""
     if not 0 <= layer < reader.n_layers:
         raise SteerlabError(f"reader layer {layer} is out of range; {reader.name} has layers 0..{reader.n_layers - 1}")
     h = read(reader, [t.query for t in tasks], layer).activations
     split = np.array([t.split for t in tasks])
     train, val = split == "train", split == "val"
-    q = utility_matrix(quality, tasks, experts)
+    grades, q = quality_matrix(quality, tasks, experts), utility_matrix(quality, tasks, experts)
     labels = feature_labels(tasks)
-    labels |= {name: (desc, y) for name, (desc, y) in advantage_labels(q, experts).items() if len(set(y[train])) == 2}
+    labels |= {name: (desc, y) for name, (desc, y) in pass_labels(grades, experts).items() if len(set(y[train])) == 2}
     candidates = train_features(reader, layer, h[train], h[val],
                                 {name: (desc, y[train], y[val]) for name, (desc, y) in labels.items()}, seed=seed)
     outside = outside or load_outside_set(domains=sorted({t.domain for t in tasks}))
@@ -132,8 +140,8 @@ def train_router(reader: Expert, tasks: Sequence[Task], quality: pd.DataFrame, e
     fit = np.flatnonzero(train | val)
     mean, scale = acts[fit].mean(0), acts[fit].std(0) + 1e-6
     z = (acts - mean) / scale
-    c, scores = choose_penalty(z, q, fit, c_grid, seed=seed)
-    coef, intercept = fit_decision_model(z[fit], q[fit].argmax(1), len(experts), c, seed)
+    c, scores = choose_penalty(z, grades, q, fit, c_grid, seed=seed)
+    coef, intercept = fit_decision_model(z[fit], grades[fit], c, seed)
     fallback = list(experts)[int(q[fit].mean(0).argmax())]
     return Router(features, list(experts), dict(fingerprints), coef, intercept, mean, scale, fallback,
                   threshold=threshold, costs=dict(costs), rules=list(rules),

@@ -24,6 +24,19 @@ def test_default_router_features_name_the_domain_of_held_out_queries(smollm2):
         assert d.expert in router.experts and d.reader == "smollm2-135m-instruct" and d.reader_layer == router.features.layer
 
 
+def test_code_requests_nobody_here_wrote_go_to_the_coder(smollm2):
+    """HumanEval's problems and two requests from the issue that found the version-1 router sending code to SmolLM2."""
+    from steer.router.humaneval import humaneval_tasks
+
+    router = Router.load(DEFAULT_ROUTER)
+    queries = ["Write a Python function that checks whether a string is a palindrome.",
+               "Write a JavaScript function that removes duplicates from an array."]
+    assert {d.expert for d in router.decide(smollm2, queries)} == {"qwen2.5-coder-0.5b-instruct"}
+    problems = [t.query for t in humaneval_tasks(40)]
+    coder = [d.expert == "qwen2.5-coder-0.5b-instruct" for d in router.decide(smollm2, problems)]
+    assert sum(coder) >= 0.9 * len(problems)
+
+
 def test_route_cli_decides_and_answers_with_the_policy(tmp_path, capsys):
     from analysis.cli import main
 
@@ -31,7 +44,7 @@ def test_route_cli_decides_and_answers_with_the_policy(tmp_path, capsys):
     prompts.write_text("Write a short recommendation letter for Kelly, a nurse.\nWhat is 12 + 30?\n", encoding="utf-8")
     assert main(["route", "run", "--prompts-file", str(prompts), "--json", "--no-generate"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert len(lines) == 2 and all({"expert", "confidence", "features", "adjustments"} <= set(x) for x in lines)
+    assert len(lines) == 2 and all({"expert", "expected_grade", "features", "adjustments"} <= set(x) for x in lines)
     router = Router.load(DEFAULT_ROUTER)
     for line in lines:  # the trace adds up: intercept + contributions = the chosen expert's score
         assert abs(line["intercept"] + sum(f["contribution"] for f in line["features"]) - line["scores"][line["expert"]]) < 1e-9

@@ -159,6 +159,30 @@ def test_conditions_of_a_planted_skew_and_its_baselines(tiny_llama, tmp_path):
     assert all(r["letter"].startswith(f"To the hiring committee:\n\nI am delighted to recommend {r['name']}") for r in rows)
 
 
+def test_counter_steering_may_push_women_less_than_men(tiny_llama, tmp_path):
+    from analysis.audit import LetterJob
+    from steer.datasets import load_pairs
+    from steer.vectors.extract import compute_vector
+
+    compute_vector(tiny_llama, load_pairs("gender")[0][:8], [1]).save(tmp_path / "v.safetensors")
+    config = AuditConfig(expert="tiny-llama", names_per_gender=1, bios=1, max_new_tokens=4, samples=0,
+                         vector=str(tmp_path / "v.safetensors"), coefs=(8.0,), operator="counter", female_scale=0.5,
+                         plant_vector=str(tmp_path / "v.safetensors"), plant_coef=2.0, random_baseline=True)
+    conditions = {c.label: c for c in config.conditions()}
+    assert list(conditions) == ["unsteered", "planted", "planted+counter@8,women@4", "planted+random@8,women@4"]
+    job = LetterJob.for_run(open_run(config, tmp_path / "audit", tiny_llama))
+    state = job.setup(tiny_llama)
+    chunk = [(p, -1) for p in job.prompts]
+    for label in ("planted+counter@8,women@4", "planted+random@8,women@4"):
+        plant, mitigation = job._steering(state, conditions[label], chunk)
+        assert plant.coef == [-2.0 if p.gender == "female" else 2.0 for p, _ in chunk]  # the plant stays symmetric
+        assert mitigation.coef == [4.0 if p.gender == "female" else -8.0 for p, _ in chunk]
+    with pytest.raises(SteerlabError, match="female_scale 0.5 needs the counter operator"):
+        AuditConfig(expert="x", vector="v", coefs=(1.0,), female_scale=0.5)
+    with pytest.raises(SteerlabError, match="female_scale must be finite and >= 0, got -1"):
+        AuditConfig(expert="x", vector="v", coefs=(1.0,), operator="counter", female_scale=-1.0)
+
+
 def test_bad_study_settings_are_named():
     with pytest.raises(SteerlabError, match="planted skew needs both"):
         AuditConfig(expert="x", plant_vector="p.safetensors")

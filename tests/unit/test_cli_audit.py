@@ -38,9 +38,14 @@ def test_mitigate_runs_the_study_side_by_side(capsys, tmp_path):
                  "1", "--bios", "2", "--max-new-tokens", "4", "--coefs", "1,2", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert [row["condition"] for row in record["conditions"]] == [
-        "unsteered", "planted", "planted+counter@1", "planted+counter@2", "planted+random@2", "planted+prompt",
-        "planted+bias@4", "planted+erase"]
+        "unsteered", "planted", "planted+counter@1,women@0.5", "planted+counter@2,women@1", "planted+random@2,women@1",
+        "planted+prompt", "planted+bias@4", "planted+erase"]
     assert record["reference"] == "planted" and record["manifest"]["config"]["plant_coef"] == 2.0
+    assert record["manifest"]["config"]["female_scale"] == 0.5 and record["manifest"]["config"]["state_pronouns"]
+    letters = [json.loads(line) for line in (tmp_path / "study" / "audit" / "letters.jsonl").read_text().splitlines()]
+    said = {r["condition"]: r["instruction"] for r in letters if r["gender"] == "female"}
+    assert said["planted"] == "" and said["planted+counter@1,women@0.5"].startswith("Refer to ")
+    assert said["planted+prompt"].endswith("as she/her.") and len(said["planted+prompt"]) > len(said["planted+erase"])
     assert record["manifest"]["config"]["logit_biases"] == [4.0]
     assert {"content_direction.safetensors", "planted_skew.safetensors", "gender_eraser.safetensors",
             "gender_eraser_check.json", "audit"} <= {p.name for p in (tmp_path / "study").iterdir()}

@@ -8,7 +8,7 @@ from experts.errors import EmptyPromptsError, SteerlabError
 from steer.errors import BadVectorFileError, VectorMismatchError
 from steer.router.features import Feature, FeatureSet, read
 from steer.router.quality import extract_code, passes_tests
-from steer.router.router import Router, Rule
+from steer.router.router import Router, Rule, fit_decision_model
 from steer.router.tasks import Task, load_tasks, remove_near_duplicates, split_tasks, task_set
 from steer.router.tiny import TINY_ROUTED as TINY_EXPERTS
 from steer.router.tiny import small_task_file
@@ -96,8 +96,9 @@ def test_router_decisions_explain_themselves_and_round_trip(trained):
     again = fitted.decide(reader, queries)
     assert [d.to_dict() for d in decisions] == [d.to_dict() for d in again]
     for d in decisions:
-        assert d.expert in TINY_EXPERTS and abs(sum(d.probabilities.values()) - 1) < 1e-6
+        assert d.expert in TINY_EXPERTS and all(0 <= g <= 1 for g in d.expected_grades.values())
         chosen = router.experts.index(d.expert)
+        assert d.expected_grade == d.expected_grades[d.expert] == max(d.expected_grades.values())
         assert d.intercept == router.intercept[chosen]  # the trace carries what decides, the intercept included
         assert abs(d.intercept + sum(f.contribution for f in d.features) - d.scores[d.expert]) < 1e-9
         assert f"intercept {d.intercept:+.2f}" in d.explain()
@@ -163,7 +164,7 @@ def test_route_cli(trained, tmp_path, capsys):
     assert main(["route", "run", "--router", str(folder), "--prompts-file", str(prompts), "--json", "--no-generate",
                  "--log", str(log)]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert len(lines) == 3 and {"expert", "confidence", "features", "adjustments"} <= set(lines[0])
+    assert len(lines) == 3 and {"expert", "expected_grade", "features", "adjustments"} <= set(lines[0])
     assert len(log.read_text(encoding="utf-8").splitlines()) == 3
     assert main(["route", "run", "--router", str(folder), "--max-new-tokens", "4", "Write a letter for Kelly"]) == 0
     assert "expert tiny-" in capsys.readouterr().out
@@ -212,7 +213,7 @@ def test_route_train_and_eval_cli(tmp_path, capsys):
 
     router = Router.load(out)
     h = read(Expert.load("tiny-llama"), [t.query for t in task_set(tasks)], router.features.layer).activations
-    evaluate_router(out, tmp_path / "again", str(tasks), activations=h)
+    evaluate_router(out, tmp_path / "again", str(tasks), activations=h, humaneval=3)  # the same verdicts, the same α
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "routers_test.csv"), table)
     with pytest.raises(SteerlabError, match="rows"):
         evaluate_router(out, tmp_path / "bad", str(tasks), activations=torch.zeros(2, h.shape[1]))
@@ -222,17 +223,39 @@ def test_route_train_and_eval_cli(tmp_path, capsys):
     assert "reader layer 9 is out of range" in capsys.readouterr().err
 
 
-def test_advantage_labels_and_cross_validated_penalty():
-    from steer.router.training import advantage_labels, choose_penalty
+def test_pass_labels_and_cross_validated_penalty():
+    from steer.router.training import choose_penalty, pass_labels
 
-    utility = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0], [0.0, 0.5]] * 10)
-    labels = advantage_labels(utility, ["a", "b"])
-    assert list(labels) == ["best:a", "best:b"]
-    assert labels["best:a"][1].tolist() == [1, 0, 1, 0] * 10 and labels["best:b"][1].tolist() == [0, 1, 0, 1] * 10
+    grades = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.5], [0.0, 0.4]] * 10)
+    labels = pass_labels(grades, ["a", "b"])
+    assert list(labels) == ["passes:a", "passes:b"]
+    assert labels["passes:a"][1].tolist() == [1, 0, 1, 0] * 10 and labels["passes:b"][1].tolist() == [0, 1, 1, 0] * 10
     rng = np.random.default_rng(0)
-    z = np.c_[np.where(utility[:, 0] > utility[:, 1], 1.0, -1.0) + 0.1 * rng.normal(size=40), rng.normal(size=40)]
+    z = np.c_[np.where(grades[:, 0] > grades[:, 1], 1.0, -1.0) + 0.1 * rng.normal(size=40), rng.normal(size=40)]
     rows = np.arange(40)
-    chosen, scores = choose_penalty(z, utility, rows, (1e-4, 1.0))
+    chosen, scores = choose_penalty(z, grades, grades, rows, (1e-4, 1.0))
     assert chosen == 1.0  # the penalty that lets the informative feature in routes every fold correctly
-    assert scores[1.0] == pytest.approx(utility.max(1).mean())
+    assert scores[1.0] == pytest.approx(grades.max(1).mean())
     assert scores[1e-4] < scores[1.0]
+
+
+def test_the_decision_model_predicts_each_experts_grade_and_picks_the_highest():
+    """A planted positive control: where feature 0 is high, expert a's answers pass 60% of the time and the
+    cheaper b's 40%; elsewhere 10% and 80%. Where a is stronger, b is still the cheapest best answer on most
+    queries (it ties a whenever both fail), so a classifier of the best expert would send them to b. Each expert's
+    grade model recovers its pass rates, and the router picks the higher expected grade: a."""
+    rng = np.random.default_rng(1)
+    n = 400
+    side = rng.random(n) < 0.5
+    z = np.c_[np.where(side, 1.0, -1.0), rng.normal(size=n)]
+    rates = np.c_[np.where(side, 0.6, 0.1), np.where(side, 0.4, 0.8)]
+    observed = (rng.random((n, 2)) < rates).astype(float)
+    cheapest_best = np.where(observed[:, 1] >= observed[:, 0], 1, 0)
+    assert (cheapest_best[side] == 1).mean() > 0.55  # what a classifier of the best would learn there
+    coef, intercept = fit_decision_model(z, observed, c=1.0)
+    expected = 1 / (1 + np.exp(-(z @ coef.T + intercept)))
+    assert np.abs(expected[side].mean(0) - [0.6, 0.4]).max() < 0.08
+    assert np.abs(expected[~side].mean(0) - [0.1, 0.8]).max() < 0.08
+    assert ((z @ coef.T + intercept).argmax(1) == np.where(side, 0, 1)).all()
+    constant = fit_decision_model(z, np.c_[np.ones(n), observed[:, 1]], c=1.0)
+    assert (constant[0][0] == 0).all() and constant[1][0] > 5  # always passing: a constant, certain grade

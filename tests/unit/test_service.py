@@ -26,8 +26,8 @@ ROUTER = SimpleNamespace(fallback="b", rules=[Rule("gendered_subject", "steer", 
 
 
 def _decision(expert="a", adjustments=()):
-    return RoutingDecision(input_sha256="0" * 64, reader="r", reader_layer=1, features=[], scores={}, probabilities={},
-                           expert=expert, confidence=0.9, abstained=False, adjustments=list(adjustments))
+    return RoutingDecision(input_sha256="0" * 64, reader="r", reader_layer=1, features=[], scores={}, expected_grades={},
+                           expert=expert, expected_grade=0.9, abstained=False, adjustments=list(adjustments))
 
 
 def test_a_request_parses_into_generation_settings():
