@@ -40,7 +40,14 @@ from IPython.display import Image, Markdown, display
 from analysis.agency import agency_classifier
 from analysis.audit import AuditConfig, generate_letters, open_run, run_audit
 from analysis.letters import DEFAULT_OPENING, build_prompts
-from analysis.mitigation import content_vector, cosine, planted_skew_vector
+from analysis.mitigation import (
+    DEMO_COUNTER_COEFS,
+    DEMO_FEMALE_SCALE,
+    DEMO_PLANT_COEF,
+    content_vector,
+    cosine,
+    planted_skew_vector,
+)
 from analysis.report import summary_lines
 from experts.expert import Expert
 from steer.scale.checkpoint import read_rows
@@ -78,13 +85,15 @@ print(f"cosine(plant, content) per layer: {cosine(plant, content)}; {content.pro
 
 # %% [markdown]
 # ## Letters: unsteered, planted, and planted + counter-steering
-# Same prompts and seeds in every condition, greedy letters of up to 200 tokens with a repetition penalty. The run
-# is resumable: re-running this cell reuses the letters already written.
+# Same prompts and seeds in every condition, greedy letters of up to 200 tokens with a repetition penalty. The demo's
+# counter-steering: men's letters at 8 towards communal content, women's at 4 towards agentic, with the candidate's
+# pronouns stated in the prompt. The run is resumable: re-running this cell reuses the letters already written.
 
 # %%
 config = AuditConfig(expert=expert.name, names_per_gender=NAMES, bios=BIOS, samples=0,
-                     vector=str(OUT / "content.safetensors"), coefs=(6.0,), operator="counter",
-                     plant_vector=str(OUT / "plant.safetensors"), plant_coef=2.0)
+                     vector=str(OUT / "content.safetensors"), coefs=DEMO_COUNTER_COEFS, operator="counter",
+                     female_scale=DEMO_FEMALE_SCALE, state_pronouns=True,
+                     plant_vector=str(OUT / "plant.safetensors"), plant_coef=DEMO_PLANT_COEF)
 run = open_run(config, OUT / "audit", expert)
 generate_letters(expert, run, batch_size=48, progress=False)
 print(f"{len(read_rows(run.letters_path))} letters in {run.letters_path}")

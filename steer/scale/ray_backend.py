@@ -93,7 +93,8 @@ class RayExecutor:
         context.enable_progress_bars = False
         items = [{"index": i, "shard": json.dumps(shard)} for i, shard in enumerate(shards)]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _Worker, fn_constructor_args=(job, self._threads()), batch_size=1, concurrency=min(self.workers, len(items)),
+            _Worker, fn_constructor_args=(job, self._threads()), batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(items))),
             num_cpus=self.cpus_per_worker, num_gpus=gpus or None)
         expected = 0
         for row in dataset.iter_rows():
