@@ -44,10 +44,10 @@ class AgencyClassifier:
     n_train: int
     n_test: int
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros(0)
-        return self.model.predict_proba(minilm_embeddings(list(texts)))[:, 1]
+        return self.model.predict_proba(minilm_embeddings(list(texts), progress=progress))[:, 1]
 
     def describe(self) -> dict[str, float | int | str]:
         return {"classifier": "logistic regression on all-MiniLM-L6-v2 embeddings", "data": "Wan et al. 2023 agency_dataset",
@@ -117,12 +117,12 @@ def sentences(text: str) -> list[str]:
             and not part.endswith((":", ","))]
 
 
-def agency_scores(texts: Sequence[str], classifier: AgencyClassifier | None = None) -> pd.DataFrame:
+def agency_scores(texts: Sequence[str], classifier: AgencyClassifier | None = None, progress: bool = False) -> pd.DataFrame:
     """Per text: its sentence count, the share classified agentic (the paper's measure; NaN without a
     sentence) and the mean P(agentic), all sentences embedded in one pass."""
     classifier = classifier or agency_classifier()
     split = [sentences(text) for text in texts]
-    probs = classifier.predict_proba([s for parts in split for s in parts])
+    probs = classifier.predict_proba([s for parts in split for s in parts], progress=progress)
     rows, start = [], 0
     for parts in split:
         p = probs[start : start + len(parts)]

@@ -320,7 +320,8 @@ def generate_letters(expert: Expert | None, run: AuditRun, batch_size: int = 16,
                progress=progress, desc="letters")
 
 
-def score_letters(expert: Expert | None, rows: list[dict[str, Any]], mode: str = "words", agency: bool = True) -> pd.DataFrame:
+def score_letters(expert: Expert | None, rows: list[dict[str, Any]], mode: str = "words", agency: bool = True,
+                  progress: bool = False) -> pd.DataFrame:
     """One row per letter with its metrics, the letter-quality gate's checks (`gate_*`), the paper's language-agency
     scores (`agentic_share`: the share of sentences the agency classifier calls agentic) and (given an expert)
     perplexity under the unsteered expert, given the prompt and the letter's opening."""
@@ -329,10 +330,10 @@ def score_letters(expert: Expert | None, rows: list[dict[str, Any]], mode: str =
                            **{f"gate_{k}": v for k, v in letter_quality(r["letter"], r["name"], r["gender"],
                                                                         r["finish_reason"]).items()}} for r in rows])
     if agency and len(frame):
-        frame = pd.concat([frame, agency_scores(frame.letter.tolist())], axis=1)
+        frame = pd.concat([frame, agency_scores(frame.letter.tolist(), progress=progress)], axis=1)
     if expert is not None and len(frame):
         contexts = [prompt + r.get("opening", "") for prompt, r in zip(expert.format_prompts([r["text"] for r in rows]), rows)]
-        nll = continuation_nll(expert, contexts, [r["token_ids"] for r in rows])
+        nll = continuation_nll(expert, contexts, [r["token_ids"] for r in rows], progress=progress)
         frame["perplexity"] = [math.exp(x) for x in nll]  # nan stays nan
     return frame
 
@@ -351,6 +352,6 @@ def run_audit(config: AuditConfig, out: Path, *, batch_size: int = 16, progress:
         ConceptEraser.load(config.eraser, expert)
     run = open_run(config, out, expert)
     generate_letters(expert, run, batch_size=batch_size, progress=progress, executor=executor)
-    frame = score_letters(expert, read_rows(run.letters_path))
+    frame = score_letters(expert, read_rows(run.letters_path), progress=progress)
     manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     return build_report(out, frame, manifest, seed=config.seed)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from experts.generate import DecodeState, publish_state
 
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
 
 @torch.inference_mode()
 def continuation_nll(
-    expert: Expert, formatted_prompts: Sequence[str], continuations: Sequence[Sequence[int]], batch_size: int = 8
+    expert: Expert, formatted_prompts: Sequence[str], continuations: Sequence[Sequence[int]], batch_size: int = 8,
+    progress: bool = False,
 ) -> list[float]:
     """Mean negative log-likelihood per continuation token (nan for an empty continuation).
 
@@ -26,7 +28,7 @@ def continuation_nll(
     conts = [list(c) for c in continuations]
     order = sorted(range(len(conts)), key=lambda i: len(prompts[i]) + len(conts[i]))
     out = [float("nan")] * len(conts)
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="perplexity", unit="batch"):
         rows = [i for i in order[start : start + batch_size] if conts[i]]
         if not rows:
             continue

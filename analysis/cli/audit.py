@@ -156,7 +156,8 @@ def add_commands(sub) -> None:
     mitigate.add_argument("--bios", type=int, help="biographies used (default: the size's)")
     mitigate.add_argument("--plant-coef", type=float,
                           help="size of the planted skew (default: the demo's 2; 0: mitigate the expert's own skew)")
-    mitigate.add_argument("--coefs", help="counter-steering strengths along the content direction for men's letters (default: the demo's 8)")
+    mitigate.add_argument("--coefs", help="counter-steering strengths along the content direction for men's letters "
+                          "(default: the demo's 8)")
     mitigate.add_argument("--female-scale", type=float,
                           help="women's letters counter-steered at this share of each coefficient (default: the demo's)")
     mitigate.add_argument("--state-pronouns", action=argparse.BooleanOptionalAction, default=None,

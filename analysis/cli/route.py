@@ -167,7 +167,8 @@ def add_commands(sub) -> None:
     run.add_argument("--router", default=str(DEFAULT_ROUTER), help="router folder (default: the shipped one)")
     add_json_option(run, help="one decision (and answer) per line")
     run.add_argument("--no-generate", action="store_true", help="decide only")
-    run.add_argument("--abstain-below", type=float, default=None, help="use the fallback expert where the chosen expert's expected grade (0 to 1) is below this")
+    run.add_argument("--abstain-below", type=float, default=None,
+                     help="use the fallback expert where the chosen expert's expected grade (0 to 1) is below this")
     run.add_argument("--log", help="append decisions to this JSONL audit log")
     run.add_argument("--max-new-tokens", type=int, default=128)
     run.add_argument("--device", default=None)

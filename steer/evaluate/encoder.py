@@ -34,11 +34,13 @@ def _minilm():
 
 
 @torch.inference_mode()
-def minilm_embeddings(texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+def minilm_embeddings(texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
     """Mean-pooled, L2-normalized sentence embeddings, as sentence-transformers computes them."""
+    from tqdm.auto import tqdm
+
     tokenizer, model = _minilm()
     out = []
-    for start in range(0, len(texts), batch_size):
+    for start in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="embed", unit="batch"):
         batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True, max_length=256,
                           return_tensors="pt")
         hidden = model(**batch).last_hidden_state
