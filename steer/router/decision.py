@@ -3,10 +3,10 @@ audit log (JSONL, one decision per line)."""
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from experts.files import append_jsonl
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,4 @@ class RoutingDecision:
 
 def append_log(path: str | Path, decisions: list[RoutingDecision]) -> None:
     """Append decisions to a JSONL audit log, flushed and fsynced."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for decision in decisions:
-            f.write(json.dumps(decision.to_dict()) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(path, (decision.to_dict() for decision in decisions))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from experts.errors import SteerlabError
-from experts.files import provenance, write_json
+from experts.files import append_jsonl, provenance, write_json
 from steer.scale.jobs import Executor, LocalExecutor, Shard, ShardJob
 
 if TYPE_CHECKING:
@@ -62,13 +61,6 @@ def read_rows(path: Path) -> list[Row]:
     return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
 
 
-def append_rows(path: Path, rows: list[Row]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def missing_shards(settings: Sequence[dict[str, Any]], items: Sequence[tuple[int, int]], done: set[tuple],
                    batch_size: int) -> list[Shard]:
     """One shard per setting and batch of its (prompt_id, sample) items not yet `done`. A row is done when
@@ -86,7 +78,7 @@ def run_shards(executor: Executor | None, job: ShardJob, shards: Sequence[Shard]
     here), to `path` as it arrives."""
     bar = tqdm(total=sum(len(s["items"]) for s in shards), disable=not progress, desc=desc, unit="row")
     for rows in (executor or LocalExecutor()).run(job, shards, expert):
-        append_rows(path, finish(rows) if finish else rows)
+        append_jsonl(path, finish(rows) if finish else rows)
         bar.update(len(rows))
     bar.close()
 

@@ -219,24 +219,14 @@ class RouterService:
 
     async def _write_log(self, response: dict) -> None:
         """One JSONL line per served request: its id, the decision, what was applied, timings."""
-        import json
+        from experts.files import append_jsonl
 
-        line = json.dumps({"id": response["id"], "created": response["created"], "model": response["model"],
-                           **{k: response["steerlab"][k] for k in ("decision", "applied", "settings", "timings_ms")},
-                           "rerouted_from": response["steerlab"].get("rerouted_from"),
-                           "usage": response["usage"], "finish_reason": response["choices"][0]["finish_reason"]})
+        row = {"id": response["id"], "created": response["created"], "model": response["model"],
+               **{k: response["steerlab"][k] for k in ("decision", "applied", "settings", "timings_ms")},
+               "rerouted_from": response["steerlab"].get("rerouted_from"),
+               "usage": response["usage"], "finish_reason": response["choices"][0]["finish_reason"]}
         async with self.log_lock:
-            await asyncio.to_thread(self._append_line, self.log, line)
-
-    @staticmethod
-    def _append_line(path: str, line: str) -> None:  # a method: replicas get the class, not this module's globals
-        import os
-
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            await asyncio.to_thread(append_jsonl, self.log, [row])
 
 
 @dataclass(frozen=True)
