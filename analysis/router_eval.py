@@ -5,7 +5,7 @@ Markdown) and plots."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +19,14 @@ from experts.expert import Expert
 from experts.files import atomic_path, provenance, write_json
 from steer.evaluate.encoder import MINILM_PARAMS, minilm_embeddings
 from steer.router import baselines
+from steer.router.calibration import operating_points
 from steer.router.evaluate import Routed, faithfulness, gap_recovered, metrics_table, paraphrase_stability, verdicts
 from steer.router.features import read
 from steer.router.humaneval import humaneval_tasks
 from steer.router.quality import quality_table
 from steer.router.router import Router
 from steer.router.tasks import DATA, Task, load_paraphrases, task_set
-from steer.router.training import quality_matrix, utility_matrix
+from steer.router.training import answer_costs, quality_matrix, utility_matrix
 
 BASELINES = ("random", "best-single", "per-domain-label", "tfidf-logistic", "minilm-knn", "minilm-logistic")
 CLAIM_BASELINES = ("tfidf-logistic", "minilm-knn", "minilm-logistic")  # the paired CI must exclude 0 against these
@@ -37,14 +38,6 @@ COST_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0, 1.5, 3.0)
 class EvalSet:
     name: str
     rows: np.ndarray  # indices into the combined task list
-
-
-def _costs(quality: pd.DataFrame, tasks: list[Task], experts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(n, E) cost of each expert's own answer (parameters × (prompt + answer tokens)) and the mean prompt tokens."""
-    prompt = quality_matrix(quality, tasks, experts, "prompt_tokens")
-    answer = quality_matrix(quality, tasks, experts, "answer_tokens")
-    params = quality.groupby("expert").n_params.first().reindex(experts).to_numpy(dtype=float)
-    return params * (prompt + answer), prompt.mean(1)
 
 
 def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed: int = 0,
@@ -61,7 +54,8 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
     quality = quality_table(router.experts, everything, folder / "quality")
     q = quality_matrix(quality, everything, router.experts)  # the grade of each expert's answer
     u = utility_matrix(quality, everything, router.experts)  # what routers are trained to maximize
-    cost, prompt_tokens = _costs(quality, everything, router.experts)
+    cost = answer_costs(quality, everything, router.experts)
+    prompt_tokens = quality_matrix(quality, everything, router.experts, "prompt_tokens").mean(1)
     split = np.array([t.split for t in everything])
     train, val = split == "train", split == "val"
     reader = Expert.load(router.features.reader)
@@ -102,7 +96,7 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
                       None if r.confidence is None else r.confidence[rows], r.overhead_params, r.predicts) for r in routed]
         table = metrics_table(sub, q[rows], u[rows].argmax(1), cost[rows], prompt_tokens[rows], strongest,
                               "activation-router", seed=seed, alpha=alpha)
-        curve = _quality_cost_curve(router, h[rows], q[rows], cost[rows], prompt_tokens[rows] * reader_params, strongest)
+        curve = _quality_cost_curve(router, h[rows], q[rows], cost[rows], prompt_tokens[rows] * reader_params)
         gaps = gap_recovered(curve, weak=q[rows, cheapest].mean(), oracle=q[rows][np.arange(len(rows)), u[rows].argmax(1)].mean())
         said = verdicts(table, BASELINES)
         by_domain = _routing_by_domain([everything[i] for i in rows], ours[rows], u[rows].argmax(1), router.experts)
@@ -185,14 +179,10 @@ def _headroom(q: np.ndarray, best: np.ndarray, seed: int) -> dict:
             "text": f"{stats.mean_diff + 0.0:+.3f} [{stats.ci_low + 0.0:+.3f}, {stats.ci_high + 0.0:+.3f}]"}
 
 
-def _quality_cost_curve(router: Router, h, q, cost, overhead, strongest: int) -> pd.DataFrame:
-    rows = []
-    for weight in COST_WEIGHTS:
-        choice = np.array(router.with_settings(cost_weight=weight).choose(h))
-        rows.append({"cost_weight": weight, "quality": q[np.arange(len(q)), choice].mean(),
-                     "cost": (cost[np.arange(len(q)), choice] + overhead).mean(),
-                     "strong_share": float((choice == strongest).mean())})
-    return pd.DataFrame(rows)
+def _quality_cost_curve(router: Router, h, q, cost, overhead) -> pd.DataFrame:
+    """The router's quality, cost (its reading's `overhead` included) and strong-call share at each of COST_WEIGHTS."""
+    points = operating_points(router, h, q, cost + overhead[:, None], COST_WEIGHTS)
+    return pd.DataFrame([asdict(p) for p in points])[["cost_weight", "quality", "cost", "strong_share"]]
 
 
 def _plot(tables: dict[str, pd.DataFrame], curves: dict[str, pd.DataFrame]):

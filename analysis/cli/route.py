@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         rules, policy_folder = [Rule(**r) for r in policy.get("rule", [])], Path(args.policy).parent
     reader = Expert.load(args.reader)
     outside = load_outside_set(domains=sorted({t.domain for t in tasks}))
-    if args.humaneval:  # HumanEval's graded answers: outside code queries and outside best:<expert> labels
+    if args.humaneval:  # HumanEval's graded answers: outside code queries and outside passes:<expert> labels
         problems = humaneval_tasks(args.humaneval)
         graded = quality_table(experts, problems, args.quality_dir or out / "quality", max_new_tokens=args.max_answer_tokens)
         outside = outside + graded_outside_set(problems, graded, experts, sorted({t.domain for t in tasks}))
@@ -127,14 +127,12 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     from steer.router.quality import quality_table
     from steer.router.router import Router
     from steer.router.tasks import DATA, task_set
-    from steer.router.training import quality_matrix
+    from steer.router.training import answer_costs, quality_matrix
 
     router = Router.load(args.router)
     val = [t for t in task_set(args.tasks or DATA / "tasks.jsonl", seed=args.seed) if t.split == "val"]
     quality = quality_table(router.experts, val, Path(args.router) / "quality")
-    params = quality.groupby("expert").n_params.first().reindex(router.experts).to_numpy(dtype=float)
-    cost = params * (quality_matrix(quality, val, router.experts, "prompt_tokens")
-                     + quality_matrix(quality, val, router.experts, "answer_tokens"))
+    cost = answer_costs(quality, val, router.experts)
     h = router.read(Expert.load(router.features.reader), [t.query for t in val]).activations
     calibrated, chosen, points = calibrate(router, h, quality_matrix(quality, val, router.experts), cost,
                                            strong_share=args.strong_share, quality_floor=args.quality_floor)

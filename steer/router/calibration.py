@@ -3,6 +3,7 @@ share of calls to the most expensive expert, or for a quality floor."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,10 +23,13 @@ class OperatingPoint:
     cost: float  # mean cost per val query
 
 
-def operating_points(router: Router, h: torch.Tensor, q: np.ndarray, cost: np.ndarray) -> list[OperatingPoint]:
+def operating_points(router: Router, h: torch.Tensor, q: np.ndarray, cost: np.ndarray,
+                     weights: Sequence[float] = WEIGHTS) -> list[OperatingPoint]:
+    """The router at each cost weight on queries `h`: its strong-call share, mean grade (`q`) and mean cost (`cost`),
+    both (queries, experts)."""
     strongest = int(np.argmax([router.costs.get(e, 0.0) for e in router.experts]))
     points = []
-    for weight in WEIGHTS:
+    for weight in weights:
         choice = np.array(router.with_settings(cost_weight=weight).choose(h))
         rows = np.arange(len(choice))
         points.append(OperatingPoint(weight, float((choice == strongest).mean()), float(q[rows, choice].mean()),

@@ -68,11 +68,14 @@ def code_to_run(task: Task, answer: str) -> str:
     return program(task, code) if is_humaneval(task) else code
 
 
+def grade_answer(task: Task, text: str, finish_reason: str, timeout: float = 5.0) -> Grade:
+    """One answer graded (`steer.router.grading`); code runs against the task's tests in the sandbox."""
+    return grade(task, text, finish_reason, passes_tests(code_to_run(task, text), task.tests, timeout) if task.tests else None)
+
+
 def grade_answers(tasks: Sequence[Task], answers: dict[str, Answer], timeout: float = 5.0) -> list[Grade]:
-    """Each task's answer graded (`steer.router.grading`); code runs against its tests in the sandbox."""
-    return [grade(t, answers[t.id].text, answers[t.id].finish_reason,
-                  passes_tests(code_to_run(t, answers[t.id].text), t.tests, timeout) if t.tests else None)
-            for t in tasks]
+    """Each task's answer graded (`grade_answer`)."""
+    return [grade_answer(t, answers[t.id].text, answers[t.id].finish_reason, timeout) for t in tasks]
 
 
 def quality_table(experts: Sequence[str], tasks: Sequence[Task], out: str | Path, *, batch_size: int = 8,

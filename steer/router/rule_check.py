@@ -17,8 +17,7 @@ from steer.evaluate.stats import paired_summary
 from steer.router.answer import generate_adjusted
 from steer.router.answers import answer_budget
 from steer.router.decision import Adjustment
-from steer.router.grading import grade
-from steer.router.quality import code_to_run, passes_tests
+from steer.router.quality import grade_answer
 from steer.router.router import Router, Rule
 from steer.router.tasks import Task
 
@@ -30,8 +29,7 @@ MIN_FIRED = 5  # fewer held-out tasks where the rule fires cannot validate it
 
 
 def _graded(tasks: Sequence[Task], texts: Sequence[str], reasons: Sequence[str]) -> np.ndarray:
-    return np.array([grade(t, text, why, passes_tests(code_to_run(t, text), t.tests) if t.tests else None).score
-                     for t, text, why in zip(tasks, texts, reasons)])
+    return np.array([grade_answer(t, text, why).score for t, text, why in zip(tasks, texts, reasons)])
 
 
 def _answers(expert: Expert, router: Router, tasks: Sequence[Task], adjustments: list[Adjustment],

@@ -74,8 +74,9 @@ def split_tasks(tasks: Sequence[Task], fractions: tuple[float, float] = (0.6, 0.
     out: dict[str, Task] = {}
     for domain in sorted({t.domain for t in tasks}):
         group = [t for t in tasks if t.domain == domain]
-        units = sorted({t.template for t in group}) if all(t.template for t in group) else [t.id for t in group]
-        key = (lambda t: t.template) if all(t.template for t in group) else (lambda t: t.id)
+        templated = all(t.template for t in group)
+        key = (lambda t: t.template) if templated else (lambda t: t.id)
+        units = sorted({t.template for t in group}) if templated else [t.id for t in group]
         sizes = {u: sum(key(t) == u for t in group) for u in units}
         order = [units[i] for i in rng.permutation(len(units))]
         split_of, seen = {}, 0

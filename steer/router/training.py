@@ -54,6 +54,13 @@ def relative_costs(quality: pd.DataFrame, experts: Sequence[str]) -> np.ndarray:
     return params / params.max()
 
 
+def answer_costs(quality: pd.DataFrame, tasks: Sequence[Task], experts: Sequence[str]) -> np.ndarray:
+    """(tasks, experts) cost of each expert's own answer: its parameters × (prompt + answer tokens)."""
+    params = quality.groupby("expert").n_params.first().reindex(list(experts)).to_numpy(dtype=float)
+    return params * (quality_matrix(quality, tasks, experts, "prompt_tokens")
+                     + quality_matrix(quality, tasks, experts, "answer_tokens"))
+
+
 def utility_matrix(quality: pd.DataFrame, tasks: Sequence[Task], experts: Sequence[str]) -> np.ndarray:
     """What routing maximizes: the grade of the expert's own answer; between equal grades, the cheaper expert."""
     return quality_matrix(quality, tasks, experts) - TIE_BREAK * relative_costs(quality, experts)
@@ -66,10 +73,9 @@ def graded_outside_set(tasks: Sequence[Task], quality: pd.DataFrame, experts: Se
                        domains: Sequence[str]) -> OutsideSet:
     """Outside queries whose answers were graded (e.g. HumanEval): their domain labels, no gendered subject or hostile
     tone (HumanEval's problems have neither), and `passes:<expert>` from the grades."""
-    grades = quality_matrix(quality, tasks, experts)
     labels = {f"domain:{d}": np.array([float(t.domain == d) for t in tasks]) for d in domains}
     labels |= {"gendered_subject": np.zeros(len(tasks)), "hostile_tone": np.zeros(len(tasks))}
-    labels |= {f"passes:{e}": (grades[:, i] >= PASS_GRADE).astype(float) for i, e in enumerate(experts)}
+    labels |= {name: y.astype(float) for name, (_, y) in pass_labels(quality_matrix(quality, tasks, experts), experts).items()}
     return OutsideSet([t.query for t in tasks], labels)
 
 

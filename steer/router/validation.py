@@ -2,7 +2,7 @@
 
 The outside set (`steer/data/router/probe_set.jsonl`) was written separately from the task set's templates: other
 wording, raw continuations, gendered subjects and hostile, firm or polite tones in every domain. HumanEval's
-problems, when their answers are graded, add outside code queries and outside `best:<expert>` labels. A feature
+problems, when their answers are graded, add outside code queries and outside `passes:<expert>` labels. A feature
 ships only with an outside AUROC of at least `MIN_OUTSIDE_AUROC`; of two features whose directions have a cosine
 of `MAX_COSINE` or more, only the one with the higher outside AUROC ships.
 """
