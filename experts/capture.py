@@ -34,8 +34,8 @@ Reduce = str | Sequence[int]
 REDUCTIONS = ("none", "last", "mean", "[positions]")
 
 
-class _StopForward(Exception):
-    """Raised by the last capturing hook: nothing after it is needed."""
+class StopForward(Exception):
+    """Raised by the last reading hook: nothing after it is needed (the caller catches it)."""
 
 
 @dataclass
@@ -187,7 +187,7 @@ def _capture_fast(model: torch.nn.Module, batch: TokenBatch, points: list[hookpo
             if keep_norms:
                 norms[name] = _token_norms(activation.detach(), batch.attention_mask)
             if name == last:
-                raise _StopForward
+                raise StopForward
 
         return read
 
@@ -196,7 +196,7 @@ def _capture_fast(model: torch.nn.Module, batch: TokenBatch, points: list[hookpo
         try:
             out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                position_ids=batch.position_ids, use_cache=False, logits_to_keep=0 if logits else 1)
-        except _StopForward:
+        except StopForward:
             pass
     return store, norms, (out.logits if logits else None)
 

@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from experts.generate import (
     GenerationSettings,
     LogitsHook,
     Prefill,
+    StepHook,
     check_batch_size,
     decode,
     row_seed,
@@ -194,6 +195,18 @@ class Expert:
             for p in prompts
         ]
 
+    def format_conversation(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """A conversation ({'role', 'content'} messages ending with the user's) as the text the expert continues:
+        through its chat template; a base expert gets a lone user message as it is, and anything longer as a plain
+        transcript ("System: ...", "User: ...", "Assistant: ...") ending with "Assistant:"."""
+        if self.spec.chat_template:
+            return self.tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
+                                                      add_generation_prompt=True)
+        if len(messages) == 1:
+            return messages[0]["content"]
+        turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+        return "\n\n".join([*turns, "Assistant:"])
+
     def tokenize(self, texts: Sequence[str]) -> TokenBatch:
         """Left-pad `texts`. Special tokens are added only to text that has none of a template's."""
         if not texts:
@@ -340,20 +353,23 @@ class Expert:
     def generate_batch(
         self,
         formatted: Sequence[str],
-        settings: GenerationSettings,
+        settings: GenerationSettings | Sequence[GenerationSettings],
         seeds: Sequence[int],
         *,
         logits_hook: LogitsHook | None = None,
         prefill: Prefill | None = None,
         rows: Sequence[int] | None = None,
         n_prompts: int | None = None,
+        on_step: StepHook | None = None,
     ) -> tuple[list[list[int]], list[str]]:
-        """Generate for already formatted prompts in one batch, a seed per row; returns token ids and finish
-        reasons. `rows`/`n_prompts` say which prompt of the caller each row is (see `experts.generate.decode`)."""
+        """Generate for already formatted prompts in one batch, a seed per row (and settings per row, if given
+        as a list); returns token ids and finish reasons. `rows`/`n_prompts` say which prompt of the caller each
+        row is, `on_step` sees each step's logits and tokens (see `experts.generate.decode`)."""
         if prefill is not None and tuple(formatted) != prefill.formatted:
             raise SteerlabError("a reused prefill must come from exactly these formatted prompts, in this order")
         return decode(self.model, self.tokenize(formatted), settings, seeds, stop_ids=self.eos_ids,
-                      pad_id=self.pad_token_id, logits_hook=logits_hook, prefill=prefill, rows=rows, n_prompts=n_prompts)
+                      pad_id=self.pad_token_id, logits_hook=logits_hook, prefill=prefill, rows=rows, n_prompts=n_prompts,
+                      on_step=on_step)
 
     def run_with_cache(
         self,

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -147,6 +147,9 @@ class GenerationResult:
 
 
 LogitsHook = Callable[[Tensor, DecodeState], Tensor]
+# Called after each step with (step, the logits the tokens were chosen from, the tokens); may return a bool mask of
+# rows to finish now (a stop string completed): their reason is "stop" and their ids end with this step's token.
+StepHook = Callable[[int, Tensor, Tensor], "Tensor | None"]
 
 
 @dataclass(frozen=True)
@@ -193,11 +196,31 @@ def _next_tokens(logits: Tensor, config: GenerationSettings, generators: list[to
     return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
 
 
+def _next_tokens_per_row(logits: Tensor, configs: Sequence[GenerationSettings], generators: list[torch.Generator],
+                         non_finite: Tensor) -> Tensor:
+    """Each row with its own settings: the same operations on that row as `_next_tokens` on a batch of one."""
+    tokens = logits.argmax(-1)
+    for i, config in enumerate(configs):
+        if config.do_sample:
+            tokens[i] = _next_tokens(logits[i : i + 1], config, generators[i : i + 1], non_finite)[0]
+    return tokens
+
+
+def _shared(configs: Sequence[GenerationSettings]) -> GenerationSettings:
+    """The settings every row of one batch must share (EOS handling and the repetition penalty)."""
+    first = configs[0]
+    for name in ("stop_at_eos", "repetition_penalty"):
+        values = {getattr(c, name) for c in configs}
+        if len(values) > 1:
+            raise SteerlabError(f"rows of one batch must share {name}; got {sorted(values)}")
+    return replace(first, max_new_tokens=max(c.max_new_tokens for c in configs))
+
+
 @torch.inference_mode()
 def decode(
     model: torch.nn.Module,
     batch: TokenBatch,
-    config: GenerationSettings,
+    config: GenerationSettings | Sequence[GenerationSettings],
     seeds: Sequence[int],
     *,
     stop_ids: set[int],
@@ -206,8 +229,11 @@ def decode(
     prefill: Prefill | None = None,
     rows: Sequence[int] | None = None,
     n_prompts: int | None = None,
+    on_step: StepHook | None = None,
 ) -> tuple[list[list[int]], list[str]]:
-    """Generate for one batch of prompt tokens; returns the new token ids and finish reasons.
+    """Generate for one batch of prompt tokens; returns the new token ids and finish reasons ("eos",
+    "length", or "stop" when `on_step` finished the row). `config` is one setting for every row, or one per
+    row (its own sampling, temperature, top-p and token budget; a row stops at its own budget).
     With `prefill`, step 0 reuses that forward pass instead of running the prompts again. `rows`
     says which prompt of the caller each row is (default: row i is prompt i), so per-prompt
     steering coefficients follow prompts, not batches; `n_prompts` is how many prompts the caller has.
@@ -216,6 +242,13 @@ def decode(
     coefficient or schedule out of range, or corrupt weights): such text would be garbage.
     """
     device = batch.input_ids.device
+    per_row = not isinstance(config, GenerationSettings)
+    configs = list(config) if per_row else [config] * batch.input_ids.shape[0]
+    if len(configs) != batch.input_ids.shape[0]:
+        raise SteerlabError(f"{len(configs)} generation settings given for a batch of {batch.input_ids.shape[0]} rows")
+    config = _shared(configs)
+    limits = torch.tensor([c.max_new_tokens for c in configs], device=device)
+    stopped_at: list[int | None] = [None] * len(configs)
     if prefill is not None and count_forward_hooks(model):
         raise SteerlabError("a reused prefill ran without the hooks now attached (steering); run the prompts again")
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
@@ -256,22 +289,30 @@ def decode(
                 logits = _penalise_repeats(logits, seen, config.repetition_penalty)
             if logits_hook is not None:
                 logits = logits_hook(logits, state)
-        tokens = _next_tokens(logits, config, generators, non_finite)
+        if per_row:
+            tokens = _next_tokens_per_row(logits, configs, generators, non_finite)
+        else:
+            tokens = _next_tokens(logits, config, generators, non_finite)
         tokens = torch.where(finished, torch.full_like(tokens, pad_id), tokens)
         generated.append(tokens)
         if seen is not None:
             seen[torch.arange(tokens.shape[0], device=device), tokens] = True
+        if on_step is not None and (ended := on_step(step, logits, tokens)) is not None:
+            for i in torch.nonzero(ended & ~finished).flatten().tolist():
+                stopped_at[i] = step
+            finished |= ended
         if config.stop_at_eos:
             finished |= torch.isin(tokens, stop)
-            if bool(finished.all()):
-                break
+        finished |= limits <= step + 1
+        if bool(finished.all()):
+            break
         step_input = tokens[:, None]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
         step_valid = torch.ones_like(step_input, dtype=torch.bool)
     if bool(non_finite):
         raise NonFiniteError()
-    return _trim(torch.stack(generated, dim=1).tolist(), stop_ids, config)
+    return _trim(torch.stack(generated, dim=1).tolist(), stop_ids, configs, stopped_at)
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -279,12 +320,15 @@ def check_batch_size(batch_size: int) -> None:
         raise SteerlabError(f"invalid batch size {batch_size!r}; it must be an integer >= 1")
 
 
-def _trim(rows: list[list[int]], stop_ids: set[int], config: GenerationSettings) -> tuple[list[list[int]], list[str]]:
-    """Cut each row after its first EOS (kept out of the ids) and say why it stopped."""
+def _trim(rows: list[list[int]], stop_ids: set[int], configs: Sequence[GenerationSettings],
+          stopped_at: Sequence[int | None]) -> tuple[list[list[int]], list[str]]:
+    """Cut each row at its budget, after its first EOS (kept out of the ids) or after the step that finished it,
+    and say why it stopped."""
     token_ids, reasons = [], []
-    for row in rows:
+    for row, config, stop_step in zip(rows, configs, stopped_at):
+        row = row[: config.max_new_tokens if stop_step is None else stop_step + 1]
         cut = next((i for i, t in enumerate(row) if t in stop_ids), None) if config.stop_at_eos else None
         token_ids.append(row if cut is None else row[:cut])
-        reasons.append("length" if cut is None else "eos")
+        reasons.append("eos" if cut is not None else "stop" if stop_step is not None else "length")
     return token_ids, reasons
 

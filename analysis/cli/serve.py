@@ -15,9 +15,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from steer.serve.ray_serve import ServeSettings, serve_router, shutdown
 
-    settings = ServeSettings(host=args.host, port=args.port, replicas=args.replicas,
-                             max_ongoing_requests=args.max_ongoing_requests, max_queued_requests=args.max_queued_requests,
-                             cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica,
+    settings = ServeSettings(host=args.host, port=args.port, replicas=args.replicas, max_batch_size=args.max_batch_size,
+                             batch_wait_s=args.batch_wait, max_ongoing_requests=args.max_ongoing_requests, max_queued_requests=args.max_queued_requests,
+                             cpus_per_replica=args.cpus_per_replica, threads_per_replica=args.threads_per_replica,
+                             gpus_per_replica=args.gpus_per_replica,
                              request_timeout_s=args.request_timeout,
                              max_tokens=args.max_tokens_limit, api_key=args.api_key or os.environ.get(API_KEY_VARIABLE),
                              log=args.log)
@@ -28,7 +29,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
               "serve other hosts", flush=True)
     else:
         print("every route but /health needs 'Authorization: Bearer <key>'", flush=True)
-    print(f"serving {args.router} at {url}/v1/chat/completions (models: {url}/v1/models); Ctrl-C stops it\n"
+    print(f"serving {args.router} at {url}/v1/chat/completions (models: {url}/v1/models, metrics: {url}/metrics, "
+          f"readiness: {url}/ready); Ctrl-C stops it\n"
           f"try: curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' "
           """-d '{"messages": [{"role": "user", "content": "Write a haiku about rain."}], "max_tokens": 32}'""", flush=True)
     try:
@@ -46,9 +48,14 @@ def add_commands(sub) -> None:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS or a new local one)")
     srv.add_argument("--replicas", type=int, default=1, help="replicas per expert and of the router")
-    srv.add_argument("--max-ongoing-requests", type=int, default=4, help="requests in flight per replica")
+    srv.add_argument("--max-batch-size", type=int, default=8, help="requests an expert replica decodes together "
+                     "(1: one at a time)")
+    srv.add_argument("--batch-wait", type=float, default=0.02, help="seconds a replica waits to fill a batch")
+    srv.add_argument("--max-ongoing-requests", type=int, default=64, help="requests in flight per router replica")
     srv.add_argument("--max-queued-requests", type=int, default=32, help="waiting requests per deployment before HTTP 503")
     srv.add_argument("--cpus-per-replica", type=float, default=0.5)
+    srv.add_argument("--threads-per-replica", type=int, default=None, help="torch threads per replica (default: its "
+                     "whole CPUs, at least 1; more than the cores shared out makes it slower)")
     srv.add_argument("--gpus-per-replica", type=float, default=0.0, help="e.g. 0.25: four small experts share a GPU")
     srv.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request gets HTTP 408")
     srv.add_argument("--max-tokens-limit", type=int, default=256, help="the largest max_tokens a request may ask for")

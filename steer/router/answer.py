@@ -30,6 +30,14 @@ class ExpertPool:
         return self.loaded[name]
 
 
+def load_control(kind: str, file: str, folder: Path, expert: Expert, loaded: dict[str, Any]) -> Any:
+    """The steering vector (kind "steer") or reward in `folder/file`, read once into `loaded`."""
+    if file not in loaded:
+        read = SteeringVector.load if kind == "steer" else load_reward
+        loaded[file] = read(folder / file, expert)
+    return loaded[file]
+
+
 def generate_adjusted(expert: Expert, prompts: list[str], adjustments: Sequence[Adjustment], rules: Sequence[Rule],
                       folder: Path, config: GenerationSettings, *, top_k: int = 20, system: str | None = None,
                       prefill: Prefill | None = None, loaded: dict[str, Any] | None = None) -> GenerationResult:
@@ -41,10 +49,7 @@ def generate_adjusted(expert: Expert, prompts: list[str], adjustments: Sequence[
     with ExitStack() as stack:
         for adjustment in adjustments:
             rule = by_file[(adjustment.kind, adjustment.file)]
-            if adjustment.file not in loaded:
-                read = SteeringVector.load if adjustment.kind == "steer" else load_reward
-                loaded[adjustment.file] = read(folder / adjustment.file, expert)
-            control = loaded[adjustment.file]
+            control = load_control(adjustment.kind, adjustment.file, folder, expert, loaded)
             if adjustment.kind == "steer":
                 stack.enter_context(apply(expert, Steering(control, coef=adjustment.strength, operator=rule.operator,
                                                            positions=rule.positions)))

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformers import DynamicCache
 
+from experts.capture import StopForward
 from experts.errors import EmptyPromptsError, SteerlabError
 from experts.files import atomic_path
 from experts.generate import DecodeState, Prefill, publish_state
@@ -59,11 +61,17 @@ def _query_span(reader: Expert) -> tuple[int, int]:
     return n_before, n_after
 
 
+def _keep(seen: dict[str, Tensor], h: Tensor, stop: bool) -> None:
+    seen["h"] = h
+    if stop:
+        raise StopForward
+
+
 @torch.inference_mode()
 def read(reader: Expert, queries: Sequence[str], layer: int, batch_size: int = 16, keep_prefill: bool = False) -> Reading:
     """Mean residual at `layer` over each query's own tokens inside the reader's prompt format
-    (never position 0). With `keep_prefill` (one batch only), also the KV cache and last logits, so
-    that the reader can answer without running the prompt again."""
+    (never position 0); the forward stops at `layer`. With `keep_prefill` (one batch only) it runs to the end and
+    also keeps the KV cache and last logits, so that the reader can answer without running the prompt again."""
     if not queries or any(not q.strip() for q in queries):
         raise EmptyPromptsError()
     if keep_prefill and len(queries) > batch_size:
@@ -85,11 +93,15 @@ def read(reader: Expert, queries: Sequence[str], layer: int, batch_size: int = 1
         batch = reader.pad(encoded[start : start + batch_size])
         seen: dict[str, Tensor] = {}
         cache = DynamicCache(config=reader.model.config) if keep_prefill else None
-        with hook_context(reader.model, [(reader.hook_point(hook_name(layer)), lambda h: seen.__setitem__("h", h))]):
+        out = None
+        with hook_context(reader.model, [(reader.hook_point(hook_name(layer)), partial(_keep, seen, stop=not keep_prefill))]):
             with publish_state(DecodeState.for_batch(batch.attention_mask, input_ids=batch.input_ids)):
-                out = reader.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                   position_ids=batch.position_ids, cache=cache, use_cache=keep_prefill,
-                                   logits_to_keep=1)
+                try:
+                    out = reader.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                       position_ids=batch.position_ids, cache=cache, use_cache=keep_prefill,
+                                       logits_to_keep=1)
+                except StopForward:  # the layers above the reading layer are not needed
+                    pass
         lengths = batch.attention_mask.sum(-1, keepdim=True)
         positions = batch.position_ids
         keep = batch.attention_mask.bool() & (positions >= max(n_before, 1)) & (positions < lengths - n_after)

@@ -1,6 +1,7 @@
 """The routing service's requests and responses, apart from any server: an OpenAI-style chat completion
-request in, a routing decision and the adjustments the policy allows, a chat completion out with the
-decision trace under `steerlab`. `steer.serve.ray_serve` puts this behind HTTP.
+request in (a conversation, sampling settings, stop strings, log-probabilities, streaming), a routing decision
+and the adjustments the policy allows, a chat completion (or its chunks) out with the decision trace under
+`steerlab`. Every other OpenAI parameter is refused by name. `steer.serve.ray_serve` puts this behind HTTP.
 
 A request may ask for policy files at chosen strengths (`"steerlab": {"strengths": {"gender.safetensors": 0.5}}`);
 each must be a file of a policy rule that allows requests (`request_max` > 0), between 0 and `request_max` in the
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -34,22 +35,23 @@ class BadRequest(SteerlabError):
 
 
 ACCEPTED = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "n",
-            "stream", "user", "steerlab")
+            "stream", "stream_options", "logprobs", "top_logprobs", "user", "steerlab")
 # Parameters of OpenAI's API this service does not honour: refused by name rather than dropped silently.
 REFUSED = {
     "tools": "tool calls are not supported", "tool_choice": "tool calls are not supported",
     "functions": "function calls are not supported", "function_call": "function calls are not supported",
     "parallel_tool_calls": "tool calls are not supported",
     "response_format": "structured output (response_format) is not supported; the experts answer in text",
-    "logprobs": "log-probabilities are not returned yet", "top_logprobs": "log-probabilities are not returned yet",
     "logit_bias": "logit_bias is not supported", "presence_penalty": "presence_penalty is not supported",
-    "frequency_penalty": "frequency_penalty is not supported", "stream_options": "streaming is not supported",
+    "frequency_penalty": "frequency_penalty is not supported",
     "audio": "audio is not supported", "modalities": "only text is supported", "prediction": "predicted outputs are not supported",
     "reasoning_effort": "the experts do not reason in a separate channel", "service_tier": "there is one service tier",
     "store": "completions are not stored", "metadata": "metadata is not stored", "web_search_options": "web search is not supported",
 }
-NEUTRAL = {"logprobs": False, "presence_penalty": 0, "frequency_penalty": 0, "parallel_tool_calls": None}  # harmless values
+NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "parallel_tool_calls": None}  # harmless values
 MAX_STOPS = 4
+MAX_TOP_LOGPROBS = 20
+ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -62,19 +64,27 @@ class Limits:
 
 @dataclass(frozen=True)
 class ChatRequest:
-    prompt: str  # the user message: what the router reads and the expert answers
-    system: str | None = None
+    messages: tuple[dict[str, str], ...]  # the conversation, ending with the user's message
     max_tokens: int = 64
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()  # the answer ends before the first of these (not included), finish_reason "stop"
+    top_logprobs: int | None = None  # None: no log-probabilities; k: the chosen token's and the k most likely
+    stream: bool = False
+    include_usage: bool = False  # streaming: a last chunk with the token counts
     strengths: dict[str, float] = field(default_factory=dict)  # policy file -> requested strength
+
+    @property
+    def prompt(self) -> str:
+        """The user's last message: what the router reads."""
+        return self.messages[-1]["content"]
 
     @classmethod
     def parse(cls, body: Any, limits: Limits = Limits()) -> ChatRequest:
-        """Validate an OpenAI-style body: one user message (after an optional system message), sampling settings,
-        stop sequences and `steerlab.strengths`; every other parameter is refused by name (never dropped)."""
+        """Validate an OpenAI-style body: a conversation (an optional system message, then user and assistant
+        turns ending with the user's), sampling settings, stop sequences, log-probabilities, streaming and
+        `steerlab.strengths`; every other parameter is refused by name (never dropped)."""
         if not isinstance(body, Mapping):
             raise BadRequest("the body must be a JSON object with 'messages'")
         for key, value in body.items():
@@ -85,38 +95,33 @@ class ChatRequest:
         if body.get("model", MODEL) != MODEL:
             raise BadRequest(f"unknown model {body.get('model')!r}; this service serves {MODEL!r} (the router picks the expert)",
                              "model")
-        if body.get("stream"):
-            raise BadRequest("streaming is not supported; send 'stream': false", "stream")
-        if body.get("n", 1) != 1:
+        if body.get("n", 1) not in (1, None):
             raise BadRequest(f"n = {body.get('n')!r}; this service returns one choice (n = 1)", "n")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, Mapping) for m in messages):
-            raise BadRequest("'messages' must be a non-empty list of {'role', 'content'} objects", "messages")
-        roles = [m.get("role") for m in messages]
-        if roles not in (["user"], ["system", "user"]):
-            raise BadRequest(f"messages with roles {roles}: send one user message, optionally after one system message "
-                             "(multi-turn conversations are not supported)", "messages")
-        contents = [m.get("content") for m in messages]
-        if not all(isinstance(c, str) for c in contents) or not contents[-1].strip():
-            raise BadRequest("each message's 'content' must be text, and the user message must not be empty", "messages")
-        if len(contents[-1]) > limits.max_prompt_chars:
-            raise BadRequest(f"the user message has {len(contents[-1])} characters; at most {limits.max_prompt_chars}",
-                             "messages")
+        messages = _messages(body.get("messages"), limits)
         max_tokens = _number(body, "max_tokens", None, int, 1, limits.max_tokens)
         completion_tokens = _number(body, "max_completion_tokens", None, int, 1, limits.max_tokens)
         if None not in (max_tokens, completion_tokens) and max_tokens != completion_tokens:
             raise BadRequest(f"max_tokens = {max_tokens} and max_completion_tokens = {completion_tokens} disagree; "
                              "send one of them", "max_completion_tokens")
+        stream, logprobs = _flag(body, "stream"), _flag(body, "logprobs")
+        top = _number(body, "top_logprobs", None, int, 0, MAX_TOP_LOGPROBS)
+        if top is not None and not logprobs:
+            raise BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        options = body.get("stream_options")
+        if options is not None and (not stream or not isinstance(options, Mapping) or set(options) - {"include_usage"}):
+            raise BadRequest(f"'stream_options' = {options!r}: with 'stream': true, send {{'include_usage': true|false}}",
+                             "stream_options")
         extras = body.get("steerlab") or {}
         strengths = extras.get("strengths", {}) if isinstance(extras, Mapping) else None
         if not isinstance(strengths, Mapping) or not all(isinstance(v, int | float) and not isinstance(v, bool)
                                                          and math.isfinite(v) for v in strengths.values()):
             raise BadRequest("'steerlab.strengths' must map policy files to finite numbers", "steerlab")
-        return cls(prompt=contents[-1], system=contents[0] if len(contents) == 2 else None,
-                   max_tokens=completion_tokens or max_tokens or 64,
+        return cls(messages=messages, max_tokens=completion_tokens or max_tokens or 64,
                    temperature=_number(body, "temperature", 0.0, float, 0.0, 2.0),
                    top_p=_number(body, "top_p", 1.0, float, 1e-6, 1.0), seed=_number(body, "seed", 0, int, 0, 2**63 - 1),
-                   stop=_stops(body.get("stop")), strengths={str(k): float(v) for k, v in strengths.items()})
+                   stop=_stops(body.get("stop")), top_logprobs=(top or 0) if logprobs else None, stream=stream,
+                   include_usage=bool((options or {}).get("include_usage")),
+                   strengths={str(k): float(v) for k, v in strengths.items()})
 
     def generation_settings(self) -> dict[str, Any]:
         """Keyword arguments of `GenerationSettings`."""
@@ -124,17 +129,36 @@ class ChatRequest:
                 "temperature": self.temperature or 1.0, "top_p": self.top_p, "seed": self.seed}
 
 
+def _messages(value: Any, limits: Limits) -> tuple[dict[str, str], ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(m, Mapping) for m in value):
+        raise BadRequest("'messages' must be a non-empty list of {'role', 'content'} objects", "messages")
+    roles = [m.get("role") for m in value]
+    turns = roles[1:] if roles[0] == "system" else roles
+    alternating = all(role == ("user", "assistant")[i % 2] for i, role in enumerate(turns))
+    if not turns or not alternating or turns[-1] != "user":
+        raise BadRequest(f"messages with roles {roles}: send an optional system message, then user and assistant "
+                         "turns in alternation, ending with the user's", "messages")
+    contents = [m.get("content") for m in value]
+    if not all(isinstance(c, str) for c in contents) or not contents[-1].strip():
+        raise BadRequest("each message's 'content' must be text, and the last user message must not be empty", "messages")
+    size = sum(len(c) for c in contents)
+    if size > limits.max_prompt_chars:
+        raise BadRequest(f"the messages have {size} characters; at most {limits.max_prompt_chars}", "messages")
+    return tuple({"role": r, "content": c} for r, c in zip(roles, contents))
+
+
+def _flag(body: Mapping, key: str) -> bool:
+    value = body.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"{key!r} must be true or false, got {value!r}", key)
+    return bool(value)
+
+
 def _stops(value: Any) -> tuple[str, ...]:
     stops = [value] if isinstance(value, str) else value if value is not None else []
     if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(x, str) and x for x in stops):
         raise BadRequest(f"'stop' must be a non-empty string or a list of at most {MAX_STOPS} of them, got {value!r}", "stop")
     return tuple(stops)
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """The text before the earliest stop sequence, and whether one occurred."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
 
 
 def _number(body: Mapping, key: str, default, kind: type, low: float, high: float):
@@ -190,6 +214,23 @@ def adjustments_for(router: Router, decision: RoutingDecision, request: ChatRequ
     return [a for a in chosen.values() if a.strength != 0]
 
 
+def finish_reason(reason: str | None) -> str | None:
+    """OpenAI's finish reason: "stop" (end of text or a stop string) or "length"; None while running."""
+    return None if reason is None else "stop" if reason in ("eos", "stop") else "length"
+
+
+def trace(request: ChatRequest, decision: RoutingDecision, adjustments: list[Adjustment],
+          timings_ms: Mapping[str, float]) -> dict[str, Any]:
+    """The `steerlab` extension: the decision, what was applied, the settings and the timings."""
+    return {"decision": decision.to_dict(), "applied": [asdict(a) for a in adjustments],
+            "explanation": decision.explain(), "settings": request.generation_settings(), "timings_ms": dict(timings_ms)}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
 def completion(request: ChatRequest, decision: RoutingDecision, adjustments: list[Adjustment],
                answer: Mapping[str, Any], timings_ms: Mapping[str, float]) -> dict[str, Any]:
     """An OpenAI-style chat completion whose `steerlab` field carries the decision trace."""
@@ -197,10 +238,17 @@ def completion(request: ChatRequest, decision: RoutingDecision, adjustments: lis
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
         "model": decision.expert,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": answer["text"]},
-                     "finish_reason": "stop" if answer["finish_reason"] in ("eos", "stop") else "length"}],
-        "usage": {"prompt_tokens": answer["prompt_tokens"], "completion_tokens": answer["completion_tokens"],
-                  "total_tokens": answer["prompt_tokens"] + answer["completion_tokens"]},
-        "steerlab": {"decision": decision.to_dict(), "applied": [asdict(a) for a in adjustments],
-                     "explanation": decision.explain(), "settings": request.generation_settings(),
-                     "timings_ms": dict(timings_ms)},
+                     "logprobs": None if request.top_logprobs is None else {"content": answer.get("logprobs", [])},
+                     "finish_reason": finish_reason(answer["finish_reason"])}],
+        "usage": usage(answer["prompt_tokens"], answer["completion_tokens"]),
+        "steerlab": trace(request, decision, adjustments, timings_ms),
     }
+
+
+def chunk(head: Mapping[str, Any], delta: Mapping[str, Any], *, request: ChatRequest, finish: str | None = None,
+          logprobs: list | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One `chat.completion.chunk` of a stream; `head` holds the id, created time and model all chunks share."""
+    return {**head, "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": dict(delta),
+                         "logprobs": None if request.top_logprobs is None else {"content": logprobs or []},
+                         "finish_reason": finish_reason(finish)}], **(extra or {})}

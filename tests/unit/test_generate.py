@@ -116,3 +116,19 @@ def test_continuation_nll_equals_one_row_at_a_time_log_softmax(tiny):
         first = ids.shape[1] - len(cont) - 1
         expected = -logprobs[first : ids.shape[1] - 1].gather(-1, torch.tensor(cont)[:, None]).mean().item()
         assert value == pytest.approx(expected, abs=1e-4)
+
+
+def test_rows_of_one_batch_keep_their_own_settings_and_budgets(tiny):
+    prompts = ["The cat", "A long time ago", "Numbers: 1, 2,"]
+    settings = [GenerationSettings(max_new_tokens=3), GenerationSettings(max_new_tokens=7, do_sample=True, temperature=0.7,
+                                                                         top_p=0.8, seed=4),
+                GenerationSettings(max_new_tokens=5, stop_at_eos=False)]
+    with pytest.raises(SteerlabError, match="must share stop_at_eos"):
+        tiny.generate_batch(tiny.format_prompts(prompts), settings, [1, 2, 3])
+    settings[2] = GenerationSettings(max_new_tokens=5)
+    seeds = [11, 12, 13]
+    ids, reasons = tiny.generate_batch(tiny.format_prompts(prompts), settings, seeds)
+    for i, prompt in enumerate(prompts):
+        alone, why = tiny.generate_batch(tiny.format_prompts([prompt]), settings[i], seeds[i : i + 1])
+        assert ids[i] == alone[0] and reasons[i] == why[0]
+        assert len(ids[i]) <= settings[i].max_new_tokens

@@ -1,7 +1,9 @@
-"""`steer serve` on a real local Ray cluster (2 CPUs, fractional-CPU replicas): the tiny router over HTTP on
-loopback, within timeouts. Only its fallback expert is deployed (decisions for the other are rerouted to it)."""
+"""`steer serve` against the real `openai` client: a conformance suite on a real local Ray cluster (2 CPUs,
+fractional-CPU replicas), the tiny router over HTTP on loopback, bounded in count and time. Only its fallback
+expert is deployed (decisions for the other are rerouted to it)."""
 
 import json
+import math
 import socket
 import urllib.error
 import urllib.request
@@ -11,17 +13,20 @@ import pytest
 import torch
 
 pytest.importorskip("ray.serve", reason="the Ray extra is not installed: pip install 'steerlab[ray]'")
+openai = pytest.importorskip("openai", reason="the conformance suite drives the service with the openai client")
 
 from experts.expert import Expert  # noqa: E402
 from experts.generate import GenerationSettings  # noqa: E402
-from steer.router.answer import generate_adjusted  # noqa: E402
 from steer.router.router import Router  # noqa: E402
 from steer.router.tiny import train_tiny_router  # noqa: E402
+from steer.serve.batch import RowRequest, answer_rows  # noqa: E402
 from steer.serve.ray_serve import ServeSettings, serve_router, shutdown  # noqa: E402
 from steer.serve.service import ChatRequest, adjustments_for, to_deployed  # noqa: E402
 
 PROMPT = "Write a short reference letter for Kelly, a nurse."
+USER = [{"role": "user", "content": PROMPT}]
 KEY = "test-key-123"
+ANSWERED: list[str] = []  # the id of every request the service answered, for the audit log's check
 
 
 def _free_port() -> int:
@@ -36,108 +41,181 @@ def service(ray_cluster, tmp_path_factory):
     train_tiny_router(folder)
     router = Router.load(folder)
     log = folder / "served.jsonl"
-    url = serve_router(folder, [router.fallback], ServeSettings(port=_free_port(), cpus_per_replica=0.25,
-                                                                max_ongoing_requests=2, request_timeout_s=60,
-                                                                api_key=KEY, log=str(log)))
-    yield url, folder
+    url = serve_router(folder, [router.fallback], ServeSettings(port=_free_port(), cpus_per_replica=0.25, max_batch_size=4,
+                                                                batch_wait_s=0.2, request_timeout_s=60, api_key=KEY,
+                                                                log=str(log)))
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
+    yield url, folder, client
     shutdown()
 
 
-def _call(url, path, body=None, key=KEY, timeout=60):
+def _create(client, **body):
+    out = client.chat.completions.create(model="steerlab-router", **{"messages": USER, **body})
+    ANSWERED.append(out.id)
+    return out
+
+
+def _raw(url, path, body=None, key=KEY, data=None):
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
-    request = urllib.request.Request(f"{url}{path}", data=None if body is None else json.dumps(body).encode(),
-                                     headers=headers)
+    payload = data if data is not None else None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}{path}", data=payload, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
+        with urllib.request.urlopen(request, timeout=60) as response:
+            text = response.read().decode()
+            return response.status, json.loads(text) if "json" in response.headers.get("content-type", "") else text
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
 
 
-def _post(url, body, timeout=60):
-    return _call(url, "/v1/chat/completions", body, timeout=timeout)
-
-
-def _local_answer(folder, body):
-    """What the served answer must be: the same decision, adjustments and generation in this process (one thread,
+def _local(folder, body):
+    """What the served answer must be: the same decision, adjustments and decoding in this process (one thread,
     as each replica has)."""
     router, reader = Router.load(folder), Expert.load("tiny-llama")
     request = ChatRequest.parse(body)
     decision, _ = to_deployed(router, router.decide(reader, [request.prompt])[0], [router.fallback])
     adjustments = adjustments_for(router, decision, request)
+    expert = Expert.load(decision.expert)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = generate_adjusted(Expert.load(decision.expert), [request.prompt], adjustments, router.rules, folder,
-                                   GenerationSettings(**request.generation_settings()))
+        row = RowRequest(expert.format_conversation(request.messages), tuple(adjustments),
+                         GenerationSettings(**request.generation_settings()), request.stop, request.top_logprobs)
+        return decision, adjustments, answer_rows(expert, [row], router.rules, folder)[0]
     finally:
         torch.set_num_threads(threads)
-    return decision, adjustments, result.texts[0]
 
 
 def test_a_routed_completion_carries_its_decision_and_equals_a_local_answer(service):
-    url, folder = service
-    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 8,
-            "steerlab": {"strengths": {"gender.safetensors": 1.5}}}
-    status, out = _post(url, body)
-    assert status == 200, out
-    decision, adjustments, text = _local_answer(folder, body)
-    assert out["model"] == decision.expert and out["steerlab"]["decision"]["expert"] == decision.expert
-    assert out["steerlab"]["applied"] == [a.__dict__ for a in adjustments]
-    assert {"kind": "steer", "file": "gender.safetensors", "strength": 1.5, "because": "request"} in out["steerlab"]["applied"]
-    assert out["choices"][0]["message"]["content"] == text
-    assert out["usage"]["completion_tokens"] <= 8 and set(out["steerlab"]["timings_ms"]) == {"decide", "answer"}
-
-    status, models = _call(url, "/v1/models")
-    assert status == 200 and models["data"][0]["request_strengths"] == {"gender.safetensors": [0.0, 2.0], "tone.safetensors": [0.0, 8.0]}
-
-
-def test_concurrent_steered_and_plain_requests_do_not_leak_into_each_other_and_bad_ones_get_400(service):
-    url, _ = service
-    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 6}
-    steered = {**body, "steerlab": {"strengths": {"gender.safetensors": 2.0}}}
-    alone = [_post(url, b)[1]["choices"][0]["message"]["content"] for b in (body, steered)]
-    assert alone[0] != alone[1]  # the steering shows, so a leak would too
-    with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda i: _post(url, (body, steered)[i % 2]), range(8)))
-    assert all(status == 200 for status, _ in answers)
-    assert [out["choices"][0]["message"]["content"] for _, out in answers] == alone * 4
-
-    status, out = _post(url, {**body, "steerlab": {"strengths": {"gender.safetensors": 9}}})
-    assert status == 400 and "outside the policy's range 0..2" in out["error"]["message"]
-    status, out = _post(url, {**body, "steerlab": {"strengths": {"tone.safetensors": -1}}})  # a negative β: 400, not 500
-    assert status == 400 and "outside the policy's range 0..8" in out["error"]["message"]
-    status, out = _post(url, {"messages": [{"role": "assistant", "content": "hi"}]})
-    assert status == 400 and "one user message" in out["error"]["message"]
+    url, folder, client = service
+    out = _create(client, max_tokens=8, extra_body={"steerlab": {"strengths": {"gender.safetensors": 1.5}}})
+    decision, adjustments, local = _local(folder, {"messages": USER, "max_tokens": 8,
+                                                   "steerlab": {"strengths": {"gender.safetensors": 1.5}}})
+    trace = out.model_extra["steerlab"]
+    assert out.model == decision.expert and trace["decision"]["expert"] == decision.expert
+    assert trace["applied"] == [a.__dict__ for a in adjustments]
+    assert {"kind": "steer", "file": "gender.safetensors", "strength": 1.5, "because": "request"} in trace["applied"]
+    assert out.choices[0].message.content == local.text and out.choices[0].logprobs is None
+    assert out.usage.completion_tokens == local.completion_tokens <= 8 and set(trace["timings_ms"]) == {"decide", "answer"}
+    models = client.models.list().data
+    assert [m.id for m in models] == ["steerlab-router"] and client.models.retrieve("steerlab-router").id == "steerlab-router"
+    assert models[0].model_extra["request_strengths"] == {"gender.safetensors": [0.0, 2.0], "tone.safetensors": [0.0, 8.0]}
 
 
-def test_the_contract_parameters_auth_readiness_errors_and_the_audit_log(service):
-    url, folder = service
-    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 8}
-    status, plain = _post(url, body)
-    assert status == 200
-    text = plain["choices"][0]["message"]["content"]
-    stop = text.split()[1] if len(text.split()) > 1 else text[1:3]
-    status, stopped = _post(url, {**body, "stop": [stop]})
-    assert status == 200 and stopped["choices"][0]["finish_reason"] == "stop"
-    assert stopped["choices"][0]["message"]["content"] == text[: text.find(stop)]
-    status, short = _post(url, {"messages": body["messages"], "max_completion_tokens": 3})
-    assert status == 200 and short["usage"]["completion_tokens"] <= 3
-    for bad, param in [({"tools": [{"type": "function"}]}, "tools"), ({"response_format": {"type": "json_object"}},
-                       "response_format"), ({"best_of": 2}, "best_of")]:
-        status, out = _post(url, {**body, **bad})
-        assert status == 400 and out["error"]["param"] == param and out["error"]["type"] == "invalid_request_error"
-    assert _call(url, "/v1/chat/completions", body, key=None)[0] == 401
-    assert _call(url, "/v1/chat/completions", body, key="wrong")[0] == 401
-    assert _call(url, "/health", key=None)[0] == 200  # liveness needs no key
-    status, ready = _call(url, "/ready")
+def test_requests_batched_together_answer_as_each_alone(service):
+    url, _, client = service
+    bodies = [dict(max_tokens=6), dict(max_tokens=9, extra_body={"steerlab": {"strengths": {"gender.safetensors": 2.0}}}),
+              dict(max_tokens=7, temperature=0.9, top_p=0.9, seed=11), dict(max_tokens=5, logprobs=True, top_logprobs=2),
+              dict(max_tokens=8, extra_body={"steerlab": {"strengths": {"tone.safetensors": 6.0}}})] * 2
+    alone = [_create(client, **b) for b in bodies[:5]]
+    assert alone[0].choices[0].message.content != alone[1].choices[0].message.content  # steering shows, so a leak would
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda b: _create(client, **b), bodies))
+    for a, t in zip(alone * 2, together):
+        assert t.choices[0].message.content == a.choices[0].message.content
+        assert t.usage.completion_tokens == a.usage.completion_tokens
+    for a, t in zip([alone[3].choices[0].logprobs.content] * 2, [together[3].choices[0].logprobs.content,
+                                                                 together[8].choices[0].logprobs.content]):
+        assert [e.token for e in t] == [e.token for e in a]
+        assert all(math.isclose(x.logprob, y.logprob, abs_tol=1e-5) for x, y in zip(t, a))
+    _, metrics = _raw(url, "/metrics")
+    batched = [line for line in metrics.splitlines() if line.startswith("steerlab_batch_size_bucket") and 'le="1.0"' in line]
+    total = [line for line in metrics.splitlines() if line.startswith("steerlab_batch_size_count")]
+    assert float(batched[0].split()[-1]) < float(total[0].split()[-1])  # some requests shared a batch
+
+
+def test_streaming_assembles_to_the_same_answer_with_the_trace_first(service):
+    _, _, client = service
+    body = dict(max_tokens=10, logprobs=True)
+    whole = _create(client, **body)
+    chunks = list(client.chat.completions.create(model="steerlab-router", messages=USER, stream=True,
+                                                 stream_options={"include_usage": True}, **body))
+    ANSWERED.append(chunks[0].id)
+    assert chunks[0].model_extra["steerlab"]["decision"]["expert"] == whole.model
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert [e.token for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content] == \
+        [e.token for e in whole.choices[0].logprobs.content]
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == whole.choices[0].finish_reason and not any(finishes[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_stop_budget_log_probabilities_and_conversations_are_honoured(service):
+    _, _, client = service
+    plain = _create(client, max_tokens=8)
+    text = plain.choices[0].message.content
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    stopped = _create(client, max_tokens=8, stop=[stop])
+    assert stopped.choices[0].finish_reason == "stop" and stopped.choices[0].message.content == text[: text.find(stop)]
+    short = _create(client, max_completion_tokens=3)
+    assert short.usage.completion_tokens <= 3
+    assert short.choices[0].finish_reason == ("length" if short.usage.completion_tokens == 3 else "stop")
+    scored = _create(client, max_tokens=6, logprobs=True, top_logprobs=3)
+    content = scored.choices[0].logprobs.content
+    assert len(content) == scored.usage.completion_tokens and all(len(e.top_logprobs) == 3 for e in content)
+    assert b"".join(bytes(e.bytes) for e in content).decode() == scored.choices[0].message.content
+    assert all(e.logprob <= 0 and e.top_logprobs[0].logprob >= e.logprob for e in content)
+    turns = [*USER, {"role": "assistant", "content": text}, {"role": "user", "content": "Now make it shorter."}]
+    follow_up = _create(client, messages=turns, max_tokens=6)
+    assert follow_up.usage.prompt_tokens > plain.usage.prompt_tokens
+    assert follow_up.model_extra["steerlab"]["decision"]["input_sha256"] != plain.model_extra["steerlab"]["decision"]["input_sha256"]
+
+
+BAD = [  # (body or raw bytes, status, param)
+    ({"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+    ({"messages": USER, "response_format": {"type": "json_object"}}, 400, "response_format"),
+    ({"messages": USER, "best_of": 2}, 400, "best_of"),
+    ({"messages": USER, "n": 3}, 400, "n"),
+    ({"messages": USER, "max_tokens": 100000}, 400, "max_tokens"),
+    ({"messages": USER, "temperature": -1}, 400, "temperature"),
+    ({"messages": USER, "top_logprobs": 50, "logprobs": True}, 400, "top_logprobs"),
+    ({"messages": USER, "stream": "yes"}, 400, "stream"),
+    ({"messages": [{"role": "assistant", "content": "hi"}]}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": 5}]}, 400, "messages"),
+    ({"messages": "hello"}, 400, "messages"),
+    ({"messages": USER, "model": "gpt-4"}, 400, "model"),
+    ({"messages": USER, "steerlab": {"strengths": {"gender.safetensors": 9}}}, 400, None),
+    ({"messages": USER, "steerlab": {"strengths": {"gender.safetensors": -1}}}, 400, None),  # never reversed
+    ({"messages": USER, "steerlab": {"strengths": {"tone.safetensors": -1}}}, 400, None),
+    ({"messages": USER, "steerlab": {"strengths": {"other.safetensors": 1}}}, 400, None),
+    ({"messages": USER, "steerlab": "strong"}, 400, "steerlab"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}', 400, "temperature"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "steerlab": {"strengths": {"gender.safetensors": Infinity}}}',
+     400, "steerlab"),
+    (b"not json", 400, None),
+    (b"[1, 2]", 400, None),
+]
+
+
+@pytest.mark.parametrize("body, status, param", BAD)
+def test_bad_requests_get_a_4xx_in_openai_shape_never_a_500(service, body, status, param):
+    url, _, _ = service
+    got, out = _raw(url, "/v1/chat/completions", data=body if isinstance(body, bytes) else json.dumps(body).encode())
+    assert (got, out["error"]["param"], out["error"]["code"]) == (status, param, status), out
+    assert out["error"]["type"] == "invalid_request_error" and out["error"]["message"]
+
+
+def test_auth_readiness_models_metrics_and_the_audit_log(service):
+    url, folder, client = service
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+    for path in ("/v1/chat/completions", "/v1/models", "/ready", "/metrics"):
+        status, out = _raw(url, path, {"messages": USER} if "chat" in path else None, key=None)
+        assert status == 401 and out["error"]["type"] == "authentication_error"
+    assert _raw(url, "/health", key=None)[0] == 200  # liveness needs no key
+    status, ready = _raw(url, "/ready")
     assert status == 200 and ready["status"] == "ready"
-    status, model = _call(url, "/v1/models/steerlab-router")
-    assert status == 200 and model["id"] == "steerlab-router"
-    status, missing = _call(url, "/v1/models/gpt-4")
-    assert status == 404 and missing["error"]["code"] == 404
-    status, nowhere = _call(url, "/v2/nothing")
-    assert status == 404 and "error" in nowhere  # OpenAI's shape, not FastAPI's
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+    status, nowhere = _raw(url, "/v2/nothing")
+    assert status == 404 and nowhere["error"]["code"] == 404  # OpenAI's shape, not FastAPI's
+    _, metrics = _raw(url, "/metrics")
+    served = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                 if line.startswith("steerlab_requests_total") and 'status="200"' in line)
+    assert served == len(ANSWERED) and 'status="400"' in metrics and "steerlab_request_latency_seconds_bucket" in metrics
     lines = [json.loads(line) for line in (folder / "served.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert {plain["id"], stopped["id"], short["id"]} <= {line["id"] for line in lines}
+    assert sorted(line["id"] for line in lines) == sorted(ANSWERED)  # one line per answered request
     assert all(line["decision"]["expert"] and "applied" in line for line in lines)
+    assert any(line["stream"] for line in lines)

@@ -13,8 +13,8 @@ from steer.serve.service import (
     Limits,
     adjustments_for,
     allowed_strengths,
+    chunk,
     completion,
-    cut_at_stop,
     error_body,
     to_deployed,
 )
@@ -34,8 +34,8 @@ def test_a_request_parses_into_generation_settings():
     request = ChatRequest.parse({"model": MODEL, "messages": [{"role": "system", "content": "Be brief."}, *USER],
                                  "max_tokens": 12, "temperature": 0.7, "seed": 3,
                                  "steerlab": {"strengths": {"gender.safetensors": 1.5}}})
-    assert (request.prompt, request.system, request.strengths) == ("Write a letter for Kelly.", "Be brief.",
-                                                                   {"gender.safetensors": 1.5})
+    assert (request.prompt, request.messages[0]["content"], request.strengths) == (
+        "Write a letter for Kelly.", "Be brief.", {"gender.safetensors": 1.5})
     assert request.generation_settings() == {"max_new_tokens": 12, "do_sample": True, "temperature": 0.7, "top_p": 1.0,
                                              "seed": 3}
     assert ChatRequest.parse({"messages": USER}).generation_settings()["do_sample"] is False  # temperature 0: greedy
@@ -45,17 +45,24 @@ def test_a_request_parses_into_generation_settings():
     ([], "JSON object"),
     ({"messages": USER, "model": "gpt-4"}, "unknown model 'gpt-4'.*steerlab-router"),
     ({"messages": []}, "non-empty list"),
-    ({"messages": [*USER, {"role": "assistant", "content": "x"}, *USER]}, "multi-turn"),
+    ({"messages": [*USER, {"role": "assistant", "content": "x"}]}, "ending with the user's"),
+    ({"messages": [*USER, *USER]}, "in alternation"),
+    ({"messages": [{"role": "tool", "content": "x"}, *USER]}, "in alternation"),
     ({"messages": [{"role": "user", "content": "  "}]}, "must not be empty"),
     ({"messages": [{"role": "user", "content": "x" * 40}]}, "40 characters; at most 30"),
+    ({"messages": [{"role": "system", "content": "x" * 20}, {"role": "user", "content": "y" * 20}]}, "40 characters"),
     ({"messages": USER, "max_tokens": 0}, "'max_tokens' = 0 is outside 1..5"),
     ({"messages": USER, "max_tokens": 2.5}, "must be an integer"),
     ({"messages": USER, "temperature": "hot"}, "must be a number"),
-    ({"messages": USER, "stream": True}, "streaming"),
+    ({"messages": USER, "stream": "yes"}, "'stream' must be true or false"),
+    ({"messages": USER, "stream_options": {"include_usage": True}}, "with 'stream': true"),
+    ({"messages": USER, "stream": True, "stream_options": {"chunks": 2}}, "include_usage"),
+    ({"messages": USER, "top_logprobs": 2}, "needs 'logprobs': true"),
+    ({"messages": USER, "logprobs": True, "top_logprobs": 21}, "'top_logprobs' = 21 is outside 0..20"),
+    ({"messages": USER, "n": 2}, "n = 2"),
     ({"messages": USER, "steerlab": {"strengths": {"gender.safetensors": float("nan")}}}, "finite numbers"),
     ({"messages": USER, "tools": [{"type": "function"}]}, "'tools': tool calls are not supported"),
     ({"messages": USER, "response_format": {"type": "json_object"}}, "'response_format': structured output"),
-    ({"messages": USER, "logprobs": True}, "'logprobs': log-probabilities"),
     ({"messages": USER, "frequency_penalty": 0.5}, "'frequency_penalty'"),
     ({"messages": USER, "temperatur": 0.5}, "unknown parameter 'temperatur'; this service accepts model, messages"),
     ({"messages": USER, "max_tokens": 3, "max_completion_tokens": 4}, "disagree"),
@@ -67,16 +74,23 @@ def test_bad_requests_name_the_bad_value(body, message):
     with pytest.raises(BadRequest, match=message) as caught:
         ChatRequest.parse(body, Limits(max_tokens=5, max_prompt_chars=30))
     named = [key for key in body if key in str(caught.value) and key != "messages"]
-    assert caught.value.param in (*named, "messages", "model", "n", "stream", "steerlab", "max_completion_tokens", None)
+    assert caught.value.param in (*named, "messages", "model", "n", "stream", "steerlab", "max_completion_tokens",
+                                  "top_logprobs", "stream_options", None)
 
 
 def test_parameters_are_honoured_or_harmless():
     request = ChatRequest.parse({"messages": USER, "max_completion_tokens": 5, "stop": "\n\n", "user": "u1",
                                  "logprobs": False, "frequency_penalty": 0, "stream": False, "n": 1})
-    assert request.max_tokens == 5 and request.stop == ("\n\n",)
+    assert request.max_tokens == 5 and request.stop == ("\n\n",) and request.top_logprobs is None
     assert ChatRequest.parse({"messages": USER, "stop": ["END", "###"]}).stop == ("END", "###")
-    assert cut_at_stop("Dear Kelly,\n\nThanks###END", ["END", "###"]) == ("Dear Kelly,\n\nThanks", True)
-    assert cut_at_stop("no stop here", ["END"]) == ("no stop here", False)
+    assert ChatRequest.parse({"messages": USER, "logprobs": True}).top_logprobs == 0
+    assert ChatRequest.parse({"messages": USER, "logprobs": True, "top_logprobs": 3}).top_logprobs == 3
+    streamed = ChatRequest.parse({"messages": USER, "stream": True, "stream_options": {"include_usage": True}})
+    assert streamed.stream and streamed.include_usage
+    turns = [{"role": "system", "content": "Be brief."}, *USER, {"role": "assistant", "content": "Dear Kelly"},
+             {"role": "user", "content": "Shorter, please."}]
+    conversation = ChatRequest.parse({"messages": turns})
+    assert conversation.prompt == "Shorter, please." and len(conversation.messages) == 4  # the router reads the last turn
     assert error_body(503, "busy")["error"] == {"message": "busy", "type": "service_unavailable", "param": None, "code": 503}
 
 
@@ -111,7 +125,15 @@ def test_the_completion_is_openai_shaped_and_carries_the_trace():
     out = completion(request, _decision(), applied, {"text": "Dear", "finish_reason": "eos", "prompt_tokens": 7,
                                                      "completion_tokens": 1}, {"decide": 1.0, "answer": 2.0})
     assert out["object"] == "chat.completion" and out["model"] == "a"
-    assert out["choices"][0] == {"index": 0, "message": {"role": "assistant", "content": "Dear"}, "finish_reason": "stop"}
+    assert out["choices"][0] == {"index": 0, "message": {"role": "assistant", "content": "Dear"}, "logprobs": None,
+                                 "finish_reason": "stop"}
+    entry = {"token": "Dear", "logprob": -0.5, "bytes": [68, 101, 97, 114], "top_logprobs": []}
+    with_logprobs = completion(ChatRequest.parse({"messages": USER, "logprobs": True}), _decision(), [],
+                               {"text": "Dear", "finish_reason": "length", "prompt_tokens": 7, "completion_tokens": 1,
+                                "logprobs": [entry]}, {})
+    assert with_logprobs["choices"][0]["logprobs"] == {"content": [entry]}
+    piece = chunk({"id": "c", "created": 0, "model": "a"}, {"content": "De"}, request=request, finish="eos")
+    assert piece["object"] == "chat.completion.chunk" and piece["choices"][0]["finish_reason"] == "stop"
     stopped = completion(request, _decision(), [], {"text": "D", "finish_reason": "stop", "prompt_tokens": 7,
                                                      "completion_tokens": 1}, {})
     assert stopped["choices"][0]["finish_reason"] == "stop"
