@@ -29,7 +29,8 @@ class ServiceMetrics:
         self.tokens.labels(expert).inc(tokens)
         self.batch.labels(expert).observe(batch_size)
 
-    def refused(self, status: int) -> None:
+    def unanswered(self, status: int) -> None:
+        """A request refused (4xx, 503) or cut short by an error (500)."""
         self.requests.labels("", str(status), "").inc()
 
     def exposition(self) -> tuple[bytes, str]:

@@ -194,7 +194,10 @@ class _Turn:
         from steer.serve.service import chunk, finish_reason, usage
 
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.decision.expert}
-        send = lambda payload: f"data: {json.dumps(payload)}\n\n"  # noqa: E731
+
+        def send(payload: dict) -> str:
+            return f"data: {json.dumps(payload)}\n\n"
+
         yield send(chunk(head, {"role": "assistant", "content": ""}, request=self.chat, extra={"steerlab": self.trace}))
         text, last = "", first
         try:
@@ -206,7 +209,7 @@ class _Turn:
         except Exception as error:  # the headers are sent: the error goes in the stream, in OpenAI's shape
             from steer.serve.service import error_body
 
-            self.service.metrics.refused(500)
+            self.service.metrics.unanswered(500)
             yield send(error_body(500, f"internal error ({type(error).__name__}); the answer was cut short"))
             return
         if self.chat.include_usage:
@@ -347,7 +350,7 @@ class RouterService:
         return JSONResponse(await turn.completion(first, deltas))
 
     def _refused(self, status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
-        self.metrics.refused(status)
+        self.metrics.unanswered(status)
         return _error(status, message, param, headers)
 
     async def write_log(self, response: dict) -> None:

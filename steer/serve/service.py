@@ -51,7 +51,6 @@ REFUSED = {
 NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "parallel_tool_calls": None}  # harmless values
 MAX_STOPS = 4
 MAX_TOP_LOGPROBS = 20
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
