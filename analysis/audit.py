@@ -16,13 +16,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
 from analysis.agency import agency_scores
+from analysis.fluency import FluencyJudge, judge_for, judge_nll
+from analysis.identity import neutralise, swap_gender
 from analysis.letters import (
     DEFAULT_OPENING,
     GREEDY,
+    PLANT_INSTRUCTIONS,
     LetterPrompt,
     build_prompts,
     check_opening,
@@ -31,11 +35,11 @@ from analysis.letters import (
 )
 from analysis.lexicons import wan2023
 from analysis.metrics import letter_metrics
-from analysis.quality import letter_quality
+from analysis.quality import CHECKS, letter_quality
 from experts.errors import SteerlabError
 from experts.expert import Expert
+from experts.files import write_json
 from experts.generate import GenerationSettings, row_seed
-from experts.likelihood import continuation_nll
 from steer.evaluate.sweep import random_like
 from steer.rad.decoding import reward_decoding
 from steer.rad.logit_bias import row_bias_hook, signed_bias, word_tokens
@@ -59,11 +63,13 @@ class Condition:
     letters towards the reward's high end, men's towards its low end); `bias` > 0 a logit bias signed by gender like the counter
     operator (women's letters towards agentic words and away from communal ones, men's the other way); `erase`
     applies the concept eraser; `pronouns` states the candidate's pronouns in the prompt (always with `erase`);
-    `instruction` adds the prompting baseline's sentence."""
+    `instruction` adds the prompting baseline's sentence; `planted` adds the plant's instruction (a skew planted by
+    the prompt: men's letters asked for leadership and ambition, women's for warmth)."""
 
     label: str
     coef: float = 0.0  # the condition's strength, for tables and plots
     steers: tuple[tuple[str, str, float], ...] = ()
+    planted: bool = False
     beta: float = 0.0
     bias: float = 0.0
     erase: bool = False
@@ -80,14 +86,22 @@ class AuditConfig:
     samples: int = 1
     greedy: bool = True
     seed: int = 0
-    max_new_tokens: int = 200
+    max_new_tokens: int = 180
     temperature: float = 0.8
     top_p: float = 0.95
-    repetition_penalty: float = 1.5  # without it, greedy SmolLM2-135M loops in most letters (see README)
+    # Greedy SmolLM2-135M loops without a repeat rule. A repetition penalty (1.5 until 2026-12) stops loops by
+    # forbidding "." and common words, and writes run-on word salad; forbidding a repeated token 4-gram keeps
+    # sentences. 1 is off.
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 4
+    # The letter's length: after this many tokens it ends at its next paragraph break, so a letter is rarely cut
+    # mid-paragraph by the budget (small experts seldom end a letter on their own within 180 tokens).
+    end_at_paragraph_after: int = 100
     opening: str = DEFAULT_OPENING  # the letter's first words, given to the expert ("" for none)
     template: str | None = None
     names_per_gender: int | None = None
     bios: int | None = None  # biographies used (default: the size's)
+    half: str | None = None  # "fit" or "test": one of the size's two disjoint halves of name pairs and biographies
     vector: str | None = None
     coefs: tuple[float, ...] = (0.0,)
     operator: str = "ablate"
@@ -104,6 +118,12 @@ class AuditConfig:
     # −plant_coef) under every condition but "unsteered"; mitigations are then judged against "planted".
     plant_vector: str | None = None
     plant_coef: float = 0.0
+    # The positive control planted by the prompt instead (independent of any steering vector): men's letters asked
+    # to stress leadership and ambition, women's warmth and kindness.
+    plant_prompt: bool = False
+    # With a planted skew: each mitigation also on the unplanted expert (judged against "unsteered"), to show
+    # whether it creates a skew where there was none.
+    side_effects: bool = False
     random_baseline: bool = False  # an equal-norm random vector at the mitigation's largest coefficient
     prompt_baseline: bool = False  # the prompting analogue of the mitigation, one sentence added to the prompt
     logit_biases: tuple[float, ...] = ()  # gender-conditional logit bias on the agency lexicons' words (> 0)
@@ -111,6 +131,9 @@ class AuditConfig:
     # Every mitigation condition (and its baselines) states the candidate's pronouns in the prompt ("Refer to Kelly
     # as she/her."); the unsteered and planted letters do not: it is part of the mitigation, not of the expert.
     state_pronouns: bool = False
+    # The fluency judge (another expert than the writer) and its limit (default: the judge's calibrated limit).
+    judge: str | None = None
+    judge_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.betas and not self.reward:
@@ -127,38 +150,55 @@ class AuditConfig:
             raise SteerlabError(f"samples must be >= 0 with greedy letters, or >= 1 without; got {self.samples}")
         if bool(self.plant_vector) != bool(self.plant_coef):
             raise SteerlabError("a planted skew needs both --plant-vector and a non-zero --plant-coef")
+        if self.plant_vector and self.plant_prompt:
+            raise SteerlabError("plant a skew by a vector or by the prompt, not both")
+        if self.side_effects and not self.planted:
+            raise SteerlabError("side effects are measured against a planted skew's mitigations; plant one")
         if any(not (math.isfinite(b) and b > 0) for b in self.logit_biases):
             raise SteerlabError(f"logit bias strengths must be finite and > 0, got {list(self.logit_biases)}")
         if self.random_baseline and not any(self.coefs):
             raise SteerlabError("the random-vector baseline needs a --vector and coefficients other than 0")
         check_opening(self.opening)
         GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                           repetition_penalty=self.repetition_penalty)  # typed errors for bad decoding settings
+                           repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size,
+                           end_at_paragraph_after=self.end_at_paragraph_after)  # typed errors for bad decoding settings
+        build_prompts(self.size, self.template, self.names_per_gender, self.bios, self.half)  # a bad prompt set too
+
+    @property
+    def planted(self) -> bool:
+        return bool(self.plant_vector) or self.plant_prompt
 
     @property
     def reference(self) -> str:
         """The condition mitigations are judged against: the planted expert, or the unsteered one."""
-        return "planted" if self.plant_vector else "unsteered"
+        return "planted" if self.planted else "unsteered"
 
-    def conditions(self) -> list[Condition]:
-        plant = (("plant", "counter", -self.plant_coef),) if self.plant_vector else ()
-        prefix = "planted+" if plant else ""
+    def _mitigations(self, prefix: str, plant: tuple, planted: bool) -> list[Condition]:
         coefs = [c for c in self.coefs if c != 0]
         women = "" if self.female_scale == 1 else ",women@{:g}"  # men's coefficient first, then women's
         said = self.state_pronouns
         out = [Condition(f"{prefix}{self.operator}@{c:g}{women.format(c * self.female_scale)}", c,
-                         plant + (("vector", self.operator, c),), pronouns=said) for c in coefs]
+                         plant + (("vector", self.operator, c),), planted, pronouns=said) for c in coefs]
         if self.random_baseline:  # at the largest coefficient: equal norm, the same per-gender signs and scale
             c = max(coefs, key=abs)
             out.append(Condition(f"{prefix}random@{c:g}{women.format(c * self.female_scale)}", c,
-                                 plant + (("random", self.operator, c),), pronouns=said))
+                                 plant + (("random", self.operator, c),), planted, pronouns=said))
         if self.prompt_baseline:
-            out.append(Condition(f"{prefix}prompt", 0.0, plant, instruction=True, pronouns=said))
-        out += [Condition(f"{prefix}bias@{b:g}", b, plant, bias=b, pronouns=said) for b in self.logit_biases]
+            out.append(Condition(f"{prefix}prompt", 0.0, plant, planted, instruction=True, pronouns=said))
+        out += [Condition(f"{prefix}bias@{b:g}", b, plant, planted, bias=b, pronouns=said) for b in self.logit_biases]
         if self.eraser:
-            out.append(Condition(f"{prefix}erase", 0.0, plant, erase=True, pronouns=True))
-        out += [Condition(f"{prefix}rad@{b:g}", b, plant, beta=b, pronouns=said) for b in self.betas if b != 0]
-        return [Condition("unsteered")] + ([Condition("planted", self.plant_coef, plant)] if plant else []) + out
+            out.append(Condition(f"{prefix}erase", 0.0, plant, planted, erase=True, pronouns=True))
+        out += [Condition(f"{prefix}rad@{b:g}", b, plant, planted, beta=b, pronouns=said) for b in self.betas if b != 0]
+        return out
+
+    def conditions(self) -> list[Condition]:
+        plant = (("plant", "counter", -self.plant_coef),) if self.plant_vector else ()
+        if not self.planted:
+            return [Condition("unsteered"), *self._mitigations("", (), False)]
+        planted = Condition("planted", self.plant_coef, plant, self.plant_prompt)
+        side = [c for c in self._mitigations("", (), False) if ("vector", self.operator, c.coef) in c.steers
+                ] if self.side_effects else []
+        return [Condition("unsteered"), planted, *self._mitigations("planted+", plant, self.plant_prompt), *side]
 
 
 @dataclass
@@ -181,7 +221,7 @@ def _identity(config: AuditConfig) -> dict[str, Any]:
 def open_run(config: AuditConfig, out: Path, expert: Expert) -> AuditRun:
     """Create or resume the run in `out`; refuse a folder holding another run's results."""
     # bad settings fail before anything is written
-    prompts = build_prompts(config.size, config.template, config.names_per_gender, config.bios)
+    prompts = build_prompts(config.size, config.template, config.names_per_gender, config.bios, config.half)
     claim_folder(out, _identity(config), expert.fingerprint, LETTERS)
     return AuditRun(config, out, prompts, expert.fingerprint)
 
@@ -264,9 +304,12 @@ class LetterJob:
         chunk = [(state.prompts[prompt_id], sample) for prompt_id, sample in shard["items"]]
         settings = GenerationSettings(max_new_tokens=config.max_new_tokens, do_sample=not shard["greedy"],
                                       temperature=config.temperature, top_p=config.top_p, seed=config.seed,
-                                      repetition_penalty=config.repetition_penalty)
+                                      repetition_penalty=config.repetition_penalty,
+                                      no_repeat_ngram_size=config.no_repeat_ngram_size,
+                                      end_at_paragraph_after=config.end_at_paragraph_after)
         seeds = [row_seed(config.seed, p.text, s) for p, s in chunk]
-        instructions = [" ".join(([instruction_for(p, config.operator)] if condition.instruction else [])
+        instructions = [" ".join(([PLANT_INSTRUCTIONS[p.gender]] if condition.planted else [])
+                                 + ([instruction_for(p, config.operator)] if condition.instruction else [])
                                  + ([pronoun_instruction(p)] if condition.pronouns else [])) for p, _ in chunk]
         openings = [config.opening.format(name=p.name) for p, _ in chunk]
         formatted = expert.format_prompts([f"{p.text} {extra}".strip() for (p, _), extra in zip(chunk, instructions)])
@@ -320,27 +363,67 @@ def generate_letters(expert: Expert | None, run: AuditRun, batch_size: int = 16,
                progress=progress, desc="letters")
 
 
-def score_letters(expert: Expert | None, rows: list[dict[str, Any]], mode: str = "words", agency: bool = True,
-                  progress: bool = False) -> pd.DataFrame:
-    """One row per letter with its metrics, the letter-quality gate's checks (`gate_*`), the paper's language-agency
-    scores (`agentic_share`: the share of sentences the agency classifier calls agentic) and (given an expert)
-    perplexity under the unsteered expert, given the prompt and the letter's opening."""
-    frame = pd.DataFrame([{**{k: v for k, v in r.items() if k != "token_ids"},
-                           **letter_metrics(r["letter"], r["name"], r["gender"], mode),
-                           **{f"gate_{k}": v for k, v in letter_quality(r["letter"], r["name"], r["gender"],
-                                                                        r["finish_reason"]).items()}} for r in rows])
-    if agency and len(frame):
-        frame = pd.concat([frame, agency_scores(frame.letter.tolist(), progress=progress)], axis=1)
-    if expert is not None and len(frame):
-        contexts = [prompt + r.get("opening", "") for prompt, r in zip(expert.format_prompts([r["text"] for r in rows]), rows)]
-        nll = continuation_nll(expert, contexts, [r["token_ids"] for r in rows], progress=progress)
-        frame["perplexity"] = [math.exp(x) for x in nll]  # nan stays nan
-    return frame
+def twin_names(frame: pd.DataFrame) -> list[str]:
+    """Per letter, the name of its twin (the pair's letter of the other gender)."""
+    names = frame.groupby(["pair_id", "gender"])["name"].first()
+    other = {"female": "male", "male": "female"}
+    return [names.get((pair, other[gender]), name) for pair, gender, name in zip(frame.pair_id, frame.gender, frame.name)]
+
+
+def swapped_letters(frame: pd.DataFrame) -> list[str]:
+    """Each letter with the candidate's identity swapped for its twin's: the name (part by part) and the gendered
+    words, as `analysis.identity.swap_gender` rewrites a biography."""
+    other = {"female": "male", "male": "female"}
+    return [swap_gender(letter, name.split(), twin.split(), to=other[gender])
+            for letter, name, twin, gender in zip(frame.letter, frame.name, twin_names(frame), frame.gender)]
+
+
+def _identity_scores(letters: list[str], names: list[str], genders: list[str], mode: str, agency: bool) -> pd.DataFrame:
+    """The scores the swap test compares: lexicon rates about the candidate and the agentic share."""
+    metrics = pd.DataFrame([letter_metrics(text, name, gender, mode) for text, name, gender in zip(letters, names, genders)])
+    scores = metrics[[f"{lexicon}_about_rate" for lexicon in wan2023().names]]
+    if agency:
+        neutral = [neutralise(text, [name]) for text, name in zip(letters, names)]
+        scores = scores.assign(agentic_share=agency_scores(neutral)["agentic_share"].to_numpy())
+    return scores
+
+
+def score_letters(rows: list[dict[str, Any]] | pd.DataFrame, judge: FluencyJudge, judge_expert: Expert,
+                  mode: str = "words", agency: bool = True, progress: bool = False) -> pd.DataFrame:
+    """One row per letter: its metrics on the neutralised letter, the letter-quality gate's checks (`gate_*`,
+    fluency under `judge_expert`), the paper's language-agency scores (`agentic_share`: the share of sentences
+    the agency classifier calls agentic), and the same scores of the letter with its identity swapped for its
+    twin's (`swap_*`, for the swap test)."""
+    frame = pd.DataFrame(rows).drop(columns=["token_ids"], errors="ignore").reset_index(drop=True)
+    if frame.empty:
+        return frame
+    letters, names, genders = frame.letter.tolist(), frame.name.tolist(), frame.gender.tolist()
+    # the judge (the costly check) reads only the letters that pass every other check
+    other = [all(v for k, v in letter_quality(text, name, gender, None, judge.threshold).items() if k in CHECKS
+                 and k != "fluent") for text, name, gender in zip(letters, names, genders)]
+    judged = [i for i, ok in enumerate(other) if ok]
+    nll: list[float | None] = [None] * len(letters)
+    for i, x in zip(judged, judge_nll(judge_expert, [letters[i] for i in judged], progress=progress) if judged else []):
+        nll[i] = x
+    metrics = pd.DataFrame([letter_metrics(text, name, gender, mode) for text, name, gender in zip(letters, names, genders)])
+    gate = pd.DataFrame([letter_quality(text, name, gender, x, judge.threshold)
+                         for text, name, gender, x in zip(letters, names, genders, nll)]).add_prefix("gate_")
+    frame = pd.concat([frame.drop(columns=[c for c in metrics.columns.union(gate.columns) if c in frame]), metrics, gate],
+                      axis=1)
+    if agency:
+        frame = pd.concat([frame, agency_scores([neutralise(text, [name]) for text, name in zip(letters, names)])], axis=1)
+    twins = twin_names(frame)
+    other = {"female": "male", "male": "female"}
+    swapped = _identity_scores(swapped_letters(frame), twins, [other[g] for g in genders], mode, agency)
+    return pd.concat([frame, swapped.add_prefix("swap_")], axis=1)
 
 
 def run_audit(config: AuditConfig, out: Path, *, batch_size: int = 16, progress: bool = True,
-              expert: Expert | None = None, executor: Executor | None = None) -> Path:
-    """Generate (or resume) on `executor` (default: this process), score and report; returns report.md's path."""
+              expert: Expert | None = None, executor: Executor | None = None, judge_expert: Expert | None = None,
+              context: dict[str, Any] | None = None) -> Path:
+    """Generate (or resume) on `executor` (default: this process), score (fluency under the judge: `judge_expert`,
+    loaded when not given) and report; returns report.md's path. `context` adds what the report should say about
+    how the run was set up (a study's fitting)."""
     from analysis.report import build_report
 
     expert = expert or Expert.load(config.expert)
@@ -352,6 +435,45 @@ def run_audit(config: AuditConfig, out: Path, *, batch_size: int = 16, progress:
         ConceptEraser.load(config.eraser, expert)
     run = open_run(config, out, expert)
     generate_letters(expert, run, batch_size=batch_size, progress=progress, executor=executor)
-    frame = score_letters(expert, read_rows(run.letters_path), progress=progress)
+    judge = judge_for(config.expert, config.judge, config.judge_threshold)
+    judge_expert = judge_expert or Expert.load(judge.expert, device=str(expert.device))
+    frame = score_letters(read_rows(run.letters_path), judge, judge_expert, progress=progress)
     manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-    return build_report(out, frame, manifest, seed=config.seed)
+    plant = "vector" if config.plant_vector else "prompt" if config.plant_prompt else None
+    return build_report(out, frame, manifest, {"writer": expert.name, "judge": judge.to_dict(), "plant": plant,
+                                               "seed": config.seed, **(context or {})}, seed=config.seed)
+
+
+# What a published study found on the letters `steer audit letters-file` reads, stated beside its own result.
+PUBLISHED = {
+    "wan2023-cbg": "Wan et al. (2023) report that ChatGPT's context-based letters for men are more agentic than those "
+                   "for women (their BERT agency classifier, per-letter share of agentic sentences, one-sided t-test: "
+                   "t = 10.47)",
+}
+
+
+def audit_letters(frame: pd.DataFrame, record: dict[str, Any], out: Path, *, judge: str | None = None,
+                  judge_threshold: float | None = None, max_pairs: int | None = None, seed: int = 0,
+                  progress: bool = True) -> Path:
+    """The audit of letters someone else wrote (`analysis.letters_file`): gate, signed gaps on neutralised letters,
+    swap test, scrambled-label control, lexicon tables and report, as for generated letters; `max_pairs` audits a
+    seeded sample of the twin pairs. Returns report.md's path."""
+    from analysis.report import build_report
+
+    if max_pairs is not None:
+        if max_pairs < 1:
+            raise SteerlabError(f"--max-pairs must be >= 1, got {max_pairs}")
+        pairs = sorted(frame.pair_id.unique())
+        keep = set(np.random.default_rng(seed).permutation(pairs)[:max_pairs])
+        frame = frame[frame.pair_id.isin(keep)].reset_index(drop=True)
+    spec = judge_for("", judge, judge_threshold)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"source": record, "config": {"max_pairs": max_pairs, "seed": seed}}
+    write_json(out / MANIFEST, manifest)
+    frame = frame.assign(condition="unsteered", coef=0.0, prompt_id=frame.pair_id + "-" + frame.gender.str[0])
+    if "occupation" not in frame:
+        frame = frame.assign(occupation="—")
+    scored = score_letters(frame, spec, Expert.load(spec.expert), progress=progress)
+    context = {"writer": f"letters from {record['source']}", "judge": spec.to_dict(), "plant": None, "seed": seed,
+               "published": PUBLISHED.get(record["format"])}
+    return build_report(out, scored, manifest, context, seed=seed)

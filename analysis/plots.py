@@ -6,6 +6,8 @@ scripts need no display, and nothing is left in pyplot's global state.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -101,21 +103,29 @@ def occupation_heatmap(table: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def mitigation_frontier_plot(table: pd.DataFrame, title: str) -> Figure:
-    """Per condition: the change of the agency gap against its reference (95% CI; lower is less stereotyped)
-    against the gate pass rate (right is more fluent), and the stereotype-gap change beside it."""
-    fig, axes = subplots(1, 2, figsize=(11, 4.5))
+def mitigation_frontier_plot(table: pd.DataFrame, title: str, confidence: float) -> Figure:
+    """Per condition: the change of each signed gap against its reference (its `confidence` CI; below 0 is less
+    stereotyped) against the gate pass rate (right is more fluent). A condition without a change (too few gated
+    pairs) is listed under the axes, never dropped silently."""
+    fig, axes = subplots(1, 2, figsize=(11, 4.8))
     rows = table[table.condition != "unsteered"]
     for ax, gap, unit in zip(axes, ("agency", "stereotype"), ("points of agentic sentences", "hits / 1,000 words")):
+        missing = []
         for row in rows.itertuples():
             change, low, high = (getattr(row, f"{gap}_change"), getattr(row, f"{gap}_ci_low"), getattr(row, f"{gap}_ci_high"))
-            ax.errorbar([row.gate_pass_rate], [change], yerr=[[change - low], [high - change]], fmt="o", capsize=3)
+            if math.isnan(change):
+                missing.append(row.condition)
+                continue
+            error = [[change - low], [high - change]] if not (math.isnan(low) or math.isnan(high)) else None
+            ax.errorbar([row.gate_pass_rate], [change], yerr=error, fmt="o", mfc=None if error else "none", capsize=3)
             ax.annotate(f"{row.condition} (vs {row.against})", (row.gate_pass_rate, change), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set(xlabel="gate pass rate (right: more letters are letters)", xlim=(-0.05, 1.05),
-               ylabel=f"Δ gap, male − female ({unit}); 95% CI", title=f"{gap} gap: below 0 = less stereotyped")
-    fig.suptitle(title)
+               ylabel=f"Δ gap, male − female ({unit}); {confidence:.1%} CI")
+        ax.set_title(f"{gap} gap: below 0 = less stereotyped"
+                     + ("\nnot shown, too few gated pairs: " + ", ".join(missing) if missing else ""), fontsize=9)
+    fig.suptitle(title + " (hollow: no CI)")
     return fig
 
 

@@ -26,6 +26,7 @@ from experts.generate import (
     GenerationResult,
     GenerationSettings,
     LogitsHook,
+    ParagraphTokens,
     Prefill,
     StepHook,
     check_batch_size,
@@ -57,6 +58,10 @@ def _parse_device(device: str | torch.device | None) -> torch.device:
     if target.type not in ("cpu", "cuda", "mps"):
         raise SteerlabError(f"unsupported device {device!r}; choose cpu, cuda or cuda:N")
     return target
+
+
+def _ends_at_paragraphs(settings: GenerationSettings | Sequence[GenerationSettings]) -> bool:
+    return any(s.end_at_paragraph_after for s in ([settings] if isinstance(settings, GenerationSettings) else settings))
 
 
 def _architecture(spec: ExpertSpec, model: PreTrainedModel) -> str:
@@ -301,6 +306,8 @@ class Expert:
         num_samples: int = 1,
         stop_at_eos: bool = True,
         repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        end_at_paragraph_after: int = 0,
         chat: bool | None = None,
         system: str | None = None,
         batch_size: int = 8,
@@ -311,7 +318,9 @@ class Expert:
         """Generate `num_samples` continuations of each prompt, `batch_size` rows at a time.
 
         Greedy by default; `do_sample=True` samples with `temperature`, `top_k` (0: off) and `top_p` (1: off);
-        `repetition_penalty` > 1 discourages tokens the row has already generated (see `GenerationSettings`);
+        `repetition_penalty` > 1 discourages tokens the row has already generated, `no_repeat_ngram_size` forbids
+        repeating a token n-gram, `end_at_paragraph_after` ends a row at its first paragraph break after that many
+        tokens (see `GenerationSettings`);
         each row from its own generator seeded from (`seed`, prompt, sample index). `chat` applies the chat
         template (default: when the expert has one), with an optional `system` message. `logits_hook(logits,
         state)` may re-weight each step's logits (reward-augmented decoding); `prefill` continues a forward
@@ -320,7 +329,8 @@ class Expert:
         """
         settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                       top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples, stop_at_eos=stop_at_eos,
-                                      repetition_penalty=repetition_penalty)
+                                      repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                                      end_at_paragraph_after=end_at_paragraph_after)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or any(not p.strip() for p in prompts):
             raise EmptyPromptsError()
@@ -369,7 +379,12 @@ class Expert:
             raise SteerlabError("a reused prefill must come from exactly these formatted prompts, in this order")
         return decode(self.model, self.tokenize(formatted), settings, seeds, stop_ids=self.eos_ids,
                       pad_id=self.pad_token_id, logits_hook=logits_hook, prefill=prefill, rows=rows, n_prompts=n_prompts,
-                      on_step=on_step)
+                      on_step=on_step, paragraph=self.paragraph_tokens if _ends_at_paragraphs(settings) else None)
+
+    @cached_property
+    def paragraph_tokens(self) -> ParagraphTokens:
+        """Where this vocabulary's paragraph breaks are (for `end_at_paragraph_after`)."""
+        return ParagraphTokens.from_texts(self.tokenizer.batch_decode([[i] for i in range(self.model.config.vocab_size)]))
 
     def run_with_cache(
         self,

@@ -30,7 +30,11 @@ class GenerationSettings:
     """Decoding settings. `do_sample=False` is greedy; `top_k=0` and `top_p=1` disable those filters.
     `repetition_penalty` > 1 is the CTRL penalty (Keskar et al. 2019, as in transformers): the logit of a token
     the row has already generated is divided by it (multiplied when negative); unlike transformers, prompt
-    tokens are not penalised (a letter may repeat the candidate's name). 1 leaves decoding bit-identical."""
+    tokens are not penalised (a letter may repeat the candidate's name). 1 leaves decoding bit-identical.
+    `no_repeat_ngram_size` n > 0 forbids a row to generate any token n-gram it has generated before (as in
+    transformers, but over the generated tokens only); 0 is off. `end_at_paragraph_after` t > 0 is a length limit
+    that never cuts a paragraph: after t generated tokens a row ends at its next paragraph break (a blank line),
+    with the finish reason "paragraph"; `max_new_tokens` still caps it."""
 
     max_new_tokens: int = 64
     do_sample: bool = False
@@ -41,6 +45,8 @@ class GenerationSettings:
     num_samples: int = 1
     stop_at_eos: bool = True
     repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    end_at_paragraph_after: int = 0
 
     def keywords(self) -> dict[str, Any]:
         """These settings as `Expert.generate` keywords: `expert.generate(prompts, **settings.keywords())`."""
@@ -54,6 +60,8 @@ class GenerationSettings:
             "top_p": 0 < self.top_p <= 1,
             "num_samples": self.num_samples >= 1,
             "repetition_penalty": self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty),
+            "no_repeat_ngram_size": self.no_repeat_ngram_size >= 0,
+            "end_at_paragraph_after": self.end_at_paragraph_after >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -146,6 +154,53 @@ class GenerationResult:
         return {"expert": self.expert, **asdict(self.config)}
 
 
+@dataclass(frozen=True)
+class ParagraphTokens:
+    """Which tokens of a vocabulary hold a blank line, or begin or end with a line break (a paragraph break is a
+    token that holds a blank line, or a line break right after a token that ends with one)."""
+
+    blank: Tensor  # (vocab,) bool
+    starts_newline: Tensor
+    ends_newline: Tensor
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str]) -> ParagraphTokens:
+        return cls(torch.tensor(["\n\n" in t for t in texts]), torch.tensor([t.startswith("\n") for t in texts]),
+                   torch.tensor([t.endswith("\n") for t in texts]))
+
+    def breaks(self, previous: Tensor | None, tokens: Tensor) -> Tensor:
+        """Per row: does `tokens` (after `previous`, None at the first step) complete a paragraph break?"""
+        blank = self.blank.to(tokens.device)[tokens]
+        if previous is None:
+            return blank
+        return blank | (self.ends_newline.to(tokens.device)[previous] & self.starts_newline.to(tokens.device)[tokens])
+
+
+class _NgramBan:
+    """Per row, the token n-grams it has generated, to forbid a repeat (`no_repeat_ngram_size`)."""
+
+    def __init__(self, sizes: Sequence[int]):
+        self.sizes = list(sizes)
+        self.seen: list[dict[tuple[int, ...], set[int]]] = [{} for _ in self.sizes]
+        self.history: list[list[int]] = [[] for _ in self.sizes]
+
+    def apply(self, logits: Tensor) -> Tensor:
+        for row, n in enumerate(self.sizes):
+            if n and len(self.history[row]) >= n - 1:
+                banned = self.seen[row].get(tuple(self.history[row][len(self.history[row]) - n + 1 :]))
+                if banned:
+                    logits[row, list(banned)] = float("-inf")
+        return logits
+
+    def add(self, tokens: list[int]) -> None:
+        for row, (n, token) in enumerate(zip(self.sizes, tokens)):
+            if n:
+                prefix = tuple(self.history[row][len(self.history[row]) - n + 1 :]) if n > 1 else ()
+                if len(prefix) == n - 1:
+                    self.seen[row].setdefault(prefix, set()).add(token)
+            self.history[row].append(token)
+
+
 LogitsHook = Callable[[Tensor, DecodeState], Tensor]
 # Called after each step with (step, the logits the tokens were chosen from, the tokens); may return a bool mask of
 # rows to finish now (a stop string completed): their reason is "stop" and their ids end with this step's token.
@@ -230,9 +285,10 @@ def decode(
     rows: Sequence[int] | None = None,
     n_prompts: int | None = None,
     on_step: StepHook | None = None,
+    paragraph: ParagraphTokens | None = None,
 ) -> tuple[list[list[int]], list[str]]:
     """Generate for one batch of prompt tokens; returns the new token ids and finish reasons ("eos",
-    "length", or "stop" when `on_step` finished the row). `config` is one setting for every row, or one per
+    "length", "paragraph" under `end_at_paragraph_after`, or "stop" when `on_step` finished the row). `config` is one setting for every row, or one per
     row (its own sampling, temperature, top-p and token budget; a row stops at its own budget).
     With `prefill`, step 0 reuses that forward pass instead of running the prompts again. `rows`
     says which prompt of the caller each row is (default: row i is prompt i), so per-prompt
@@ -248,7 +304,11 @@ def decode(
         raise SteerlabError(f"{len(configs)} generation settings given for a batch of {batch.input_ids.shape[0]} rows")
     config = _shared(configs)
     limits = torch.tensor([c.max_new_tokens for c in configs], device=device)
-    stopped_at: list[int | None] = [None] * len(configs)
+    stopped_at: list[tuple[int, str] | None] = [None] * len(configs)
+    paragraph_after = torch.tensor([c.end_at_paragraph_after for c in configs], device=device)
+    if bool((paragraph_after > 0).any()) and paragraph is None:
+        raise SteerlabError("end_at_paragraph_after needs the vocabulary's paragraph tokens (Expert passes them)")
+    ngrams = _NgramBan([c.no_repeat_ngram_size for c in configs]) if any(c.no_repeat_ngram_size for c in configs) else None
     if prefill is not None and count_forward_hooks(model):
         raise SteerlabError("a reused prefill ran without the hooks now attached (steering); run the prompts again")
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
@@ -287,6 +347,8 @@ def decode(
             if config.repetition_penalty != 1.0:
                 seen = torch.zeros_like(logits, dtype=torch.bool) if seen is None else seen
                 logits = _penalise_repeats(logits, seen, config.repetition_penalty)
+            if ngrams is not None:
+                logits = ngrams.apply(logits.clone())
             if logits_hook is not None:
                 logits = logits_hook(logits, state)
         if per_row:
@@ -297,9 +359,17 @@ def decode(
         generated.append(tokens)
         if seen is not None:
             seen[torch.arange(tokens.shape[0], device=device), tokens] = True
+        if ngrams is not None:
+            ngrams.add(tokens.tolist())
         if on_step is not None and (ended := on_step(step, logits, tokens)) is not None:
             for i in torch.nonzero(ended & ~finished).flatten().tolist():
-                stopped_at[i] = step
+                stopped_at[i] = (step, "stop")
+            finished |= ended
+        if paragraph is not None:
+            ended = (paragraph_after > 0) & (step + 1 >= paragraph_after) & paragraph.breaks(
+                generated[-2] if step else None, tokens)
+            for i in torch.nonzero(ended & ~finished).flatten().tolist():
+                stopped_at[i] = (step, "paragraph")
             finished |= ended
         if config.stop_at_eos:
             finished |= torch.isin(tokens, stop)
@@ -321,14 +391,14 @@ def check_batch_size(batch_size: int) -> None:
 
 
 def _trim(rows: list[list[int]], stop_ids: set[int], configs: Sequence[GenerationSettings],
-          stopped_at: Sequence[int | None]) -> tuple[list[list[int]], list[str]]:
-    """Cut each row at its budget, after its first EOS (kept out of the ids) or after the step that finished it,
-    and say why it stopped."""
+          stopped_at: Sequence[tuple[int, str] | None]) -> tuple[list[list[int]], list[str]]:
+    """Cut each row at its budget, after its first EOS (kept out of the ids) or after the step that finished it
+    (a stop string, a paragraph break), and say why it stopped."""
     token_ids, reasons = [], []
-    for row, config, stop_step in zip(rows, configs, stopped_at):
-        row = row[: config.max_new_tokens if stop_step is None else stop_step + 1]
+    for row, config, stop in zip(rows, configs, stopped_at):
+        row = row[: config.max_new_tokens if stop is None else stop[0] + 1]
         cut = next((i for i, t in enumerate(row) if t in stop_ids), None) if config.stop_at_eos else None
         token_ids.append(row if cut is None else row[:cut])
-        reasons.append("eos" if cut is not None else "stop" if stop_step is not None else "length")
+        reasons.append("eos" if cut is not None else stop[1] if stop is not None else "length")
     return token_ids, reasons
 

@@ -15,16 +15,31 @@ if TYPE_CHECKING:
     from experts.expert import Expert
 
 
-@torch.inference_mode()
 def continuation_nll(
     expert: Expert, formatted_prompts: Sequence[str], continuations: Sequence[Sequence[int]], batch_size: int = 8,
     progress: bool = False,
 ) -> list[float]:
-    """Mean negative log-likelihood per continuation token (nan for an empty continuation).
+    """Mean negative log-likelihood per continuation token (nan for an empty continuation), given each prompt."""
+    return _nll([expert.encode(p) for p in formatted_prompts], continuations, expert, batch_size, progress)
 
-    Rows are batched by length (less padding), and logits are computed only for the positions that predict a
+
+def text_nll(expert: Expert, texts: Sequence[str], batch_size: int = 8, max_tokens: int = 512,
+             progress: bool = False) -> list[float]:
+    """Mean negative log-likelihood per token of each text read as plain text (after the tokenizer's BOS token
+    when it has one, else from its second token), its first `max_tokens` tokens: how fluent the text is to this
+    expert. NaN for a text too short to have a predicted token."""
+    bos = expert.tokenizer.bos_token_id
+    ids = [expert.tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens] for text in texts]
+    prompts = [[bos] if bos is not None else row[:1] for row in ids]
+    return _nll(prompts, [row if bos is not None else row[1:] for row in ids], expert, batch_size, progress)
+
+
+@torch.inference_mode()
+def _nll(prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], expert: Expert, batch_size: int,
+         progress: bool) -> list[float]:
+    """Rows are batched by length (less padding), and logits are computed only for the positions that predict a
     continuation token (left padding puts them last in every row), as logsumexp − the chosen logit."""
-    prompts = [expert.encode(p) for p in formatted_prompts]
+    prompts = [list(p) for p in prompts]
     conts = [list(c) for c in continuations]
     order = sorted(range(len(conts)), key=lambda i: len(prompts[i]) + len(conts[i]))
     out = [float("nan")] * len(conts)

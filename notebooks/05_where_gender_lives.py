@@ -241,7 +241,8 @@ steering_table[["condition", "letters", "stereotype_verdict", "stereotype_change
 
 # %%
 row = steering_table[steering_table["condition"] != "unsteered"].iloc[0]
-lexical = row["stereotype_verdict"] if row["stereotype_verdict"] != "no detectable change" else "did not detectably change"
+lexical = ("did not detectably change" if row["stereotype_verdict"] == "no detectable change"
+           else f"gave the verdict \"{row['stereotype_verdict']}\" on")
 information = ("reduced" if change.ci_high < 0 else "increased" if change.ci_low > 0 else "did not detectably change")
 print(f"Ablating the male-minus-female direction {information} the pronoun gap "
       f"({change.mean_diff:+.2f} [{change.ci_low:+.2f}, {change.ci_high:+.2f}] logits) and {lexical} the stereotype gap "

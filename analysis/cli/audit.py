@@ -25,14 +25,17 @@ def cmd_letters(args: argparse.Namespace) -> dict[str, Any]:
 
     config = AuditConfig(expert=args.expert, size=args.size, samples=args.samples, greedy=not args.no_greedy,
                          seed=args.seed, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
+                         no_repeat_ngram_size=args.no_repeat_ngram_size,
+                         end_at_paragraph_after=args.end_at_paragraph_after, half=args.half,
                          opening=args.opening, template=args.template, names_per_gender=args.names_per_gender,
                          bios=args.bios, vector=args.vector, coefs=parse_numbers(args.coefs), operator=args.operator,
                          female_scale=args.female_scale, state_pronouns=args.state_pronouns, positions=args.positions, reward=args.reward,
                          betas=parse_numbers(args.beta, "--beta") if args.beta else (), top_k=args.top_k,
-                         plant_vector=args.plant_vector, plant_coef=args.plant_coef,
+                         plant_vector=args.plant_vector, plant_coef=args.plant_coef, plant_prompt=args.plant_prompt,
+                         side_effects=args.side_effects,
                          random_baseline=args.random_baseline, prompt_baseline=args.prompt_baseline,
                          logit_biases=parse_numbers(args.logit_bias, "--logit-bias") if args.logit_bias else (),
-                         eraser=args.eraser)
+                         eraser=args.eraser, judge=args.judge, judge_threshold=args.judge_threshold)
     report = run_audit(config, Path(args.out), batch_size=args.batch_size, executor=executor_from_args(args))
     return _finish(report)
 
@@ -53,8 +56,16 @@ def cmd_mitigate(args: argparse.Namespace) -> dict[str, Any]:
              "logit_biases": _strengths(args.logit_bias, "--logit-bias")}
     settings = StudySettings(expert=args.expert, size=args.size, layers=tuple(parse_layers(args.layers)) if args.layers else None,
                              seed=args.seed, max_new_tokens=args.max_new_tokens, names_per_gender=args.names_per_gender,
-                             bios=args.bios, erase=not args.no_erase, **{k: v for k, v in given.items() if v is not None})
+                             bios=args.bios, plant=args.plant, erase=args.erase, judge=args.judge,
+                             judge_threshold=args.judge_threshold,
+                             **{k: v for k, v in given.items() if v is not None})
     return _finish(run_study(settings, Path(args.out), executor=executor_from_args(args)))
+
+
+def add_judge_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--judge", help="the fluency judge, another expert than the writer (default: the first "
+                        "calibrated one that did not write the letters)")
+    parser.add_argument("--judge-threshold", type=float, help="its limit on mean per-token NLL (default: calibrated)")
 
 
 def _strengths(text: str | None, option: str) -> tuple[float, ...] | None:
@@ -103,6 +114,18 @@ def cmd_lexicon(args: argparse.Namespace) -> dict[str, float]:
     return {r["lexicon"]: r["odds_ratio"] for r in rows}
 
 
+def cmd_letters_file(args: argparse.Namespace) -> dict[str, Any]:
+    from analysis.audit import audit_letters
+    from analysis.letters_file import LetterColumns, load_letters
+
+    columns = LetterColumns(text=args.text_column, name=args.name_column, gender=args.gender_column,
+                            pair=args.pair_column, cluster=args.cluster_column)
+    frame, record = load_letters(args.path, args.format, columns)
+    report = audit_letters(frame, record, Path(args.out), judge=args.judge, judge_threshold=args.judge_threshold,
+                           max_pairs=args.max_pairs, seed=args.seed)
+    return _finish(report)
+
+
 def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.report import rebuild_report
 
@@ -133,17 +156,27 @@ def add_commands(sub) -> None:
     letters.add_argument("--beta", help="reward strengths, e.g. 5 or 5,10")
     letters.add_argument("--top-k", type=int, default=20, help="candidates re-weighted by the reward")
     letters.add_argument("--positions", default="from:1", help="where to steer (default from:1: not the attention sink)")
-    letters.add_argument("--max-new-tokens", type=int, default=200)
-    letters.add_argument("--repetition-penalty", type=float, default=1.5, help="1 for none")
+    letters.add_argument("--half", choices=["fit", "test"],
+                         help="one of the size's two disjoint halves of name pairs and biographies")
+    letters.add_argument("--max-new-tokens", type=int, default=180)
+    letters.add_argument("--end-at-paragraph-after", type=int, default=100,
+                         help="after this many tokens a letter ends at its next paragraph break (0: off)")
+    letters.add_argument("--no-repeat-ngram-size", type=int, default=4, help="forbid repeating a token n-gram (0: off)")
+    letters.add_argument("--repetition-penalty", type=float, default=1.0, help="1 for none")
     letters.add_argument("--opening", default=DEFAULT_OPENING, help="the letter's first words, may use {name} ('' for none)")
     letters.add_argument("--plant-vector", help="positive control: plant a skew along this vector (+ for men, − for women)")
     letters.add_argument("--plant-coef", type=float, default=0.0)
+    letters.add_argument("--plant-prompt", action="store_true",
+                         help="positive control: plant a skew by the prompt (men asked for ambition, women for warmth)")
+    letters.add_argument("--side-effects", action="store_true",
+                         help="with a planted skew: each mitigation also on the unplanted expert")
     letters.add_argument("--random-baseline", action="store_true", help="equal-norm random vector at the largest coefficient")
     letters.add_argument("--prompt-baseline", action="store_true", help="the prompting analogue of the mitigation")
     letters.add_argument("--logit-bias", help="gender-conditional logit bias on the agency lexicons' words, e.g. 3")
     letters.add_argument("--eraser", help="concept-eraser file (LEACE, steer.vectors.erasure): erase, state pronouns")
     letters.add_argument("--batch-size", type=int, default=16)
     letters.add_argument("--seed", type=int, default=0)
+    add_judge_options(letters)
     add_backend_options(letters)
     set_command(letters, cmd_letters)
 
@@ -154,21 +187,39 @@ def add_commands(sub) -> None:
     mitigate.add_argument("--size", default="small", choices=SIZES)
     mitigate.add_argument("--names-per-gender", type=int)
     mitigate.add_argument("--bios", type=int, help="biographies used (default: the size's)")
-    mitigate.add_argument("--plant-coef", type=float,
-                          help="size of the planted skew (default: the demo's 2; 0: mitigate the expert's own skew)")
-    mitigate.add_argument("--coefs", help="counter-steering strengths along the content direction for men's letters "
-                          "(default: the demo's 8)")
+    mitigate.add_argument("--plant", default="prompt", choices=["prompt", "vector"],
+                          help="how the positive control's skew is planted (default: by the prompt)")
+    mitigate.add_argument("--plant-coef", type=float, help="with --plant vector: its strength (default: the demo's 2)")
+    mitigate.add_argument("--coefs", help="counter-steering strengths tried on the fit half, for men's letters "
+                          "(default: the demo's 0.125,0.25)")
     mitigate.add_argument("--female-scale", type=float,
                           help="women's letters counter-steered at this share of each coefficient (default: the demo's)")
     mitigate.add_argument("--state-pronouns", action=argparse.BooleanOptionalAction, default=None,
-                          help="mitigations state the candidate's pronouns in the prompt (default: the demo's, yes)")
+                          help="mitigations state the candidate's pronouns in the prompt (default: the demo's, no)")
     mitigate.add_argument("--layers", help="layers to steer, e.g. 12 or 10-14 (default: about 40%% of the depth)")
-    mitigate.add_argument("--logit-bias", help="gender-conditional logit-bias strengths (default: the demo's 4; 0: none)")
-    mitigate.add_argument("--no-erase", action="store_true", help="leave out the gender eraser (LEACE)")
-    mitigate.add_argument("--max-new-tokens", type=int, default=200)
+    mitigate.add_argument("--logit-bias", help="gender-conditional logit-bias strengths (default: none)")
+    mitigate.add_argument("--erase", action="store_true", help="add the gender eraser (LEACE)")
+    mitigate.add_argument("--max-new-tokens", type=int, default=180)
     mitigate.add_argument("--seed", type=int, default=0)
+    add_judge_options(mitigate)
     add_backend_options(mitigate)
     set_command(mitigate, cmd_mitigate)
+
+    from_file = asub.add_parser("letters-file", help="the full audit of letters you already have (gate, signed "
+                                "gaps, swap test, lexicon tables, controls, report)")
+    from_file.add_argument("path", help="a CSV or JSONL file, or a checkout of Wan et al.'s repository (--format wan2023-*)")
+    from_file.add_argument("--format", choices=["csv", "jsonl", "wan2023-cbg", "wan2023-clg"],
+                           help="default: by the file's extension")
+    from_file.add_argument("--text-column", default="letter")
+    from_file.add_argument("--name-column", default="name", help="the candidate's name (all of it, e.g. first and last)")
+    from_file.add_argument("--gender-column", default="gender", help="female/male (also f/m, woman/man)")
+    from_file.add_argument("--pair-column", default="pair_id", help="the twin pair: one female and one male letter")
+    from_file.add_argument("--cluster-column", help="what several twin pairs share (a name pair, an occupation)")
+    from_file.add_argument("--max-pairs", type=int, help="audit a seeded sample of this many twin pairs")
+    from_file.add_argument("--out", required=True)
+    from_file.add_argument("--seed", type=int, default=0)
+    add_judge_options(from_file)
+    set_command(from_file, cmd_letters_file)
 
     lexicon = asub.add_parser("lexicon", help="Wan et al. lexicon odds ratios of any letters in a CSV")
     lexicon.add_argument("--letters", required=True)

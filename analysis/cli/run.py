@@ -83,10 +83,6 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     summary = run_demo(Path(args.out), args.expert, size=args.size, seed=args.seed, max_new_tokens=args.max_new_tokens)
     print(f"\naudited {summary['manifest']['config']['expert']} in {summary['seconds']} s\n")
     print("\n".join(summary_lines(summary)))
-    check = summary["eraser_check"]
-    print(f"\nthe gender eraser (LEACE at layers {check['layers']}, applied at the name) leaves {check['share_left']:.0%} "
-          f"of the She/He logit gap between the {check['name_pairs']} name pairs, which it was not fitted on "
-          f"({check['gap_before']:+.2f} -> {check['gap_after']:+.2f} logits)")
     print(f"\nreport: {summary['report']} (with results.json, letters.csv and the plots)")
     return summary
 
@@ -125,6 +121,6 @@ def add_commands(sub) -> None:
     add_expert_options(demo)
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--size", default="small", choices=SIZES)
-    demo.add_argument("--max-new-tokens", type=int, default=200)
+    demo.add_argument("--max-new-tokens", type=int, default=180)
     demo.add_argument("--seed", type=int, default=0)
     set_command(demo, cmd_demo)

@@ -39,8 +39,9 @@ def _scaled(unit: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
 
 
 def mean_diff(positive: Tensor, negative: Tensor, seed: int = 0) -> Tensor:
-    """CAA: the mean of positive minus negative activations."""
-    return (positive - negative).mean(0)
+    """CAA: the mean of the positive activations minus the mean of the negative ones (for paired sides, the mean
+    of the paired differences; unpaired groups may differ in size)."""
+    return positive.mean(0) - negative.mean(0)
 
 
 def pca(positive: Tensor, negative: Tensor, seed: int = 0) -> Tensor:
@@ -49,6 +50,8 @@ def pca(positive: Tensor, negative: Tensor, seed: int = 0) -> Tensor:
     Uncentered (SVD of the difference matrix): with consistently ordered pairs the concept is the
     shared shift, which centering would remove.
     """
+    if positive.shape != negative.shape:
+        raise SteerlabError(f"pca needs paired sides; got {len(positive)} positive and {len(negative)} negative texts")
     diffs = (positive - negative).double()
     component = torch.linalg.svd(diffs, full_matrices=False).Vh[0].float()
     return _scaled(component, positive, negative)
@@ -70,7 +73,7 @@ AGGREGATORS: dict[str, Aggregator] = {"mean_diff": mean_diff, "pca": pca, "probe
 
 @dataclass
 class PairActivations:
-    """Per layer: (n_pairs, d_model) activations of the positive and negative sides."""
+    """Per layer: (n, d_model) activations of the positive and negative sides (paired: the same n)."""
 
     positive: dict[int, Tensor]
     negative: dict[int, Tensor]
@@ -100,23 +103,29 @@ def capture_pairs(
     batch_size: int = 16,
     progress: bool = False,
 ) -> PairActivations:
+    texts, starts = pair_texts(expert, pairs)
+    return _capture(expert, texts, starts, len(pairs), layers, hook, token_rule, batch_size, progress)
+
+
+def _capture(expert: Expert, texts: list[str], starts: list[int], n_positive: int, layers: Sequence[int], hook: str,
+             token_rule: str, batch_size: int, progress: bool) -> PairActivations:
+    """Activations of `texts` (the first `n_positive` the positive side), each reduced by the token rule from its
+    answer's start, and the typical residual norm per layer."""
     if token_rule not in TOKEN_RULES:
         raise SteerlabError(f"unknown token rule {token_rule!r}; choose one of {', '.join(TOKEN_RULES)}")
     if hook not in BLOCK_HOOKS:
         raise SteerlabError(f"hook {hook!r} is not steerable; choose one of {', '.join(BLOCK_HOOKS)}")
-    texts, starts = pair_texts(expert, pairs)
     names = [f"blocks.{layer}.{hook}" for layer in layers]
     lengths = [len(expert.encode(t)) for t in texts]
     cache = expert.run_with_cache(
         texts, names, chat=False, batch_size=batch_size, progress=progress, reduce=token_rule, keep_norms=True,
         mean_from=[min(max(s, 1), n - 1) for s, n in zip(starts, lengths)] if token_rule == "mean" else None,
     )
-    n = len(pairs)
     positive, negative, typical = {}, {}, {}
     after_first = cache.attention_mask.bool() & (cache.attention_mask.cumsum(-1) > 1)
     for layer, name in zip(layers, names):
         acts = cache[name]
-        positive[layer], negative[layer] = acts[:n].float().cpu(), acts[n:].float().cpu()
+        positive[layer], negative[layer] = acts[:n_positive].float().cpu(), acts[n_positive:].float().cpu()
         typical[layer] = cache.norms[name][after_first].median().item()
     return PairActivations(positive, negative, typical)
 
@@ -151,11 +160,19 @@ def build_vector(
         dataset_sha256=dataset_sha256,
         token_rule=token_rule,
         seed=seed,
-        n_pairs=len(next(iter(acts.positive.values()))),
+        n_pairs=min(len(acts.positive[layers[0]]), len(acts.negative[layers[0]])),
         typical_norms={layer: round(acts.typical_norms[layer], 3) for layer in layers},
         coef_range=(round(COEF_FRACTIONS[0] * ratio, 3), round(COEF_FRACTIONS[1] * ratio, 3)),
     )
     return SteeringVector(directions=directions, hook=hook, provenance=provenance)
+
+
+def _checked_layers(expert: Expert, layers: Sequence[int] | None, hook: str) -> list[int]:
+    """The layers to build a vector at (default: `default_layer`), a bad one refused with a typed error."""
+    layers = list(layers) if layers else [default_layer(expert)]
+    for layer in layers:
+        expert.hook_point(f"blocks.{layer}.{hook}")
+    return layers
 
 
 def compute_vector(
@@ -172,11 +189,33 @@ def compute_vector(
     progress: bool = False,
 ) -> SteeringVector:
     """Extract a steering vector from contrastive pairs (default layer: `default_layer`)."""
-    layers = list(layers) if layers else [default_layer(expert)]
-    for layer in layers:
-        expert.hook_point(f"blocks.{layer}.{hook}")  # typed error for a bad layer
+    layers = _checked_layers(expert, layers, hook)
     acts = capture_pairs(expert, pairs, layers, hook=hook, token_rule=token_rule, progress=progress)
     return build_vector(
         expert, acts, layers, method=method, hook=hook, token_rule=token_rule, seed=seed,
         dataset=dataset, dataset_sha256=dataset_sha256,
     )
+
+
+def compute_group_vector(
+    expert: Expert,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    layers: Sequence[int] | None = None,
+    *,
+    hook: str = "hook_resid_post",
+    token_rule: str = "mean",
+    seed: int = 0,
+    dataset: str = "",
+    dataset_sha256: str = "",
+    progress: bool = False,
+) -> SteeringVector:
+    """A mean-difference vector of two unpaired groups of texts (every text used, the groups may differ in size):
+    the mean activation of `positive` minus that of `negative`."""
+    if not positive or not negative:
+        raise SteerlabError(f"a group vector needs texts on both sides; got {len(positive)} and {len(negative)}")
+    layers = _checked_layers(expert, layers, hook)
+    texts = list(positive) + list(negative)
+    acts = _capture(expert, texts, [0] * len(texts), len(positive), layers, hook, token_rule, 16, progress)
+    return build_vector(expert, acts, layers, hook=hook, token_rule=token_rule, seed=seed, dataset=dataset,
+                        dataset_sha256=dataset_sha256)

@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from analysis.audit import AuditConfig, generate_letters, open_run, run_audit, score_letters
+from analysis.quality import CHECKS
 from analysis.report import rebuild_report
 from analysis.stats import delta_bias, lexicon_table, paired_table
 from experts.errors import SteerlabError
 from steer.scale.checkpoint import read_rows
 
-CONFIG = AuditConfig(expert="tiny-llama", names_per_gender=1, bios=4, max_new_tokens=6)
+JUDGE = dict(judge="tiny-gemma", judge_threshold=100.0)  # a tiny judge and a limit every tiny letter meets
+CONFIG = AuditConfig(expert="tiny-llama", names_per_gender=1, bios=4, max_new_tokens=6, **JUDGE)
 
 
 def test_resume_after_a_kill_has_no_duplicates_or_losses(tiny_llama, tmp_path):
@@ -38,7 +40,8 @@ def test_a_folder_with_another_run_is_refused_and_kept(tiny_llama, tmp_path):
     generate_letters(tiny_llama, run, progress=False)
     before = run.letters_path.read_bytes()
     with pytest.raises(SteerlabError, match="holds another run's results \\(differs in seed\\)"):
-        open_run(AuditConfig(expert="tiny-llama", names_per_gender=1, bios=4, max_new_tokens=6, seed=1), tmp_path, tiny_llama)
+        open_run(AuditConfig(expert="tiny-llama", names_per_gender=1, bios=4, max_new_tokens=6, seed=1, **JUDGE), tmp_path,
+                 tiny_llama)
     assert run.letters_path.read_bytes() == before
 
 
@@ -62,7 +65,10 @@ def _synthetic(n_pairs=30, seed=0, skew=True):
             rows.append({"condition": "unsteered", "coef": 0.0, "pair_id": f"p{pair}", "prompt_id": f"p{pair}-{gender}",
                          "gender": gender, "name": "Alex", "kind": "recommend", "occupation": "student", "age": 22,
                          "text": "x", "sample": -1, "letter": text, "finish_reason": "eos"})
-    return score_letters(None, rows)
+    from analysis.fluency import judge_for
+    from experts.expert import Expert
+
+    return score_letters(rows, judge_for("tiny-llama", "tiny-gemma", 100.0), Expert.load("tiny-gemma"))
 
 
 def test_statistics_find_a_planted_bias_and_not_a_null_one():
@@ -87,8 +93,9 @@ def test_full_tiny_audit_with_steering_and_report_rebuild(tiny_llama, tmp_path):
     vector = compute_vector(tiny_llama, pairs[:8], [1])
     vector.save(tmp_path / "g.safetensors")
     config = AuditConfig(expert="tiny-llama", names_per_gender=1, bios=4, max_new_tokens=6,
-                         vector=str(tmp_path / "g.safetensors"), coefs=(0.0, 1.0))
+                         vector=str(tmp_path / "g.safetensors"), coefs=(0.0, 1.0), **JUDGE)
     report = run_audit(config, tmp_path / "audit", progress=False, expert=tiny_llama)
+    results_text = (tmp_path / "audit" / "results.json").read_text()
     text = report.read_text(encoding="utf-8")
     assert text.index("## Summary") < text.index("## Are the letters letters?") < text.index("## Conditions")
     assert "ablate@1 vs unsteered" in text
@@ -99,9 +106,15 @@ def test_full_tiny_audit_with_steering_and_report_rebuild(tiny_llama, tmp_path):
     assert all(0 <= r["gate_pass_rate"] <= 1 and 0 <= r["loop_rate"] <= 1 for r in results["conditions"])
     assert {"forest.png", "occupations.png", "frontier.png", "letters.csv"} <= {p.name for p in (tmp_path / "audit").iterdir()}
     scores = pd.read_json(tmp_path / "audit" / "scores.jsonl", lines=True)
-    assert len(scores) == 2 * 2 * 8 and scores.perplexity.gt(1).all()
+    assert len(scores) == 2 * 2 * 8 and results["judge"]["expert"] == "tiny-gemma"
+    # the judge reads the letters that pass every other check, and only those
+    others = scores[[f"gate_{c}" for c in CHECKS if c != "fluent"]].all(axis=1)
+    assert (scores.gate_judge_nll.notna() == others).all() and (scores.gate_fluent.notna() == others).all()
     assert scores.letter.str.startswith("To the hiring committee:").all() and scores.agentic_share.between(0, 1).any()
+    assert scores.swap_agentic_share.notna().any() and set(results["swap_test"]) == {"agency", "stereotype"}
+    # the rebuild reads the scores at full precision: the same report and the same numbers
     assert rebuild_report(tmp_path / "audit").read_text(encoding="utf-8") == text
+    assert (tmp_path / "audit" / "results.json").read_text() == results_text
 
 
 def test_bad_template_fails_before_anything_is_written(tiny_llama, tmp_path):
@@ -117,7 +130,7 @@ def test_reward_decoding_is_a_second_mitigation(tiny_llama, tmp_path):
     data, _ = load_labeled(str(_DATA / "agentic_communal.jsonl"))
     train_activation_reward(tiny_llama, data[:10], epochs=10).save(tmp_path / "r.safetensors")
     config = AuditConfig(expert="tiny-llama", names_per_gender=1, bios=2, max_new_tokens=5, samples=0,
-                         reward=str(tmp_path / "r.safetensors"), betas=(5.0,))
+                         reward=str(tmp_path / "r.safetensors"), betas=(5.0,), **JUDGE)
     run_audit(config, tmp_path / "audit", progress=False, expert=tiny_llama)
     results = json.loads((tmp_path / "audit" / "results.json").read_text())
     assert [r["condition"] for r in results["conditions"]] == ["unsteered", "rad@5"]
@@ -135,7 +148,7 @@ def test_conditions_of_a_planted_skew_and_its_baselines(tiny_llama, tmp_path):
     config = AuditConfig(expert="tiny-llama", names_per_gender=1, bios=1, max_new_tokens=4, samples=0,
                          vector=str(tmp_path / "v.safetensors"), coefs=(2.0, 4.0), operator="counter",
                          plant_vector=str(tmp_path / "v.safetensors"), plant_coef=3.0, random_baseline=True,
-                         prompt_baseline=True)
+                         prompt_baseline=True, **JUDGE)
     conditions = {c.label: c for c in config.conditions()}
     assert list(conditions) == ["unsteered", "planted", "planted+counter@2", "planted+counter@4", "planted+random@4",
                                 "planted+prompt"]
@@ -157,6 +170,41 @@ def test_conditions_of_a_planted_skew_and_its_baselines(tiny_llama, tmp_path):
     planted = job.run(state, {"condition": "planted", "greedy": True, "items": [[p.prompt_id, -1] for p in run.prompts]})
     assert [r["token_ids"] for r in planted] != [r["token_ids"] for r in unsteered]
     assert all(r["letter"].startswith(f"To the hiring committee:\n\nI am delighted to recommend {r['name']}") for r in rows)
+
+
+def test_a_skew_planted_by_the_prompt_and_the_side_effects_of_its_mitigation(tiny_llama, tmp_path):
+    from analysis.audit import LetterJob
+    from analysis.letters import PLANT_INSTRUCTIONS, pronoun_instruction
+    from analysis.report import comparisons
+    from steer.datasets import load_pairs
+    from steer.vectors.extract import compute_vector
+
+    compute_vector(tiny_llama, load_pairs("gender")[0][:8], [1]).save(tmp_path / "v.safetensors")
+    config = AuditConfig(expert="tiny-llama", names_per_gender=1, bios=1, max_new_tokens=4, samples=0,
+                         vector=str(tmp_path / "v.safetensors"), coefs=(2.0,), operator="counter", plant_prompt=True,
+                         side_effects=True, random_baseline=True, prompt_baseline=True, state_pronouns=True, **JUDGE)
+    conditions = {c.label: c for c in config.conditions()}
+    assert list(conditions) == ["unsteered", "planted", "planted+counter@2", "planted+random@2", "planted+prompt",
+                                "counter@2"]
+    assert conditions["planted"].steers == () and conditions["planted"].planted and not conditions["counter@2"].planted
+    frame = pd.DataFrame({"condition": list(conditions)})
+    assert dict(comparisons(frame)) == {"planted": "unsteered", "planted+counter@2": "planted",
+                                        "planted+random@2": "planted", "planted+prompt": "planted",
+                                        "counter@2": "unsteered"}
+    run = open_run(config, tmp_path / "audit", tiny_llama)
+    job = LetterJob.for_run(run)
+    state = job.setup(tiny_llama)
+    items = [[p.prompt_id, -1] for p in run.prompts]
+    planted, mitigated, side = (job.run(state, {"condition": c, "greedy": True, "items": items})
+                                for c in ("planted", "planted+counter@2", "counter@2"))
+    assert [r["instruction"] for r in planted] == [PLANT_INSTRUCTIONS[p.gender] for p in run.prompts]
+    assert [r["instruction"] for r in mitigated] == [f"{PLANT_INSTRUCTIONS[p.gender]} {pronoun_instruction(p)}"
+                                                     for p in run.prompts]
+    assert [r["instruction"] for r in side] == [pronoun_instruction(p) for p in run.prompts]
+    with pytest.raises(SteerlabError, match="plant a skew by a vector or by the prompt, not both"):
+        AuditConfig(expert="x", plant_vector="p", plant_coef=1.0, plant_prompt=True)
+    with pytest.raises(SteerlabError, match="side effects are measured against a planted skew"):
+        AuditConfig(expert="x", side_effects=True)
 
 
 def test_counter_steering_may_push_women_less_than_men(tiny_llama, tmp_path):
@@ -192,6 +240,10 @@ def test_bad_study_settings_are_named():
         AuditConfig(expert="x", opening="Dear {gender}")
     with pytest.raises(SteerlabError, match="repetition_penalty"):
         AuditConfig(expert="x", repetition_penalty=-1.0)
+    with pytest.raises(SteerlabError, match="no_repeat_ngram_size"):
+        AuditConfig(expert="x", no_repeat_ngram_size=-1)
+    with pytest.raises(SteerlabError, match="size 'full' has no half 'fit'"):
+        AuditConfig(expert="x", size="full", half="fit")
 
 
 def test_logit_bias_and_erasure_conditions(tiny_llama, tmp_path):
@@ -202,7 +254,8 @@ def test_logit_bias_and_erasure_conditions(tiny_llama, tmp_path):
 
     fit_eraser(tiny_llama, load_pairs("gender")[0][:8], [1]).save(tmp_path / "e.safetensors")
     config = AuditConfig(expert="tiny-llama", names_per_gender=1, bios=2, max_new_tokens=6, samples=0,
-                         logit_biases=(50.0,), eraser=str(tmp_path / "e.safetensors"))
+                         no_repeat_ngram_size=0,  # the bias below forces one token at every step
+                         logit_biases=(50.0,), eraser=str(tmp_path / "e.safetensors"), **JUDGE)
     assert [c.label for c in config.conditions()] == ["unsteered", "bias@50", "erase"]
     run = open_run(config, tmp_path / "audit", tiny_llama)
     job = LetterJob.for_run(run)

@@ -33,25 +33,33 @@ def test_lexicon_command_bad_input(capsys, tmp_path):
     assert "holds no scored audit" in capsys.readouterr().err
 
 
-def test_mitigate_runs_the_study_side_by_side(capsys, tmp_path):
+def test_mitigate_fits_on_one_half_and_judges_on_the_other(capsys, tmp_path):
+    judge = ["--judge", "tiny-gemma", "--judge-threshold", "100"]
     assert main(["audit", "mitigate", "--expert", "tiny-llama", "--out", str(tmp_path / "study"), "--names-per-gender",
-                 "1", "--bios", "2", "--max-new-tokens", "4", "--coefs", "1,2", "--json"]) == 0
+                 "1", "--bios", "2", "--max-new-tokens", "4", "--coefs", "1,2", *judge, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
+    fitted = record["manifest"]["config"]["coefs"]
+    assert len(fitted) == 1 and fitted[0] in (1.0, 2.0)
+    c = f"{fitted[0]:g}"
     assert [row["condition"] for row in record["conditions"]] == [
-        "unsteered", "planted", "planted+counter@1,women@0.5", "planted+counter@2,women@1", "planted+random@2,women@1",
-        "planted+prompt", "planted+bias@4", "planted+erase"]
-    assert record["reference"] == "planted" and record["manifest"]["config"]["plant_coef"] == 2.0
-    assert record["manifest"]["config"]["female_scale"] == 0.5 and record["manifest"]["config"]["state_pronouns"]
+        "unsteered", "planted", f"planted+counter@{c}", f"planted+random@{c}", "planted+prompt", f"counter@{c}"]
+    assert record["reference"] == "planted" and record["plant"] == "prompt" and record["manifest"]["config"]["plant_prompt"]
+    assert record["manifest"]["config"]["half"] == "test" and not record["manifest"]["config"]["state_pronouns"]
+    assert record["study"]["fitted"].startswith(f"the counter-steering strength ({c} for men's letters) was fitted")
+    assert [row["condition"] for row in record["study"]["fit"]] == ["unsteered", "planted", "planted+counter@1",
+                                                                    "planted+counter@2"]
+    assert set(record["study"]["cosines"]) == {"content direction (layer 0)", "random vector (layer 0)"}  # 40% of 2
+    fit = json.loads((tmp_path / "study" / "fit" / "results.json").read_text())
+    test_pairs = {r["pair_id"] for r in map(json.loads, (tmp_path / "study" / "audit" / "letters.jsonl").open())}
+    fit_pairs = {r["pair_id"] for r in map(json.loads, (tmp_path / "study" / "fit" / "letters.jsonl").open())}
+    assert fit["manifest"]["config"]["half"] == "fit" and not test_pairs & fit_pairs  # fitted on other letters
     letters = [json.loads(line) for line in (tmp_path / "study" / "audit" / "letters.jsonl").read_text().splitlines()]
     said = {r["condition"]: r["instruction"] for r in letters if r["gender"] == "female"}
-    assert said["planted"] == "" and said["planted+counter@1,women@0.5"].startswith("Refer to ")
-    assert said["planted+prompt"].endswith("as she/her.") and len(said["planted+prompt"]) > len(said["planted+erase"])
-    assert record["manifest"]["config"]["logit_biases"] == [4.0]
-    assert {"content_direction.safetensors", "planted_skew.safetensors", "gender_eraser.safetensors",
-            "gender_eraser_check.json", "audit"} <= {p.name for p in (tmp_path / "study").iterdir()}
-    check = json.loads((tmp_path / "study" / "gender_eraser_check.json").read_text())
-    assert check["layers"] == [1] and check["name_pairs"] == 22 and set(check) >= {"gap_before", "gap_after", "share_left"}
+    assert said["unsteered"] == "" == said[f"counter@{c}"] and said["planted"] == "Stress her warmth, kindness and care for others."
+    assert said["planted+prompt"] == "Stress her warmth, kindness and care for others. Stress her ambition, leadership and achievements."
+    assert {"content_direction.safetensors", "plant_prompt_direction.safetensors", "fit", "audit"} <= {
+        p.name for p in (tmp_path / "study").iterdir()}
     assert main(["audit", "mitigate", "--expert", "tiny-llama", "--out", str(tmp_path / "bad"), "--coefs", "x"]) == 2
     assert "--coefs" in capsys.readouterr().err
-    assert main(["audit", "mitigate", "--expert", "tiny-llama", "--out", str(tmp_path / "bad"), "--logit-bias", "-2"]) == 2
-    assert "logit bias strengths must be finite and > 0" in capsys.readouterr().err
+    assert main(["audit", "mitigate", "--expert", "tiny-llama", "--out", str(tmp_path / "bad"), "--coefs", "-1"]) == 2
+    assert "counter-steering strengths must be > 0" in capsys.readouterr().err

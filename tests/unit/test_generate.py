@@ -132,3 +132,45 @@ def test_rows_of_one_batch_keep_their_own_settings_and_budgets(tiny):
         alone, why = tiny.generate_batch(tiny.format_prompts([prompt]), settings[i], seeds[i : i + 1])
         assert ids[i] == alone[0] and reasons[i] == why[0]
         assert len(ids[i]) <= settings[i].max_new_tokens
+
+
+def _reference_no_repeat(expert, prompt: str, n: int, steps: int) -> list[int]:
+    """Greedy without a KV cache, transformers' own n-gram ban applied to the generated tokens only."""
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+
+    ban = NoRepeatNGramLogitsProcessor(n)
+    ids = expert.tokenize(expert.format_prompts([prompt])).input_ids
+    generated: list[int] = []
+    with torch.inference_mode():
+        for _ in range(steps):
+            logits = expert.model(input_ids=torch.cat([ids, torch.tensor([generated], dtype=ids.dtype)], 1)).logits[:, -1]
+            generated.append(int(ban(torch.tensor([generated], dtype=torch.long), logits).argmax(-1)))
+    return generated
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_no_repeat_ngram_matches_transformers_on_the_generated_tokens(tiny_llama, n):
+    ours = tiny_llama.generate(PROMPTS, max_new_tokens=30, no_repeat_ngram_size=n, stop_at_eos=False, batch_size=3)
+    for prompt, ids in zip(PROMPTS, ours.token_ids):
+        assert ids == _reference_no_repeat(tiny_llama, prompt, n, 30)
+        grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+        assert len(grams) == len(set(grams))
+    plain = tiny_llama.generate(PROMPTS, max_new_tokens=30, stop_at_eos=False)
+    assert tiny_llama.generate(PROMPTS, max_new_tokens=30, stop_at_eos=False, no_repeat_ngram_size=0).token_ids == plain.token_ids
+
+
+def test_a_row_ends_at_its_first_paragraph_break_after_its_length(tiny_llama):
+    """A scripted expert writes a line break at steps 3, 4 (a paragraph break) and 8, 9; rows asking to end after 2
+    and 6 tokens end there, a row without the rule runs to its budget."""
+    newline = tiny_llama.tokenizer("\n", add_special_tokens=False)["input_ids"][-1]
+
+    def script(logits, state):
+        if state.step in (3, 4, 8, 9):
+            logits = logits.clone()
+            logits[:, newline] = 1e4
+        return logits
+
+    settings = [GenerationSettings(max_new_tokens=14, stop_at_eos=False, end_at_paragraph_after=after) for after in (2, 6, 0)]
+    ids, reasons = tiny_llama.generate_batch(tiny_llama.format_prompts(PROMPTS), settings, [0, 0, 0], logits_hook=script)
+    assert reasons == ["paragraph", "paragraph", "length"]
+    assert [len(row) for row in ids] == [5, 10, 14] and ids[0][-2:] == [newline, newline]

@@ -1,6 +1,7 @@
 import pytest
 
-from analysis.letters import TEMPLATES, build_prompts, check_template, names, swap_gender
+from analysis.identity import swap_gender
+from analysis.letters import TEMPLATES, build_prompts, check_template, names
 from experts.errors import SteerlabError
 
 

@@ -10,6 +10,8 @@ import pytest
 from analysis.lexicons import wan2023
 from analysis.stats import EXPECTED_HIGHER, gender_skew, mitigation_effect, scrambled_control, share_removed
 
+CHANGED = ("increased", "reduced")  # the verdicts that claim a change
+
 
 def _letters(rng, n_pairs: int, skew: float, tokens: int, noise: float) -> pd.DataFrame:
     """One condition's letters: per pair a male and a female letter. Each lexicon's rate is Poisson hits over
@@ -46,8 +48,8 @@ def _verdicts(planted_change: float, degrade: bool, seed: int, scramble: bool = 
 
 def test_no_effect_gives_a_false_verdict_in_at_most_5_percent_of_audits():
     # steering that only degrades the text (120 instead of 300 words: noisier rates, as looping letters have)
-    verdicts = _verdicts(planted_change=0.0, degrade=True, seed=0, n_audits=300)  # measured: 5.0% (2.0% + 3.0%)
-    assert np.mean([v != "no detectable change" for v in verdicts]) <= 0.05
+    verdicts = _verdicts(planted_change=0.0, degrade=True, seed=0, n_audits=300)
+    assert np.mean([v in CHANGED for v in verdicts]) <= 0.05  # "inconclusive" (p and CI disagree) claims nothing
 
 
 def test_a_planted_reduction_is_detected_with_its_sign():
@@ -60,7 +62,7 @@ def test_scrambled_labels_give_no_verdict():
     # the negative control: with gender labels swapped in a random half of the pairs, a real reduction is not
     # a verdict about gender any more
     verdicts = _verdicts(planted_change=-2.0, degrade=False, seed=2, scramble=True, n_audits=300)
-    assert np.mean([v != "no detectable change" for v in verdicts]) <= 0.05
+    assert np.mean([v in CHANGED for v in verdicts]) <= 0.05
 
 
 def _agency_letters(rng, n_pairs: int, gap: float, condition: str = "unsteered") -> pd.DataFrame:
@@ -79,7 +81,7 @@ def test_the_skew_verdict_is_calibrated_and_sees_a_planted_gap():
     rng = np.random.default_rng(3)
     null = [gender_skew(_agency_letters(rng, int(rng.integers(14, 31)), 0.0), "agency", seed=i)["verdict"]
             for i in range(300)]
-    assert np.mean([v != "no detectable skew" for v in null]) <= 0.05  # measured: 5.0% (15 of 300)
+    assert np.mean([v in ("stereotyped", "counter-stereotyped") for v in null]) <= 0.05
     planted = [gender_skew(_agency_letters(rng, 24, 0.15), "agency", seed=i)["verdict"] for i in range(100)]
     assert np.mean([v == "stereotyped" for v in planted]) >= 0.75 and "counter-stereotyped" not in planted  # 83%
 
@@ -113,3 +115,77 @@ def test_twin_pairs_that_share_names_are_clustered_when_there_are_enough_name_pa
     assert units == "name pairs" and len(values) == MIN_CLUSTERS + 2
     skew = gender_skew(frames[1], "agency")
     assert (skew["units"], skew["n_units"], skew["pairs"]) == ("name pairs", MIN_CLUSTERS + 2, 2 * (MIN_CLUSTERS + 2))
+
+
+def test_a_test_that_cannot_reach_alpha_says_too_few_and_never_no_detectable():
+    """An exact sign-flip test over n units cannot give p below 2 / 2**n: with 8 units it cannot reach the demo's
+    α = 0.0036, however large the effect; with 12 it can."""
+    from analysis.stats import p_floor, units_needed
+
+    alpha = 0.05 / 14
+    assert units_needed(alpha) == 10 and p_floor(9) > alpha > p_floor(10)
+    rng = np.random.default_rng(6)
+    huge = _agency_letters(rng, 8, 0.6)
+    skew = gender_skew(huge, "agency", alpha=alpha)
+    assert skew["verdict"] == "too few units to reach α (a sign-flip test needs 10)" and np.isnan(skew["mde"])
+    assert skew["ci_low"] > 0  # the interval excludes 0, and the verdict says why it is still no verdict
+    enough = gender_skew(_agency_letters(rng, 12, 0.6), "agency", alpha=alpha)
+    assert enough["verdict"] == "stereotyped" and enough["mde"] > 0
+    none = gender_skew(_agency_letters(rng, 8, 0.0), "agency", alpha=alpha)
+    assert none["verdict"].startswith("too few units")  # not "no detectable skew"
+
+
+def _scored(rng, n_pairs: int, leak: float) -> pd.DataFrame:
+    """Letters scored as written and with the candidate swapped; an instrument that adds `leak` (a share) to whatever
+    it reads as a man's letter, as a classifier that sees the pronouns would."""
+    frame = _agency_letters(rng, n_pairs, 0.0)
+    content = frame.agentic_share.to_numpy()
+    as_male = frame.gender.eq("male").to_numpy()
+    return frame.assign(agentic_share=content + np.where(as_male, leak, 0.0),
+                        swap_agentic_share=content + np.where(as_male, 0.0, leak))
+
+
+def test_the_swap_test_catches_an_instrument_that_sees_gender_and_passes_one_that_does_not():
+    from analysis.stats import identity_offsets
+
+    rng = np.random.default_rng(7)
+    leaky = identity_offsets(_scored(rng, 24, 0.05))["agency"]
+    assert leaky["offset"] == pytest.approx(5.0) and not leaky["passes"]  # 5 points of agentic sentences
+    blind = identity_offsets(_scored(rng, 24, 0.0))["agency"]
+    assert blind["offset"] == 0 and blind["passes"]
+    small = identity_offsets(_scored(rng, 24, 0.004))["agency"]
+    assert small["offset"] == pytest.approx(0.4) and small["passes"]  # within the ±0.5-point limit
+
+
+def test_the_bar_names_the_mitigation_that_meets_it_and_every_reason_one_does_not():
+    from analysis.report import mitigation_bar
+
+    def row(condition, gate, removed=None, agency="no detectable change", stereotype="no detectable change", change=1.0,
+            ci=(-4.0, 6.0)):
+        return {"condition": condition, "gate_pass_rate": gate, "share_removed": removed, "removed_ci_low": 0.55,
+                "removed_ci_high": 0.9, "agency_verdict": agency, "stereotype_verdict": stereotype,
+                "agency_change": change, "agency_ci_low": ci[0], "agency_ci_high": ci[1], "agency_mde": 9.0}
+
+    conditions = [row("unsteered", 0.9), row("planted", 0.9, agency="increased", change=20.0),
+                  row("planted+counter@1", 0.86, 0.7, "reduced"), row("planted+random@1", 0.9, 0.1),
+                  row("planted+prompt", 0.9, 0.3), row("counter@1", 0.9)]
+    conditions[3]["removed_ci_high"], conditions[4]["removed_ci_high"] = 0.3, 0.5  # intervals apart from the mitigation's
+    lines = mitigation_bar({"conditions": conditions})
+    assert lines[2].startswith("- planted+counter@1: MEETS THE BAR: removes 70% [55%, 90%], gate cost 4 points")
+    assert "No mitigation meets the bar" not in "\n".join(lines)
+    conditions[5] = row("counter@1", 0.9, ci=(-15.0, 6.0))  # no verdict, but not shown to be within ±10 (half of 20)
+    lines = mitigation_bar({"conditions": conditions})
+    assert "it is not shown to create no skew on the unplanted expert: agency Δ +1.00 [-15.00, +6.00] is not within ±10.0" in lines[2]
+    conditions[5] = row("counter@1", 0.9)
+    conditions[3]["removed_ci_high"] = 0.6
+    assert mitigation_bar({"conditions": conditions})[2] == ("- planted+counter@1 removes more than planted+random@1 by "
+                                                              "point estimate only: their 95% intervals overlap.")
+    conditions[2] = row("planted+counter@1", 0.8, 0.25, "no detectable change")
+    conditions[5] = row("counter@1", 0.9, agency="reduced")
+    conditions[3] = row("planted+random@1", 0.9, 0.3)
+    lines = mitigation_bar({"conditions": conditions})
+    assert lines[-2] == ("- planted+counter@1: does NOT meet the bar: removes 25% with the verdict \"no detectable "
+                        "change\"; costs 10 points of gate; on the unplanted expert it changes a gap (agency: reduced, "
+                        "stereotype: no detectable change); removes no more than planted+random@1, planted+prompt "
+                        "(30%, 30%).")
+    assert lines[-1] == "No mitigation meets the bar on this expert and plant."

@@ -75,7 +75,8 @@ def test_audit_cli_takes_the_ray_backend(cluster, tmp_path, capsys):
 
     out = tmp_path / "audit"
     assert main(["audit", "letters", "--expert", "tiny-llama", "--names-per-gender", "1", "--bios", "4", "--samples", "0",
-                 "--max-new-tokens", "6", "--out", str(out), "--backend", "ray", "--workers", "1", "--json"]) == 0
+                 "--max-new-tokens", "6", "--out", str(out), "--backend", "ray", "--workers", "1",
+                 "--judge", "tiny-gemma", "--judge-threshold", "100", "--json"]) == 0
     streams = capsys.readouterr()
     record = json.loads(streams.out)
     assert "report:" in streams.err and record["report"] == str(out / "report.md") and "bias_index" in record
