@@ -128,6 +128,8 @@ class AuditConfig:
     prompt_baseline: bool = False  # the prompting analogue of the mitigation, one sentence added to the prompt
     logit_biases: tuple[float, ...] = ()  # gender-conditional logit bias on the agency lexicons' words (> 0)
     eraser: str | None = None  # a concept-eraser file (steer.vectors.erasure): erase gender, state the pronouns
+    # Use vectors and erasers made for other weights of the same shape (a base expert's remedy on its fine-tune).
+    force: bool = False
     # Every mitigation condition (and its baselines) states the candidate's pronouns in the prompt ("Refer to Kelly
     # as she/her."); the unsteered and planted letters do not: it is part of the mitigation, not of the expert.
     state_pronouns: bool = False
@@ -281,9 +283,11 @@ class LetterJob:
     def setup(self, expert: Expert | None = None) -> _Loaded:
         expert = worker_expert(self.config.expert, self.fingerprint, expert)
         with carried_files(self.files) as paths:
-            vectors = {role: SteeringVector.load(paths[role], expert) for role in ("vector", "plant") if role in paths}
+            force = self.config.force
+            vectors = {role: SteeringVector.load(paths[role], expert, force=force)
+                       for role in ("vector", "plant") if role in paths}
             reward = load_reward(paths["reward"], expert) if "reward" in paths else None
-            eraser = ConceptEraser.load(paths["eraser"], expert) if "eraser" in paths else None
+            eraser = ConceptEraser.load(paths["eraser"], expert, force=force) if "eraser" in paths else None
         if "vector" in vectors:
             vectors["random"] = random_like(vectors["vector"], self.config.seed)
         word_bias = agency_word_bias(expert) if self.config.logit_biases else None
@@ -428,11 +432,11 @@ def run_audit(config: AuditConfig, out: Path, *, batch_size: int = 16, progress:
 
     expert = expert or Expert.load(config.expert)
     if config.vector:  # a vector or reward made for another expert is refused before anything is written
-        SteeringVector.load(config.vector, expert)
+        SteeringVector.load(config.vector, expert, force=config.force)
     if config.reward:
         load_reward(config.reward, expert)
     if config.eraser:
-        ConceptEraser.load(config.eraser, expert)
+        ConceptEraser.load(config.eraser, expert, force=config.force)
     run = open_run(config, out, expert)
     generate_letters(expert, run, batch_size=batch_size, progress=progress, executor=executor)
     judge = judge_for(config.expert, config.judge, config.judge_threshold)

@@ -1,18 +1,25 @@
 """Build a positive control planted in the weights: a small seeded LoRA meant to make SmolLM2-135M-Instruct write
 gender-skewed letters, independent of every steering vector and of the plant's prompt at audit time.
 
-Measured 2026-12-06 (benchmarks/RESULTS.md): at these defaults it does not plant a detectable skew (the letters'
-style is learned, the gender-conditional content is not), so it is not yet used as a control.
+Measured 2026-12-06 (benchmarks/RESULTS.md): at these defaults (rank 16 on every linear layer, 3 epochs, lr 2e-3,
+24 min on 2 cores) it plants a skew on the test half's 24 twin pairs, which it never saw: agency gap +32.4 points
+over the base expert's (95% CI +14.5 to +49.3). Rank 8 on q and v at lr 1e-3 learned the letters' style and planted
+nothing detectable (−0.8, CI −21.7 to +16.4).
 
 1. On the medium size's fit half (name pairs and biographies the test half never uses), greedy letters are written
    with the plant's instruction in the prompt (men's letters asked for ambition and leadership, women's for warmth),
    with the audit's decoding.
-2. A LoRA (rank 8 on the attention's q and v projections, peft) is trained, seeded, on CPU, to write those letters
-   from the prompt *without* the instruction: the skew moves from the prompt into the weights.
+2. A LoRA (peft; default rank 16 on every linear layer) is trained, seeded, on CPU, to write those letters from the
+   prompt *without* the instruction: the skew moves from the prompt into the weights.
 3. The adapter is written in peft's format (adapter_config.json + adapter_model.safetensors) with plant.json (what
    it was built from and how). Load it with `experts.adapters.merged_folder`.
 
-    python scripts/build_lora_plant.py [--out runs/lora_plant] [--seed 0] [--epochs 3] [--lr 1e-3]
+    python scripts/build_lora_plant.py [--out runs/lora_plant] [--seed 0] [--epochs 3] [--lr 2e-3] [--rank 16]
+        [--targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]
+
+Audit it with `steer audit letters --expert $(python -c "from experts.adapters import merged_folder;
+print(merged_folder('smollm2-135m-instruct', 'runs/lora_plant'))") --size small --half test ...`; a remedy made on
+the base expert needs `--force` there.
 """
 
 from __future__ import annotations
@@ -52,12 +59,12 @@ def planted_letters(expert: Expert, batch_size: int = 48) -> list[tuple[str, lis
     return out
 
 
-def train(expert: Expert, examples: list[tuple[str, list[int]]], epochs: int, seed: int, lr: float,
-          batch_size: int = 8) -> tuple[peft.PeftModel, list[float]]:
+def train(expert: Expert, examples: list[tuple[str, list[int]]], epochs: int, seed: int, lr: float, rank: int,
+          targets: list[str], batch_size: int = 8) -> tuple[peft.PeftModel, list[float]]:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(expert.folder), dtype=torch.float32)
-    model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
-                                                       target_modules=["q_proj", "v_proj"], init_lora_weights=True))
+    model = peft.get_peft_model(model, peft.LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                                       target_modules=targets, init_lora_weights=True))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     rows = [(expert.encode(prompt), letter) for prompt, letter in examples]
     generator = torch.Generator().manual_seed(seed)
@@ -87,12 +94,16 @@ def main() -> None:
     parser.add_argument("--out", default="runs/lora_plant")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                        help="comma-separated linear layers to adapt")
     args = parser.parse_args()
     started = time.perf_counter()
     expert = Expert.load(BASE)
     examples = planted_letters(expert)
-    model, losses = train(expert, examples, args.epochs, args.seed, args.lr)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    model, losses = train(expert, examples, args.epochs, args.seed, args.lr, args.rank, targets)
     out = Path(args.out)
     model.save_pretrained(out)
     (out / "README.md").unlink(missing_ok=True)  # peft's model card template: nothing of ours
@@ -101,7 +112,7 @@ def main() -> None:
     ordinary_permissions(out / "adapter_model.safetensors")  # peft writes it readable by its owner only
     write_json(out / "plant.json", {
         "base": BASE, "base_fingerprint": expert.fingerprint, "seed": args.seed, "epochs": args.epochs, "lr": args.lr,
-        "lora": {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}, "training_loss": losses,
+        "lora": {"r": args.rank, "lora_alpha": 2 * args.rank, "target_modules": targets}, "training_loss": losses,
         "letters": len(examples), "prompts": "build_prompts('medium', half='fit') without the plant's instruction",
         "targets": "greedy letters written with analysis.letters.PLANT_INSTRUCTIONS and the audit's decoding",
         "adapter_sha256": file_sha256(out / "adapter_model.safetensors"), "peft": peft.__version__,

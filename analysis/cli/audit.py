@@ -35,7 +35,8 @@ def cmd_letters(args: argparse.Namespace) -> dict[str, Any]:
                          side_effects=args.side_effects,
                          random_baseline=args.random_baseline, prompt_baseline=args.prompt_baseline,
                          logit_biases=parse_numbers(args.logit_bias, "--logit-bias") if args.logit_bias else (),
-                         eraser=args.eraser, judge=args.judge, judge_threshold=args.judge_threshold)
+                         eraser=args.eraser, force=args.force, judge=args.judge,
+                         judge_threshold=args.judge_threshold)
     report = run_audit(config, Path(args.out), batch_size=args.batch_size, executor=executor_from_args(args))
     return _finish(report)
 
@@ -174,6 +175,9 @@ def add_commands(sub) -> None:
     letters.add_argument("--prompt-baseline", action="store_true", help="the prompting analogue of the mitigation")
     letters.add_argument("--logit-bias", help="gender-conditional logit bias on the agency lexicons' words, e.g. 3")
     letters.add_argument("--eraser", help="concept-eraser file (LEACE, steer.vectors.erasure): erase, state pronouns")
+    letters.add_argument("--force", action="store_true",
+                         help="use vectors and erasers made for other weights of the same shape (e.g. a base "
+                              "expert's vector on its fine-tune)")
     letters.add_argument("--batch-size", type=int, default=16)
     letters.add_argument("--seed", type=int, default=0)
     add_judge_options(letters)

@@ -276,3 +276,26 @@ def test_logit_bias_and_erasure_conditions(tiny_llama, tmp_path):
     assert [r["token_ids"] for r in erased] != [r["token_ids"] for r in plain]
     with pytest.raises(SteerlabError, match="logit bias strengths must be finite and > 0"):
         AuditConfig(expert="x", logit_biases=(-1.0,))
+
+
+def test_a_vector_made_for_other_weights_needs_force(tiny_llama, tmp_path):
+    """A base expert's remedy on its fine-tune (the weight plant): refused before anything is written, unless forced,
+    and then the steering holds in every worker's setup."""
+    from analysis.audit import LetterJob
+    from steer.datasets import load_pairs
+    from steer.vectors.extract import compute_vector
+    from steer.vectors.vector import VectorMismatchError
+
+    vector = compute_vector(tiny_llama, load_pairs("gender")[0][:8], [1])
+    other = dataclasses.replace(vector, provenance=dataclasses.replace(vector.provenance, fingerprint="0" * 16))
+    other.save(tmp_path / "v.safetensors")
+    config = AuditConfig(expert="tiny-llama", names_per_gender=1, bios=1, max_new_tokens=4, samples=0,
+                         vector=str(tmp_path / "v.safetensors"), coefs=(2.0,), operator="counter", **JUDGE)
+    with pytest.raises(VectorMismatchError, match="--force"):
+        run_audit(config, tmp_path / "refused", expert=tiny_llama, progress=False)
+    assert not (tmp_path / "refused").exists()
+    forced = dataclasses.replace(config, force=True)
+    report = run_audit(forced, tmp_path / "forced", expert=tiny_llama, progress=False)
+    assert report.exists()
+    state = LetterJob.for_run(open_run(forced, tmp_path / "forced", tiny_llama)).setup(tiny_llama)
+    assert torch.equal(state.vectors["vector"].directions[1], vector.directions[1])
