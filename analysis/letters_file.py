@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,22 +87,31 @@ def _wan_rows(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(read_text(str(path)))))
 
 
-def wan2023_letters(repository: str | Path, setting: str = "cbg") -> pd.DataFrame:
-    """Wan et al.'s released ChatGPT letters from a checkout of their repository, as twin pairs."""
+def wan2023_files(repository: str | Path, setting: str = "cbg") -> list[Path]:
+    """The files of Wan et al.'s released ChatGPT letters in a checkout of their repository: the context-less
+    letters (`clg`) or the per-occupation files of the context-based ones (`cbg`)."""
     root = Path(repository)
     folder = root / "generated_letters" / "chatgpt" / setting
     if setting not in ("cbg", "clg") or not folder.is_dir():
         raise SteerlabError(f"{root} has no folder generated_letters/chatgpt/{setting} (a checkout of "
                             f"{WAN_REPOSITORY}, with setting cbg or clg)")
+    if setting == "clg":
+        return [folder / "clg_letters.csv"]
+    files = sorted(folder.glob("df_*_2_para_w_chatgpt.csv"))
+    if not files:
+        raise SteerlabError(f"{folder} holds no per-occupation letter files (df_*_2_para_w_chatgpt.csv)")
+    return files
+
+
+def wan2023_letters(repository: str | Path, setting: str = "cbg") -> pd.DataFrame:
+    """Wan et al.'s released ChatGPT letters from a checkout of their repository, as twin pairs."""
+    files = wan2023_files(repository, setting)
     rows = []
     if setting == "clg":
-        for row in _wan_rows(folder / "clg_letters.csv"):
+        for row in _wan_rows(files[0]):
             rows.append({"pair_id": f"{row['occupation']}:{row['age']}", "gender": row["gender"], "name": row["name"],
                          "letter": row["chatgpt_gen"], "cluster": row["occupation"], "occupation": row["occupation"]})
     else:
-        files = sorted(p for p in folder.glob("df_*_2_para_w_chatgpt.csv"))
-        if not files:
-            raise SteerlabError(f"{folder} holds no per-occupation letter files (df_*_2_para_w_chatgpt.csv)")
         for path in files:
             seen: dict[tuple[str, str], int] = {}
             for row in _wan_rows(path):
@@ -115,7 +123,7 @@ def wan2023_letters(repository: str | Path, setting: str = "cbg") -> pd.DataFram
                              "cluster": f"{path.stem}:{seed[0]} {seed[1]}", "occupation": row["occupation"]})
     frame = pd.DataFrame(rows)
     frame["letter"] = frame["letter"].str.replace("<return>", "\n", regex=False)
-    return _normalise(frame, str(folder))
+    return _normalise(frame, str(files[0].parent))
 
 
 def load_letters(path: str | Path, kind: str | None = None, columns: LetterColumns = LetterColumns()) -> tuple[pd.DataFrame, dict]:
@@ -129,9 +137,7 @@ def load_letters(path: str | Path, kind: str | None = None, columns: LetterColum
     if kind and kind.startswith("wan2023"):
         setting = kind.removeprefix("wan2023-")
         frame = wan2023_letters(path, setting)
-        folder = path / "generated_letters" / "chatgpt" / setting
-        files = {p.relative_to(path).as_posix(): file_sha256(p) for p in sorted(folder.glob("*.csv"))
-                 if not re.search(r"-eval", p.name)}
+        files = {p.relative_to(path).as_posix(): file_sha256(p) for p in wan2023_files(path, setting)}
     else:
         frame = read_letters(path, columns, kind)
         files = {path.name: file_sha256(path)}
