@@ -28,8 +28,9 @@ from steer.router.router import Router
 from steer.router.tasks import DATA, Task, load_paraphrases, task_set
 from steer.router.training import answer_costs, quality_matrix, utility_matrix
 
-BASELINES = ("random", "best-single", "per-domain-label", "tfidf-logistic", "minilm-knn", "minilm-logistic")
-CLAIM_BASELINES = ("tfidf-logistic", "minilm-knn", "minilm-logistic")  # the paired CI must exclude 0 against these
+BASELINES = ("random", "best-single", "per-domain-label", "keyword-rule", "tfidf-logistic", "minilm-knn",
+             "minilm-logistic")
+CLAIM_BASELINES = ("keyword-rule", "tfidf-logistic", "minilm-knn", "minilm-logistic")  # the paired CI must exclude 0 against these
 ALPHA = 0.05  # family-wise, over all the verdicts of one evaluation
 COST_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0, 1.5, 3.0)
 
@@ -78,6 +79,7 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
         Routed("random", None),
         Routed("best-single", baselines.best_single(u, train, n)),
         Routed("per-domain-label", baselines.per_domain(u, everything, train)),
+        Routed("keyword-rule", baselines.keyword_rule(u, everything, train)),
         Routed("tfidf-logistic", tfidf, tfidf_p[np.arange(n), tfidf]),
         Routed("minilm-knn", knn, knn_p[np.arange(n), knn], MINILM_PARAMS),
         Routed("minilm-logistic", logistic, logistic_p[np.arange(n), logistic], MINILM_PARAMS),
@@ -137,8 +139,9 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
         **provenance(router=str(folder), experts=router.experts, reader=router.features.reader,
                      layer=router.features.layer, seed=seed, n_tasks=len(tasks), humaneval=len(outside),
                      cost_weight=router.cost_weight, alpha=alpha)})
+    guard_lines = _guard_check(router, reader, seed)
     text = "\n".join([
-        "# Router evaluation", "", claim, "",
+        "# Router evaluation", "", claim, "", *guard_lines,
         "Quality = the grade of the chosen expert's own greedy answer (0 to 1, higher is better: unit tests for code, "
         "exact or normalised match for arithmetic, facts and translations, reference-free checks for letters and "
         "stories). Cost = parameters × (prompt + answer tokens) of the chosen expert's answer, the router's reading "
@@ -153,6 +156,24 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
         "Shipped features (AUROC on the val split, and on the outside set written apart):", "", markdown_table(features, 3), ""])
     (out / "report.md").write_text(text, encoding="utf-8")
     return text + f"\nreport: {out / 'report.md'} (routers_*.csv, quality_cost_*.csv, routers.png)"
+
+
+def _guard_check(router: Router, reader: Expert, seed: int) -> list[str]:
+    """The guard's harm feature measured again on the outside sets (public harm benchmarks, safe requests written
+    apart): its AUROC and what it fires on at its threshold; nothing when the router has no guard."""
+    from steer.guard import FEATURE
+    from steer.guard.build import read_outside
+    from steer.guard.evaluate import guard_rules
+    from steer.guard.feature import check_outside
+
+    if FEATURE not in router.features.names:
+        return []
+    threshold = min(r.above for r in guard_rules(router).values())
+    h, masks, _ = read_outside(router, reader, seed)
+    column = router.features.names.index(FEATURE)
+    check = check_outside({k: router.features.activations(v)[:, column].double().numpy() for k, v in h.items()},
+                          masks, threshold)
+    return ["## The guard", "", *[f"    {line}" for line in check.lines(threshold)], ""]
 
 
 def _share(value: float) -> str:

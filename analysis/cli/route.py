@@ -1,5 +1,5 @@
-"""`steer route run|train|calibrate|eval`: route prompts to experts by named activation features; train, calibrate
-and evaluate routers."""
+"""`steer route run|train|calibrate|eval|guard|guard-eval|add-rule`: route prompts to experts by named activation
+features; train, calibrate and evaluate routers; add the guard and other rules without retraining."""
 
 from __future__ import annotations
 
@@ -157,6 +157,91 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     return json.loads((out / "route_eval.json").read_text(encoding="utf-8"))
 
 
+def cmd_guard(args: argparse.Namespace) -> dict[str, Any]:
+    from experts.expert import Expert
+    from steer.guard.build import build_guard, install_guard
+    from steer.router.router import Router
+
+    router = Router.load(args.router)
+    reader = Expert.load(router.features.reader)
+    router.check_reader(reader)
+    names = [e.strip() for e in args.experts.split(",")] if args.experts else router.experts
+    unknown = [e for e in names if e not in router.experts]
+    if unknown:
+        from experts.errors import SteerlabError
+
+        raise SteerlabError(f"--experts names {', '.join(unknown)}; this router routes to {', '.join(router.experts)}")
+    experts = {name: reader if name == reader.name else Expert.load(name) for name in names}
+    for expert in experts.values():
+        router.check_expert(expert)
+    guard = build_guard(router, reader, experts, seed=args.seed)
+    print("\n".join(guard.outside.lines(guard.feature.threshold)))
+    for name, chosen in guard.directions.items():
+        c = chosen.chosen
+        print(f"{name}: refusal direction by {c.method} at layer {c.layer}, strength {c.strength:g} "
+              f"({c.fraction:.0%} of the typical residual norm): {c.coherent_refusal:.0%} coherent refusals of "
+              f"{c.n} held-apart harmful training requests (unsteered {chosen.baseline_refusal:.0%} refusals)")
+    edited = install_guard(router, guard, Path(args.out), request_max=args.request_max)
+    print(f"guard installed in {args.out}: {len(guard.directions)} rules on feature 'harm' above {guard.feature.threshold:+.2f}")
+    return {"out": str(args.out), "router": str(args.router), "seed": args.seed, **edited.notes["guard"],
+            "rules": [r.__dict__ for r in edited.rules if r.when == "harm"]}
+
+
+def cmd_guard_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from analysis.guard_eval import evaluate_guard
+
+    out = Path(args.out)
+    print(evaluate_guard(Path(args.router), out, n_harmful=args.harmful, n_ordinary=args.ordinary or None,
+                         seed=args.seed, forced=args.expert, quality=not args.no_quality))
+    return json.loads((out / "guard_eval.json").read_text(encoding="utf-8"))
+
+
+def cmd_add_rule(args: argparse.Namespace) -> dict[str, Any]:
+    import shutil
+
+    from experts.errors import SteerlabError
+    from experts.expert import Expert
+    from steer.router.editing import add_rule
+    from steer.router.router import Router, Rule
+    from steer.router.rule_check import check_rule
+    from steer.router.tasks import DATA, task_set
+    from steer.router.validation import MIN_OUTSIDE_AUROC
+
+    router = Router.load(args.router)
+    rule = Rule(when=args.when, kind=args.kind, file=Path(args.file).name, strength=args.strength, above=args.above,
+                expert=args.expert or "", operator=args.operator, positions=args.positions, request_max=args.request_max,
+                target=args.target, direction=args.direction)
+    features = {f.name: f for f in router.features.features}
+    if rule.when not in features:
+        raise SteerlabError(f"feature {rule.when!r} is not in this router; it has {', '.join(features)}")
+    auroc = features[rule.when].outside_auroc
+    if auroc is None or auroc < MIN_OUTSIDE_AUROC:
+        raise SteerlabError(f"rule refused: feature {rule.when!r} has outside AUROC "
+                            f"{'unmeasured' if auroc is None else f'{auroc:.3f}'} (< {MIN_OUTSIDE_AUROC})")
+    import tempfile
+    from dataclasses import replace
+
+    out = Path(args.out or args.router)
+    reader = Expert.load(router.features.reader)
+    expert_name = rule.expert or router.fallback
+    expert = reader if expert_name == reader.name else Expert.load(expert_name)
+    held_out = [t for t in task_set(args.tasks or DATA / "tasks.jsonl", seed=args.seed) if t.split in ("val", "test")]
+    with tempfile.TemporaryDirectory() as staging:  # the rule is checked on a copy; the router changes only if it passes
+        shutil.copytree(args.router, staging, dirs_exist_ok=True)
+        staged = add_rule(replace(router, folder=Path(staging)), rule, Path(args.file))
+        acts = staged.features.activations(staged.read(reader, [t.query for t in held_out]).activations).numpy()
+        fired = acts[:, staged.features.names.index(rule.when)] > rule.above
+        check = check_rule(staged, rule, expert, held_out, fired, max_new_tokens=args.max_answer_tokens, seed=args.seed)
+        print(f"rule on {rule.when} ({rule.file}, {expert.name}, fires on {check['n_fired']} held-out tasks): {check['why']}")
+        if not check["ships"]:
+            raise SteerlabError(f"rule refused: {check['why']}")
+        staged = replace(staged, notes={**staged.notes, "rule_validation": [*staged.notes.get("rule_validation", []), check]})
+        staged.save(staging)
+        shutil.copytree(staging, out, dirs_exist_ok=True)
+    print(f"rule written to {out}")
+    return {"router": str(out), "rule": rule.__dict__, "check": check}
+
+
 def add_commands(sub) -> None:
     route = sub.add_parser("route", help="route prompts to the right expert (run), train and evaluate routers")
     rsub = route.add_subparsers(dest="route_command", required=True)
@@ -207,3 +292,42 @@ def add_commands(sub) -> None:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", required=True)
     set_command(ev, cmd_eval)
+
+    guard = rsub.add_parser("guard", help="add the guard: a harm feature that steers the chosen expert to refuse")
+    guard.add_argument("--router", default=str(DEFAULT_ROUTER), help="the router to guard (default: the shipped one)")
+    guard.add_argument("--experts", default=None, help="comma-separated experts to guard (default: all the router's)")
+    guard.add_argument("--request-max", type=float, default=0.0,
+                       help="the largest guard strength a request may ask for (default 0: requests cannot change it)")
+    guard.add_argument("--seed", type=int, default=0)
+    guard.add_argument("--out", required=True, help="the guarded router's folder (may be --router itself)")
+    set_command(guard, cmd_guard)
+
+    geval = rsub.add_parser("guard-eval", help="measure the guard on held-out public harm benchmarks and safe requests")
+    geval.add_argument("--router", default=str(DEFAULT_ROUTER))
+    geval.add_argument("--harmful", type=int, default=160, help="harmful requests sampled from HarmBench + Do-Not-Answer")
+    geval.add_argument("--ordinary", type=int, default=60, help="ordinary requests sampled for the refusal conditions "
+                       "(0: all 247)")
+    geval.add_argument("--expert", default=None, help="force this expert instead of routing")
+    geval.add_argument("--no-quality", action="store_true", help="skip the ordinary-task quality check")
+    geval.add_argument("--seed", type=int, default=0)
+    geval.add_argument("--out", required=True)
+    set_command(geval, cmd_guard_eval)
+
+    rule = rsub.add_parser("add-rule", help="add a policy rule to a router after checking it on held-out tasks")
+    rule.add_argument("--router", default=str(DEFAULT_ROUTER))
+    rule.add_argument("--when", required=True, help="the feature that triggers the rule")
+    rule.add_argument("--above", type=float, default=0.0, help="fires where the feature's logit exceeds this")
+    rule.add_argument("--kind", choices=("steer", "reward"), required=True)
+    rule.add_argument("--file", required=True, help="the steering vector or reward file (copied into the router)")
+    rule.add_argument("--strength", type=float, required=True, help="steering coefficient or reward β")
+    rule.add_argument("--expert", default=None, help="only when this expert is chosen (default: any)")
+    rule.add_argument("--operator", default="add")
+    rule.add_argument("--positions", default="all")
+    rule.add_argument("--request-max", type=float, default=0.0, help="the largest strength a request may ask for (0: none)")
+    rule.add_argument("--target", required=True, help="the measure the rule must move (a steer.evaluate.scorers name)")
+    rule.add_argument("--direction", type=int, choices=(1, -1), default=1, help="1: raise the target, -1: lower it")
+    rule.add_argument("--tasks", default=None)
+    rule.add_argument("--max-answer-tokens", type=int, default=None)
+    rule.add_argument("--seed", type=int, default=0)
+    rule.add_argument("--out", default=None, help="write the router here (default: in place)")
+    set_command(rule, cmd_add_rule)

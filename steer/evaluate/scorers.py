@@ -6,6 +6,7 @@
 - `pronouns`: percent of words that are male pronouns minus percent that are female pronouns.
 - `lexicon:FILE`: percent of words starting with a `positive` stem minus percent starting with a
   `negative` stem, from a JSON file `{"positive": [stems], "negative": [stems]}`.
+- `refusal`: 1 where the answer opens with a refusal, else 0 (`steer.evaluate.refusal`).
 - `projection`: the expert's own reading: last-token activation at a layer projected on a unit
   direction (needs an expert and a vector).
 """
@@ -18,6 +19,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from experts.errors import SteerlabError
+from steer.evaluate.refusal import refusal
 
 if TYPE_CHECKING:
     from experts.expert import Expert
@@ -108,7 +110,7 @@ def projection(expert: Expert, vector: SteeringVector, layer: int | None = None)
     return score
 
 
-SCORERS: dict[str, Scorer] = {"sentiment": sentiment, "formality": formality, "pronouns": pronouns}
+SCORERS: dict[str, Scorer] = {"sentiment": sentiment, "formality": formality, "pronouns": pronouns, "refusal": refusal}
 
 
 def get_scorer(name: str, expert: Expert | None = None, vector: SteeringVector | None = None) -> Scorer:

@@ -73,7 +73,8 @@ def mde(n: int, sd: float, alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest mean paired difference a two-sided paired t-test detects at level `alpha` with this power."""
     if n < 3 or not sd or math.isnan(sd):
         return float("nan")
-    return float(TTestPower().solve_power(nobs=n, alpha=alpha, power=power, alternative="two-sided") * sd)
+    effect = TTestPower().solve_power(nobs=n, alpha=alpha, power=power, alternative="two-sided")
+    return float(np.ravel(effect)[0] * sd)  # statsmodels may answer with a 1-element array
 
 
 def paired_summary(diffs: Sequence[float], seed: int = 0, confidence: float = CONFIDENCE,

@@ -22,7 +22,10 @@ class Adjustment:
     kind: str  # "steer" or "reward"
     file: str
     strength: float  # steering coefficient or β
-    because: str  # the feature that fired
+    because: str  # the feature that fired ("request": the request asked for it)
+    activation: float | None = None  # the feature's value on this request ...
+    above: float | None = None  # ... and the threshold it exceeded
+    expert: str = ""  # the expert the adjustment was applied to
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,19 @@ class RoutingDecision:
     adjustments: list[Adjustment] = field(default_factory=list)
     truncated: bool = False
     router_version: str = ""
+    thresholds: dict[str, float] = field(default_factory=dict)  # features with a rule for the chosen expert: its threshold
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def top_features(self, n: int = 3) -> list[FeatureReading]:
         return sorted(self.features, key=lambda f: -f.contribution)[:n]
+
+    def _rule_note(self, feature: FeatureReading) -> str:
+        if feature.name not in self.thresholds:
+            return ""
+        fired = feature.activation > self.thresholds[feature.name]
+        return f"  (rule threshold {self.thresholds[feature.name]:+.2f}: {'fired' if fired else 'not fired'})"
 
     def explain(self) -> str:
         head = (f"expert {self.expert} (expected grade {self.expected_grade:.2f}"
@@ -57,8 +67,10 @@ class RoutingDecision:
         if self.cost_penalty:
             lines.append(f"  cost penalty {self.cost_penalty:.3f} taken from its expected grade before choosing")
         lines += [f"  {f.name:<22} activation {f.activation:+7.2f}  weight {f.weight:+6.2f}  contribution "
-                  f"{f.contribution:+6.2f}" for f in self.top_features(len(self.features))]
-        lines += [f"  adjust: {a.kind} {a.file} at {a.strength:g} because {a.because} fired" for a in self.adjustments]
+                  f"{f.contribution:+6.2f}" + self._rule_note(f) for f in self.top_features(len(self.features))]
+        lines += [f"  adjust: {a.kind} {a.file} at {a.strength:g} on {a.expert or self.expert} because {a.because} fired"
+                  + ("" if a.activation is None else f" ({a.activation:+.2f} > threshold {a.above:+.2f})")
+                  for a in self.adjustments]
         if self.truncated:
             lines.append("  note: the prompt was cut to the reader's context")
         return "\n".join(lines)

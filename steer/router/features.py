@@ -165,9 +165,9 @@ class FeatureSet:
 
 
 def train_features(reader: Expert, layer: int, train: Tensor, val: Tensor,
-                   labels: dict[str, tuple[str, np.ndarray, np.ndarray]], seed: int = 0) -> FeatureSet:
-    """One L2 logistic probe per named label, on standardized activations, folded back to raw
-    units; `labels[name] = (description, train labels, val labels)`; AUROC on the val queries."""
+                   labels: dict[str, tuple[str, np.ndarray, np.ndarray]], seed: int = 0, c: float = 0.1) -> FeatureSet:
+    """One L2 logistic probe per named label (inverse strength `c`), on standardized activations, folded back to
+    raw units; `labels[name] = (description, train labels, val labels)`; AUROC on the val queries."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
@@ -178,7 +178,7 @@ def train_features(reader: Expert, layer: int, train: Tensor, val: Tensor,
         if len(set(y_train.tolist())) < 2:
             raise SteerlabError(f"feature {name!r} needs training queries with and without it; "
                                 f"the train split has only label {y_train[0]}")
-        probe = LogisticRegression(C=0.1, max_iter=2000, random_state=seed).fit((x_train - mean) / scale, y_train)
+        probe = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit((x_train - mean) / scale, y_train)
         w = probe.coef_[0] / scale
         b = probe.intercept_[0] - (mean * w).sum()
         auroc = float(roc_auc_score(y_val, x_val @ w + b)) if len(set(y_val)) == 2 else None

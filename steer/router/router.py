@@ -148,8 +148,8 @@ class Router:
                                        float(self.coef[choice, j] * z[row, j]))
                         for j, name in enumerate(self.features.names)]
             fired = {name: acts[row, j] for j, name in enumerate(self.features.names)}
-            adjustments = [Adjustment(r.kind, r.file, r.strength, r.when) for r in self.rules
-                           if fired[r.when] > r.above and (not r.expert or r.expert == expert)]
+            adjustments = [Adjustment(r.kind, r.file, r.strength, r.when, float(fired[r.when]), r.above, expert)
+                           for r in self.rules if fired[r.when] > r.above and (not r.expert or r.expert == expert)]
             out.append(RoutingDecision(
                 input_sha256=hashlib.sha256(queries[row].encode("utf-8")).hexdigest(), reader=self.features.reader,
                 reader_layer=self.features.layer, features=readings,
@@ -157,7 +157,8 @@ class Router:
                 expected_grades={e: float(p[row, i]) for i, e in enumerate(self.experts)}, expert=expert,
                 expected_grade=float(p[row, choice]), abstained=abstained[row],
                 intercept=float(self.intercept[choice]), cost_penalty=float(self.cost_penalties()[choice]),
-                adjustments=adjustments, truncated=bool(truncated[row]) if truncated else False, router_version=VERSION))
+                adjustments=adjustments, truncated=bool(truncated[row]) if truncated else False, router_version=VERSION,
+                thresholds={r.when: r.above for r in self.rules if not r.expert or r.expert == expert}))
         return out
 
     # -- files --------------------------------------------------------------------------------

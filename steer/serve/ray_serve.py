@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from experts.errors import SteerlabError
+from steer.guard import FEATURE
 
 try:
     from fastapi import FastAPI, Request
@@ -363,7 +364,8 @@ class RouterService:
                **{k: response["steerlab"][k] for k in ("decision", "applied", "settings", "timings_ms")},
                "rerouted_from": response["steerlab"].get("rerouted_from"),
                "usage": response["usage"], "finish_reason": response["choices"][0]["finish_reason"],
-               "stream": response.get("stream", False)}
+               "stream": response.get("stream", False),
+               "guarded": any(a["because"] == FEATURE for a in response["steerlab"]["applied"])}
         async with self.log_lock:
             await asyncio.to_thread(append_jsonl, self.log, [row])
 

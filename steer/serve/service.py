@@ -190,6 +190,12 @@ def to_deployed(router: Router, decision: RoutingDecision, deployed: Collection[
         return decision, None
     expert_of = {r.file: r.expert for r in router.rules}
     kept = [a for a in decision.adjustments if expert_of.get(a.file) in ("", router.fallback)]
+    # a rule that fired for the chosen expert fires for the fallback too where the policy has it for the fallback
+    # (the guard has one refusal direction per expert): the fallback answers as guarded as the expert would have
+    kept += [replace(a, kind=r.kind, file=r.file, strength=r.strength, above=r.above, expert=router.fallback)
+             for a in decision.adjustments if expert_of.get(a.file) not in ("", router.fallback)
+             for r in router.rules if r.when == a.because and r.expert == router.fallback
+             and a.activation is not None and a.activation > r.above and r.file not in {k.file for k in kept}]
     return replace(decision, expert=router.fallback, adjustments=kept), decision.expert
 
 

@@ -197,7 +197,7 @@ def test_route_train_and_eval_cli(tmp_path, capsys):
     evaluated = json.loads(capsys.readouterr().out)
     assert set(evaluated["sets"]) == {"test split", "HumanEval (3 problems)"} and evaluated["settings"]["cost_weight"] == 0.0
     for name, result in evaluated["sets"].items():
-        assert len(result["verdicts"]) == 6 and all(line.startswith("the router ") for line in result["verdicts"])
+        assert len(result["verdicts"]) == 7 and all(line.startswith("the router ") for line in result["verdicts"])
         assert 0 <= result["apgr"] <= 1 or np.isnan(result["apgr"])
         assert {"mean", "ci_low", "ci_high"} <= set(result["oracle_headroom"])
     assert "tfidf-logistic" in evaluated["claim"] and "minilm-knn" in evaluated["claim"]
@@ -259,3 +259,44 @@ def test_the_decision_model_predicts_each_experts_grade_and_picks_the_highest():
     assert ((z @ coef.T + intercept).argmax(1) == np.where(side, 0, 1)).all()
     constant = fit_decision_model(z, np.c_[np.ones(n), observed[:, 1]], c=1.0)
     assert (constant[0][0] == 0).all() and constant[1][0] > 5  # always passing: a constant, certain grade
+
+
+def test_keyword_rule_baseline_sends_code_words_to_the_expert_best_on_them():
+    from steer.router.baselines import keyword_rule
+
+    tasks = [Task(f"t{i}", "code" if i % 2 else "knowledge", q, "ref") for i, q in enumerate(
+        ["What is the capital of Peru?", "Write a Python function that adds two numbers.",
+         "Who wrote Hamlet?", "Fix this SQL query: SELECT * FROM users WHERE", "Name a red fruit."])]
+    q = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.2], [0.1, 0.9], [0.8, 0.3]])
+    train = np.array([True, True, True, False, False])
+    assert keyword_rule(q, tasks, train).tolist() == [0, 1, 0, 1, 0]
+
+
+def test_add_rule_checks_before_it_writes(trained, tmp_path, capsys):
+    """`steer route add-rule` refuses a rule on a feature that failed outside, and one whose target does not move on
+    held-out tasks; a refused rule leaves the router as it was."""
+    import shutil
+    from dataclasses import replace
+
+    from analysis.cli import main
+
+    folder = tmp_path / "router"
+    shutil.copytree(trained[0], folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    router = Router.load(folder)
+    vector = tmp_path / "push.safetensors"
+    shutil.copyfile(folder / "gender.safetensors", vector)
+    name = router.features.names[0]
+    args = ["route", "add-rule", "--router", str(folder), "--when", name, "--above", "-1000", "--kind", "steer",
+            "--file", str(vector), "--strength", "1", "--expert", "tiny-llama", "--target", "refusal",
+            "--tasks", str(trained[0] / "tasks.jsonl"), "--max-answer-tokens", "6"]
+    assert main(args) == 2  # random weights: the feature's outside AUROC is far below the bar
+    assert "rule refused: feature" in capsys.readouterr().err
+    assert main([*args[:5], "no-such-feature", *args[6:]]) == 2
+    assert "is not in this router" in capsys.readouterr().err
+    features = replace(router.features, features=[replace(f, outside_auroc=1.0) for f in router.features.features])
+    features.save(folder / "features.safetensors")  # as if it had passed outside: now the rule's own check decides
+    before["features.safetensors"] = (folder / "features.safetensors").read_bytes()
+    assert main(args) == 2
+    assert "rule refused: its target does not move" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before

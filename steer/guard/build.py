@@ -1,0 +1,96 @@
+"""Build the guard into a router folder: the harm feature (trained on the guard's training requests, shipped only if
+it passes outside), a refusal direction per expert with its strength (chosen on training requests), and one rule
+per expert: where the harm feature fires and that expert is chosen, steer it along its refusal direction.
+Requests may not weaken the guard unless the operator sets `request_max`."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from experts.errors import SteerlabError
+from experts.files import file_sha256
+from steer.guard import FEATURE
+from steer.guard.data import TRAIN, outside_requests, training_requests
+from steer.guard.direction import ChosenDirection, choose_direction
+from steer.guard.feature import HarmFeature, OutsideCheck, check_outside, train_harm_feature
+from steer.router.editing import add_feature, add_rule
+from steer.router.router import Router, Rule
+
+if TYPE_CHECKING:
+    from experts.expert import Expert
+
+N_SELECT = 20  # harmful training requests held apart from the direction's fit, to choose its layer and strength
+
+
+def vector_file(expert: str) -> str:
+    return f"refusal_{expert}.safetensors"
+
+
+@dataclass(frozen=True)
+class Guard:
+    feature: HarmFeature
+    outside: OutsideCheck
+    directions: dict[str, ChosenDirection]
+
+
+def read_outside(router: Router, reader: Expert, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
+    """The router's reading of every outside set: (feature-ready activations by set, harmful source masks, sets)."""
+    sets = outside_requests(seed)
+    h = {name: router.read(reader, s.queries).activations for name, s in sets.items()}
+    groups = sets["harmful"].group
+    masks = {g: np.array([x == g for x in groups]) for g in sorted(set(groups))}
+    return h, masks, sets
+
+
+def build_guard(router: Router, reader: Expert, experts: dict[str, Expert], *, seed: int = 0,
+                progress: bool = True) -> Guard:
+    """Train the harm feature on the router's reading, check it outside, choose each expert's refusal direction."""
+    train = training_requests(seed)
+    h = router.read(reader, train.queries).activations
+    feature = train_harm_feature(reader, router.features.layer, train, h, seed)
+    h_out, masks, _ = read_outside(router, reader, seed)
+    outside = check_outside({k: feature.scores(v) for k, v in h_out.items()}, masks, feature.threshold)
+    if not outside.ships:  # before the expensive part: a guard without its feature is not installed
+        raise SteerlabError("the harm feature is not shipped: " + "; ".join(outside.lines(feature.threshold)))
+    harmful = [q for q, y in zip(train.queries, train.harmful) if y]
+    harmless = [q for q, y in zip(train.queries, train.harmful) if not y]
+    select, fit = harmful[:N_SELECT], harmful[N_SELECT:]
+    directions = {name: choose_direction(expert, fit, harmless, select, dataset=str(TRAIN.name), progress=progress)
+                  for name, expert in experts.items()}
+    return Guard(feature, outside, directions)
+
+
+def install_guard(router: Router, guard: Guard, out: Path, request_max: float = 0.0) -> Router:
+    """Copy the router to `out` (unless it is there) and add the harm feature and one rule per expert; refuses a
+    feature that failed its outside check. `request_max`: the largest strength a request may ask for (0, the
+    default: a request cannot weaken or strengthen the guard)."""
+    if not guard.outside.ships:
+        raise SteerlabError(f"the harm feature is not shipped: {guard.outside.why}")
+    if router.folder is None:
+        raise SteerlabError("install_guard needs a router loaded from its folder (Router.load)")
+    if Path(router.folder).resolve() != out.resolve():
+        shutil.copytree(router.folder, out, dirs_exist_ok=True)
+    if FEATURE in router.features.names:
+        raise SteerlabError(f"the router in {router.folder} already has a {FEATURE!r} feature (a guard)")
+    measured = guard.feature.features
+    measured = replace(measured, features=[replace(measured.features[0], outside_auroc=guard.outside.auroc)])
+    edited = replace(add_feature(router, measured), folder=out)
+    for name, chosen in guard.directions.items():
+        path = out / vector_file(name)
+        chosen.vector.save(path)
+        rule = Rule(when=FEATURE, kind="steer", file=vector_file(name), strength=chosen.strength,
+                    above=guard.feature.threshold, expert=name, target="refusal", direction=1, request_max=request_max)
+        edited = add_rule(edited, rule)
+    record = {"threshold": guard.feature.threshold, "cv_auroc": guard.feature.cv_auroc, "c": guard.feature.c,
+              "outside": {"auroc": guard.outside.auroc, "fpr": guard.outside.fpr, "tpr": guard.outside.tpr,
+                          "n": guard.outside.n, "why": guard.outside.why},
+              "training_data_sha256": file_sha256(TRAIN),
+              "directions": {name: chosen.record() for name, chosen in guard.directions.items()}}
+    edited = replace(edited, notes={**edited.notes, "guard": record})
+    edited.save(out)
+    return edited
