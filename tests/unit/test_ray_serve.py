@@ -93,7 +93,8 @@ def test_a_routed_completion_carries_its_decision_and_equals_a_local_answer(serv
     trace = out.model_extra["steerlab"]
     assert out.model == decision.expert and trace["decision"]["expert"] == decision.expert
     assert trace["applied"] == [a.__dict__ for a in adjustments]
-    assert {"kind": "steer", "file": "gender.safetensors", "strength": 1.5, "because": "request"} in trace["applied"]
+    assert {"kind": "steer", "file": "gender.safetensors", "strength": 1.5, "because": "request", "activation": None,
+            "above": None, "expert": ""} in trace["applied"]
     assert out.choices[0].message.content == local.text and out.choices[0].logprobs is None
     assert out.usage.completion_tokens == local.completion_tokens <= 8 and set(trace["timings_ms"]) == {"decide", "answer"}
     models = client.models.list().data
@@ -219,3 +220,4 @@ def test_auth_readiness_models_metrics_and_the_audit_log(service):
     assert sorted(line["id"] for line in lines) == sorted(ANSWERED)  # one line per answered request
     assert all(line["decision"]["expert"] and "applied" in line for line in lines)
     assert any(line["stream"] for line in lines)
+    assert all(line["guarded"] is False for line in lines)  # the tiny router has no guard: no request is marked
