@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from torch import Tensor
 
 from experts.errors import SteerlabError
 from experts.files import file_sha256
@@ -38,8 +39,8 @@ class Guard:
     directions: dict[str, ChosenDirection]
 
 
-def read_outside(router: Router, reader: Expert, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
-    """The router's reading of every outside set: (feature-ready activations by set, harmful source masks, sets)."""
+def read_outside(router: Router, reader: Expert, seed: int = 0) -> tuple[dict[str, Tensor], dict[str, np.ndarray], dict]:
+    """The router's reading of every outside set: (its activations by set, a row mask per harmful source, the sets)."""
     sets = outside_requests(seed)
     h = {name: router.read(reader, s.queries).activations for name, s in sets.items()}
     groups = sets["harmful"].group

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from experts.errors import SteerlabError
 from steer.datasets import ContrastPair
 from steer.evaluate.refusal import is_refusal
 from steer.vectors.extract import compute_group_vector, compute_vector
@@ -65,8 +66,6 @@ def refusal_vector(expert: Expert, method: str, layers: Sequence[int], harmful: 
                  for i, q in enumerate(harmful)]
         vector = compute_vector(expert, pairs, layers, token_rule="mean", dataset=dataset, dataset_sha256=dataset_sha256)
     else:
-        from experts.errors import SteerlabError
-
         raise SteerlabError(f"unknown refusal direction method {method!r}; choose one of {', '.join(METHODS)}")
     return replace(vector, provenance=replace(vector.provenance, method=f"refusal:{method}"))
 
