@@ -250,7 +250,7 @@ class Expert:
         return list(self.bridge.hook_dict)
 
     def hook_point(self, name: str) -> hookpoints.HookPoint:
-        """The HF boundary of a fast TL name; unknown names get suggestions."""
+        """The HF boundary of a fast TL name (TL 3's or TL 4's); unknown names get suggestions."""
         point = hookpoints.resolve_hook(name, self.architecture, self.n_layers)
         if point is None:
             hookpoints.check_known(name, self.hook_names())
@@ -258,15 +258,19 @@ class Expert:
 
     def _split_hook_names(self, names: Sequence[str]) -> tuple[list[hookpoints.HookPoint], list[str]]:
         """Fast names as hook points in forward order, and the names only the bridge serves."""
-        fast, slow = [], []
-        for name in dict.fromkeys(names):
+        fast, slow, seen = [], [], set()
+        for name in names:  # a TL 4 name and its legacy alias are one tensor, captured once
+            legacy = hookpoints.legacy_name(name, self.architecture)
+            if legacy in seen:
+                continue
+            seen.add(legacy)
             point = hookpoints.resolve_hook(name, self.architecture, self.n_layers)
             if point is not None:
                 fast.append(point)
                 continue
-            if name not in self.bridge.hook_dict:
+            if legacy not in self.bridge.hook_dict:
                 raise UnknownHookError(name, self.hook_names() + self.bridge_hook_names())
-            slow.append(name)
+            slow.append(legacy)
         order = {n: i for i, n in enumerate(self.hook_names())}
         return sorted(fast, key=lambda p: order[p.name]), slow
 
@@ -424,9 +428,11 @@ class Expert:
         request = CaptureRequest(fast, slow, reduce, mean_from, return_logits, keep_norms)
         kept, norms, logits = capture(self.model, full, request, bridge=self.bridge if slow else None,
                                       batch_size=batch_size, progress=progress)
-        unique = list(dict.fromkeys(names))
+        unique = list(dict.fromkeys(names))  # as asked: a TL 4 name keys the tensor its legacy alias names
+        legacy = {name: hookpoints.legacy_name(name, self.architecture) for name in unique}
+        norms = {name: norms[legacy[name]] for name in unique if legacy[name] in norms}
         cache = ActivationCache(
-            activations={name: kept[name] for name in unique},
+            activations={name: kept[legacy[name]] for name in unique},
             tokens=full.input_ids,
             attention_mask=full.attention_mask,
             prompts=prompts,

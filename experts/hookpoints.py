@@ -30,6 +30,8 @@ class Layout:
     attn_out: str  # output of this module is hook_attn_out (what is added to the residual)
     mlp_out: str  # output of this module is hook_mlp_out
     attn_norm: str  # input of this module is the residual before attention (resid_pre, after its edits)
+    tl4_attn_out: str = "attn.hook_out"  # TransformerLens 4's name (inside a block) of hook_attn_out's tensor
+    tl4_mlp_out: str = "mlp.hook_out"  # ... and of hook_mlp_out's
 
 
 _LLAMA = Layout("model.embed_tokens", "model.layers", "model.norm", "self_attn", "mlp", "input_layernorm")
@@ -41,6 +43,8 @@ _GEMMA3 = Layout(
     "post_attention_layernorm",
     "post_feedforward_layernorm",
     "input_layernorm",
+    "ln1_post.hook_out",  # attn.hook_out / mlp.hook_out are the sublayers' outputs before these norms: other tensors
+    "ln2_post.hook_out",
 )
 
 LAYOUTS: dict[str, Layout] = {
@@ -56,6 +60,33 @@ LAYOUTS: dict[str, Layout] = {
 BLOCK_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
 GLOBAL_HOOKS = ("hook_embed", "ln_final.hook_out")
 _BLOCK_NAME = re.compile(r"^blocks\.(\d+)\.(.+)$")
+# TransformerLens 4's canonical names of the same tensors (its TransformerBridge makes each one an alias of the
+# other): accepted everywhere a name is, for reading and for editing, and spelled the legacy way inside steerlab.
+# The sublayer outputs' names depend on the architecture (`Layout.tl4_attn_out`). `blocks.N.ln2.hook_in` (TL 4's
+# alias of hook_resid_mid) is not one: an edit there reaches only the MLP's input, not the residual stream.
+BLOCK_ALIASES = {"hook_in": "hook_resid_pre", "hook_out": "hook_resid_post"}
+GLOBAL_ALIASES = {"embed.hook_out": "hook_embed"}
+
+
+def block_aliases(architecture: str | None = None) -> dict[str, str]:
+    """TL 4's names inside a block -> steerlab's: the residual's for any architecture, the sublayers' for one."""
+    if architecture is None:
+        return dict(BLOCK_ALIASES)
+    layout = layout_for(architecture)
+    return BLOCK_ALIASES | {layout.tl4_attn_out: "hook_attn_out", layout.tl4_mlp_out: "hook_mlp_out"}
+
+
+def block_hook(hook: str, architecture: str | None = None) -> str:
+    """A name inside a block in steerlab's spelling: TL 4's `hook_out` -> `hook_resid_post`; others unchanged."""
+    return block_aliases(architecture).get(hook, hook)
+
+
+def legacy_name(name: str, architecture: str | None = None) -> str:
+    """A full name in steerlab's spelling: `blocks.3.hook_in` -> `blocks.3.hook_resid_pre`; others unchanged."""
+    if name in GLOBAL_ALIASES:
+        return GLOBAL_ALIASES[name]
+    match = _BLOCK_NAME.match(name)
+    return f"blocks.{match.group(1)}.{block_hook(match.group(2), architecture)}" if match else name
 
 
 @dataclass(frozen=True)
@@ -103,9 +134,10 @@ def fast_hook_names(n_layers: int) -> list[str]:
 def resolve_hook(name: str, architecture: str, n_layers: int) -> HookPoint | None:
     """Resolve a TL name to a `HookPoint`, or `None` if it has no HF boundary (bridge-only).
 
-    Raises `LayerOutOfRangeError` for `blocks.N.*` with N out of range.
+    Raises `LayerOutOfRangeError` for `blocks.N.*` with N out of range. TL 4's names resolve as their aliases.
     """
     layout = layout_for(architecture)
+    asked, name = name, legacy_name(name, architecture)
     if name == "hook_embed":
         return HookPoint(name, None, layout.embed, "output")
     if name == "ln_final.hook_out":
@@ -115,7 +147,7 @@ def resolve_hook(name: str, architecture: str, n_layers: int) -> HookPoint | Non
         return None
     layer, hook = int(match.group(1)), match.group(2)
     if layer >= n_layers:
-        raise LayerOutOfRangeError(name, layer, n_layers)
+        raise LayerOutOfRangeError(asked, layer, n_layers)
     block = f"{layout.blocks}.{layer}"
     if hook == "hook_resid_pre":
         return HookPoint(name, layer, block, "input")

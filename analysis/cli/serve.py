@@ -29,7 +29,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
               "serve other hosts", flush=True)
     else:
         print("every route but /health needs 'Authorization: Bearer <key>'", flush=True)
-    print(f"serving {args.router} at {url}/v1/chat/completions (models: {url}/v1/models, metrics: {url}/metrics, "
+    print(f"serving {args.router} at {url}/v1/chat/completions and {url}/v1/completions (models, each expert "
+          f"pinnable by name: {url}/v1/models, metrics: {url}/metrics, "
           f"readiness: {url}/ready); Ctrl-C stops it\n"
           f"try: curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' "
           """-d '{"messages": [{"role": "user", "content": "Write a haiku about rain."}], "max_tokens": 32}'""", flush=True)

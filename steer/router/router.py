@@ -87,6 +87,9 @@ class Router:
                 raise SteerlabError(f"policy rule names expert {rule.expert!r}; this router routes to {', '.join(self.experts)}")
             if self.folder is not None and not (self.folder / rule.file).is_file():
                 raise SteerlabError(f"policy rule names {rule.file!r}, which is not in {self.folder}")
+            if not rule.expert and len(self.experts) > 1:  # a vector or a reward is made for one expert's model
+                raise SteerlabError(f"policy rule on {rule.when!r} ({rule.file}) names no expert; this router routes to "
+                                    f"{', '.join(self.experts)}: set `expert` to the one its file was made for")
         if self.fallback not in self.experts:
             raise SteerlabError(f"fallback expert {self.fallback!r} is not one of {', '.join(self.experts)}")
 
@@ -131,17 +134,26 @@ class Router:
         self.check_reader(reader)
         return read(reader, queries, self.features.layer, keep_prefill=keep_prefill)
 
-    def decide(self, reader: Expert, queries: Sequence[str]) -> list[RoutingDecision]:
+    def decide(self, reader: Expert, queries: Sequence[str],
+               pinned: Sequence[str | None] | None = None) -> list[RoutingDecision]:
         reading = self.read(reader, queries)
-        return self.decisions(queries, reading.activations, reading.truncated)
+        return self.decisions(queries, reading.activations, reading.truncated, pinned)
 
-    def decisions(self, queries: Sequence[str], h: Tensor, truncated: Sequence[bool] | None = None) -> list[RoutingDecision]:
+    def decisions(self, queries: Sequence[str], h: Tensor, truncated: Sequence[bool] | None = None,
+                  pinned: Sequence[str | None] | None = None) -> list[RoutingDecision]:
+        """One decision per query. `pinned`: per query, an expert the request names (None: the router chooses);
+        a pinned request gets that expert with the rules the policy has for it (the guard included)."""
         acts = self.features.activations(h).double().numpy()
         z = (acts - self.feature_mean) / self.feature_scale
         logits = z @ self.coef.T + self.intercept
         p = _sigmoid(logits)
         out = []
         choices, abstained = self._choose(h)
+        for row, name in enumerate(pinned or []):
+            if name is not None:
+                if name not in self.experts:
+                    raise SteerlabError(f"unknown expert {name!r}; this router routes to {', '.join(self.experts)}")
+                choices[row], abstained[row] = self.experts.index(name), False
         for row, choice in enumerate(choices):
             expert = self.experts[choice]
             readings = [FeatureReading(name, float(acts[row, j]), float(self.coef[choice, j]),

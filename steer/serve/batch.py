@@ -137,9 +137,11 @@ def _only_rows(hook: Callable[[Tensor, DecodeState], Tensor], rows: Tensor) -> C
 
 def answer_rows(expert: Expert, requests: Sequence[RowRequest], rules: Sequence[Rule], folder: Path, *,
                 top_k: int = 20, loaded: dict[str, Any] | None = None,
-                emit: Callable[[list[Delta | None]], None] | None = None) -> list[Delta]:
+                emit: Callable[[list[Delta | None]], None] | None = None,
+                cancelled: Callable[[int], bool] | None = None) -> list[Delta]:
     """Answer `requests` in one batch; `emit` receives, after each step, one `Delta` per row (None for rows that
-    finished earlier). Returns each row's whole answer as one `Delta`."""
+    finished earlier). `cancelled(row)`, asked at every step, stops a row whose caller has gone (nothing more is
+    emitted for it; its whole answer keeps `finish_reason` None). Returns each row's whole answer as one `Delta`."""
     loaded = {} if loaded is None else loaded
     by_file = {(r.kind, r.file): r for r in rules}
     rows = [_Row(expert, r) for r in requests]
@@ -151,7 +153,8 @@ def answer_rows(expert: Expert, requests: Sequence[RowRequest], rules: Sequence[
         ended = torch.zeros(len(rows), dtype=torch.bool)
         deltas: list[Delta | None] = []
         for i, (row, token) in enumerate(zip(rows, tokens.tolist())):
-            if row.done:
+            if row.done or (cancelled is not None and cancelled(i)):
+                row.done = ended[i] = True
                 deltas.append(None)
                 continue
             delta = Delta(batch_size=len(rows))

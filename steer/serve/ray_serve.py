@@ -18,6 +18,7 @@ from typing import Any
 
 from experts.errors import SteerlabError
 from steer.guard import FEATURE
+from steer.serve.metrics import CLIENT_CLOSED
 
 try:
     from fastapi import FastAPI, Request
@@ -69,6 +70,7 @@ class ExpertService:
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
         self.waiting: asyncio.Queue | None = None  # (job, the request's own queue of deltas)
         self.batcher: asyncio.Task | None = None
+        self.cancelled: set[int] = set()  # the delta queues of requests whose caller has gone (their rows stop)
 
     async def ready(self) -> str:
         """Answers once this replica has loaded its expert (a replica takes calls only after its constructor)."""
@@ -80,11 +82,17 @@ class ExpertService:
             self.waiting = asyncio.Queue()
             self.batcher = asyncio.create_task(self._batches())
         deltas: asyncio.Queue = asyncio.Queue()
-        self.waiting.put_nowait((job, deltas))
-        while (delta := await deltas.get()) is not None:
-            if isinstance(delta, BaseException):
-                raise delta
-            yield delta
+        self.waiting.put_nowait(({**job, "arrived": time.perf_counter()}, deltas))
+        finished = False
+        try:
+            while (delta := await deltas.get()) is not None:
+                if isinstance(delta, BaseException):
+                    raise delta
+                yield delta
+            finished = True
+        finally:  # the caller cancelled (its client left or timed out): its row stops at the next token
+            if not finished:
+                self.cancelled.add(id(deltas))
 
     async def _batches(self) -> None:
         loop = asyncio.get_running_loop()
@@ -103,29 +111,35 @@ class ExpertService:
 
     async def _run(self, batch: list[tuple[dict, asyncio.Queue]]) -> None:
         loop, outs = asyncio.get_running_loop(), [out for _, out in batch]
+        started = time.perf_counter()
+        queued = [started - job["arrived"] for job, _ in batch]
 
         def emit(deltas) -> None:
-            for delta, out in zip(deltas, outs):
+            for delta, out, waited in zip(deltas, outs, queued):
                 if delta is not None:
-                    loop.call_soon_threadsafe(out.put_nowait, asdict(delta))
+                    loop.call_soon_threadsafe(out.put_nowait, {**asdict(delta), "queued_s": waited})
                     if delta.finish_reason is not None:
                         loop.call_soon_threadsafe(out.put_nowait, None)
 
         try:
-            await asyncio.to_thread(self._answer, [job for job, _ in batch], emit)
+            await asyncio.to_thread(self._answer, [job for job, _ in batch], emit,
+                                    lambda row: id(outs[row]) in self.cancelled)
         except Exception as error:  # every request of the batch gets it (rows already finished have ended)
             for out in outs:
                 out.put_nowait(error)
+        finally:
+            self.cancelled.difference_update(id(out) for out in outs)
 
-    def _answer(self, jobs: list[dict], emit) -> None:
+    def _answer(self, jobs: list[dict], emit, cancelled) -> None:
         from experts.generate import GenerationSettings
         from steer.router.decision import Adjustment
         from steer.serve.batch import RowRequest, answer_rows
 
-        requests = [RowRequest(self.expert.format_conversation(job["messages"]),
+        requests = [RowRequest(job["messages"][-1]["content"] if job["raw"] else self.expert.format_conversation(job["messages"]),
                                tuple(Adjustment(**a) for a in job["adjustments"]), GenerationSettings(**job["settings"]),
                                tuple(job["stops"]), job["top_logprobs"]) for job in jobs]
-        answer_rows(self.expert, requests, self.rules, self.folder, top_k=self.top_k, loaded=self.loaded, emit=emit)
+        answer_rows(self.expert, requests, self.rules, self.folder, top_k=self.top_k, loaded=self.loaded, emit=emit,
+                    cancelled=cancelled)
 
 
 app = FastAPI(title="steerlab router", description="OpenAI-style chat completions, routed by activation features")
@@ -138,6 +152,7 @@ def _error(status: int, message: str, param: str | None = None, headers: dict[st
 
 
 RETRY_AFTER_S = 2  # what a 503 tells a client to wait before trying again
+PROXY_MARGIN_S = 10  # Ray's HTTP proxy times out this much later than the service, so that the 408 is the service's
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -155,19 +170,33 @@ class _Turn:
     the `steerlab` trace in the first); either way it is logged and counted once it ends."""
 
     def __init__(self, service: "RouterService", chat, decision, adjustments, rerouted: str | None, start: float,
-                 decided: float) -> None:
+                 decided: float, deadline: float, deltas) -> None:
         from steer.serve.service import trace
 
         self.service, self.chat, self.decision, self.adjustments = service, chat, decision, adjustments
-        self.start, self.decided = start, decided
+        self.start, self.decided, self.deadline, self.deltas = start, decided, deadline, deltas
         self.trace = trace(chat, decision, adjustments, {"decide": 1000 * (decided - start)})
         if rerouted:
             self.trace["rerouted_from"] = rerouted
 
-    async def _all(self, first: dict, deltas) -> AsyncIterator[dict]:
+    async def _all(self, first: dict) -> AsyncIterator[dict]:
+        """The expert's deltas; TimeoutError past the request's deadline (the expert's row is then cancelled)."""
+        self.service.metrics.first_token(self.decision.expert, time.perf_counter() - self.start, first.get("queued_s", 0.0))
         yield first
-        async for delta in deltas:
+        while True:
+            try:
+                delta = await asyncio.wait_for(self.deltas.__anext__(), max(0.0, self.deadline - time.perf_counter()))
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                self.deltas.cancel()
+                raise
             yield delta
+
+    def abandoned(self) -> None:
+        """The client left (or the server cancelled the request): stop the expert's row, count it."""
+        self.deltas.cancel()
+        self.service.metrics.unanswered(CLIENT_CLOSED)
 
     def _timings(self) -> float:
         """Record the answer's time in the trace; returns the request's whole time in seconds."""
@@ -175,12 +204,16 @@ class _Turn:
         self.trace["timings_ms"]["answer"] = 1000 * (now - self.decided)
         return now - self.start
 
-    async def completion(self, first: dict, deltas) -> dict:
+    async def completion(self, first: dict) -> dict:
         from steer.serve.service import completion
 
         text, logprobs, last = "", [], first
-        async for delta in self._all(first, deltas):
-            text, logprobs, last = text + delta["text"], logprobs + delta["logprobs"], delta
+        try:
+            async for delta in self._all(first):
+                text, logprobs, last = text + delta["text"], logprobs + delta["logprobs"], delta
+        except asyncio.CancelledError:
+            self.abandoned()
+            raise
         seconds = self._timings()
         response = completion(self.chat, self.decision, self.adjustments, {**last, "text": text, "logprobs": logprobs},
                               self.trace["timings_ms"])
@@ -188,7 +221,7 @@ class _Turn:
         await self._done(response, seconds, last)
         return response
 
-    async def events(self, first: dict, deltas) -> AsyncIterator[str]:
+    async def events(self, first: dict) -> AsyncIterator[str]:
         import json
         import uuid
 
@@ -202,16 +235,23 @@ class _Turn:
         yield send(chunk(head, {"role": "assistant", "content": ""}, request=self.chat, extra={"steerlab": self.trace}))
         text, last = "", first
         try:
-            async for delta in self._all(first, deltas):
+            async for delta in self._all(first):
                 text, last = text + delta["text"], delta
                 if delta["text"] or delta["logprobs"] or delta["finish_reason"]:
                     yield send(chunk(head, {"content": delta["text"]} if delta["text"] else {}, request=self.chat,
                                      finish=delta["finish_reason"], logprobs=delta["logprobs"]))
-        except Exception as error:  # the headers are sent: the error goes in the stream, in OpenAI's shape
+        except (asyncio.CancelledError, GeneratorExit):  # the client left: nobody reads what follows
+            self.abandoned()
+            raise
+        except Exception as error:  # the headers are sent: the error goes in the stream, in OpenAI's shape, then [DONE]
             from steer.serve.service import error_body
 
-            self.service.metrics.unanswered(500)
-            yield send(error_body(500, f"internal error ({type(error).__name__}); the answer was cut short"))
+            timeout = isinstance(error, TimeoutError)
+            self.service.metrics.unanswered(408 if timeout else 500)
+            message = (f"the request ran past its {self.service.timeout_s:g} s limit; the answer was cut short" if timeout
+                       else f"internal error ({type(error).__name__}); the answer was cut short")
+            yield send(error_body(408 if timeout else 500, message))
+            yield "data: [DONE]\n\n"
             return
         if self.chat.include_usage:
             yield send({**head, "object": "chat.completion.chunk", "choices": [],
@@ -224,7 +264,7 @@ class _Turn:
 
     async def _done(self, response: dict, seconds: float, last: dict) -> None:
         self.service.metrics.answered(self.decision.expert, seconds, last["completion_tokens"], last["batch_size"],
-                                      self.chat.stream)
+                                      self.chat.stream, time.perf_counter() - self.decided)
         await self.service.write_log(response)
 
 
@@ -235,7 +275,8 @@ class RouterService:
     policy, stream the chosen expert's answer back (or assemble it), log the decision, count it in /metrics."""
 
     def __init__(self, router_files: dict[str, bytes], experts: dict[str, Any], limits: dict, threads: int,
-                 api_key: str | None = None, log: str | None = None) -> None:
+                 api_key: str | None = None, log: str | None = None, timeout_s: float = 120.0,
+                 max_requests: int = 96) -> None:
         import torch
 
         from experts.expert import Expert
@@ -251,6 +292,7 @@ class RouterService:
         self.limits, self.api_key, self.log = Limits(**limits), api_key, log
         self.log_lock = asyncio.Lock()
         self.metrics = ServiceMetrics()
+        self.timeout_s, self.max_requests, self.in_flight = timeout_s, max_requests, 0
 
     def _denied(self, request: Request) -> JSONResponse | None:
         """401 unless the request carries the API key (when the service has one)."""
@@ -293,62 +335,97 @@ class RouterService:
         body, content_type = self.metrics.exposition()
         return Response(body, media_type=content_type)
 
-    def _model(self) -> dict:
+    def _models(self) -> dict[str, dict]:
+        """The router (it picks the expert) and each deployed expert (a request naming one pins it)."""
         from steer.serve.service import MODEL, allowed_strengths
 
-        return {"id": MODEL, "object": "model", "created": 0, "owned_by": "steerlab", "experts": sorted(self.experts),
-                "fallback": self.router.fallback, "request_strengths": allowed_strengths(self.router)}
+        router = {"id": MODEL, "object": "model", "created": 0, "owned_by": "steerlab", "experts": sorted(self.experts),
+                  "fallback": self.router.fallback, "request_strengths": allowed_strengths(self.router)}
+        return {MODEL: router} | {name: {"id": name, "object": "model", "created": 0, "owned_by": "steerlab",
+                                         "pinned": True} for name in sorted(self.experts)}
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
-        return self._denied(request) or JSONResponse({"object": "list", "data": [self._model()]})
+        return self._denied(request) or JSONResponse({"object": "list", "data": list(self._models().values())})
 
     @app.get("/v1/models/{model_id}")
     async def model(self, model_id: str, request: Request) -> JSONResponse:
-        from steer.serve.service import MODEL
-
         if denied := self._denied(request):
             return denied
-        if model_id != MODEL:
-            return _error(404, f"unknown model {model_id!r}; this service serves {MODEL!r}", "model")
-        return JSONResponse(self._model())
+        models = self._models()
+        if model_id not in models:
+            return _error(404, f"unknown model {model_id!r}; this service serves {', '.join(models)}", "model")
+        return JSONResponse(models[model_id])
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def _decide(self, prompts: list[str]) -> list:
-        return await asyncio.to_thread(self.router.decide, self.reader, prompts)
+    async def _decide(self, requests: list[tuple[str, str | None]]) -> list:
+        prompts, pinned = [p for p, _ in requests], [e for _, e in requests]
+        return await asyncio.to_thread(self.router.decide, self.reader, prompts, pinned)
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request) -> Response:
-        from ray.serve.exceptions import BackPressureError
+        return await self._serve(request, raw=False)
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        """A raw continuation of `prompt` (no chat template): what a base expert is for."""
+        return await self._serve(request, raw=True)
+
+    async def _serve(self, request: Request, raw: bool) -> Response:
+        """Admit (503 past `max_requests` in flight), parse, decide, adjust, answer: every refusal in OpenAI's shape;
+        408 past the request's time limit; a request whose client leaves stops its expert's row."""
+        if denied := self._denied(request):
+            return denied
+        if self.in_flight >= self.max_requests:
+            return self._refused(503, f"the service has {self.in_flight} requests in flight (its limit); retry in "
+                                 f"{RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
+        self.in_flight += 1
+        try:
+            return await self._answer(request, raw)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: Request, raw: bool) -> Response:
+        from ray.serve.exceptions import BackPressureError, RayServeException
 
         from steer.serve.service import BadRequest, ChatRequest, adjustments_for, to_deployed
 
-        if denied := self._denied(request):
-            return denied
         start = time.perf_counter()
+        deadline = start + self.timeout_s
         try:
             body = await request.json()
         except ValueError:
             return self._refused(400, "the body is not JSON")
+        deltas = None
         try:
-            chat = ChatRequest.parse(body, self.limits)
-            decision = await self._decide(chat.prompt)
+            parse = ChatRequest.parse_completion if raw else ChatRequest.parse
+            chat = parse(body, self.limits, models=self.experts)
+            decision = await asyncio.wait_for(self._decide((chat.prompt, chat.pinned)), self.timeout_s)
             decided = time.perf_counter()
             decision, rerouted = to_deployed(self.router, decision, self.experts)
             adjustments = adjustments_for(self.router, decision, chat)
-            job = {"messages": list(chat.messages), "adjustments": [asdict(a) for a in adjustments],
+            job = {"messages": list(chat.messages), "raw": chat.raw, "adjustments": [asdict(a) for a in adjustments],
                    "settings": chat.generation_settings(), "stops": chat.stop, "top_logprobs": chat.top_logprobs}
             deltas = self.experts[decision.expert].answer.remote(job)
-            first = await deltas.__anext__()  # the expert took the request (or its queue refused it)
+            # the expert took the request (or its queue refused it)
+            first = await asyncio.wait_for(deltas.__anext__(), max(0.0, deadline - time.perf_counter()))
+            turn = _Turn(self, chat, decision, adjustments, rerouted, start, decided, deadline, deltas)
+            if chat.stream:
+                return StreamingResponse(turn.events(first), media_type="text/event-stream")
+            return JSONResponse(await turn.completion(first))
         except BadRequest as error:
-            return self._refused(400, str(error), error.param)
+            return self._refused(error.status, str(error), error.param)
+        except TimeoutError:
+            if deltas is not None:
+                deltas.cancel()
+            return self._refused(408, f"the request ran past its {self.timeout_s:g} s limit (steer serve "
+                                 "--request-timeout); nothing was returned")
         except BackPressureError:
             return self._refused(503, f"the expert's queue is full; retry in {RETRY_AFTER_S} s",
                                  headers={"Retry-After": str(RETRY_AFTER_S)})
-        turn = _Turn(self, chat, decision, adjustments, rerouted, start, decided)
-        if chat.stream:
-            return StreamingResponse(turn.events(first, deltas), media_type="text/event-stream")
-        return JSONResponse(await turn.completion(first, deltas))
+        except RayServeException as error:  # a replica gone or not yet up: a retryable 503, in OpenAI's shape
+            return self._refused(503, f"the expert is unavailable ({type(error).__name__}); retry in {RETRY_AFTER_S} s",
+                                 headers={"Retry-After": str(RETRY_AFTER_S)})
 
     def _refused(self, status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
         self.metrics.unanswered(status)
@@ -425,7 +502,7 @@ def serve_router(router_folder: str | Path, experts: list[str] | None = None, se
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": settings.host, "port": settings.port,
-                              "request_timeout_s": settings.request_timeout_s})
+                              "request_timeout_s": settings.request_timeout_s + PROXY_MARGIN_S})
     threads = settings.threads_per_replica or max(1, int(settings.cpus_per_replica))
     options = dict(num_replicas=settings.replicas, max_queued_requests=settings.max_queued_requests,
                    ray_actor_options={"num_cpus": settings.cpus_per_replica, "num_gpus": settings.gpus_per_replica})
@@ -435,8 +512,13 @@ def serve_router(router_folder: str | Path, experts: list[str] | None = None, se
                .bind(name, router.fingerprints.get(name), rules, policy_files, threads, settings.top_k,
                      settings.max_batch_size, settings.batch_wait_s) for name in experts}
     limits = {"max_tokens": settings.max_tokens, "max_prompt_chars": settings.max_prompt_chars}
-    ingress = RouterService.options(name="router", max_ongoing_requests=settings.max_ongoing_requests, **options).bind(
-        _pack(Path(router_folder)), handles, limits, threads, settings.api_key, settings.log)
+    # the ingress refuses past max_ongoing_requests itself (a 503 in OpenAI's shape): Ray's own limit sits above it
+    # and its queue is unbounded, so that Ray's proxy never answers a plain-text 503
+    ingress_options = {**options, "max_queued_requests": -1}
+    ingress = RouterService.options(name="router", max_ongoing_requests=settings.max_ongoing_requests
+                                    + settings.max_queued_requests, **ingress_options).bind(
+        _pack(Path(router_folder)), handles, limits, threads, settings.api_key, settings.log,
+        settings.request_timeout_s, settings.max_ongoing_requests)
     serve.run(ingress, name=APP, route_prefix="/", blocking=False)
     return f"http://{settings.host}:{settings.port}"
 

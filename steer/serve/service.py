@@ -29,9 +29,17 @@ class BadRequest(SteerlabError):
     """A request the service refuses (HTTP 400); the message names the bad value and the valid choices, `param`
     the request field at fault (OpenAI's error shape)."""
 
+    status = 400
+
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class UnknownModel(BadRequest):
+    """A request for a model this service does not serve (HTTP 404, as OpenAI answers)."""
+
+    status = 404
 
 
 ACCEPTED = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "n",
@@ -61,6 +69,17 @@ class Limits:
     max_prompt_chars: int = 8000
 
 
+# /v1/completions: a raw continuation of `prompt` (no chat template), e.g. for the base expert.
+COMPLETION_ACCEPTED = ("model", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "n", "stream", "user",
+                       "steerlab")
+COMPLETION_REFUSED = {
+    "suffix": "insertion (suffix) is not supported", "echo": "echo is not supported",
+    "best_of": "best_of is not supported; send n = 1", "logprobs": "log-probabilities are offered on /v1/chat/completions",
+    "stream": "streaming is offered on /v1/chat/completions", "logit_bias": "logit_bias is not supported",
+    "presence_penalty": "presence_penalty is not supported", "frequency_penalty": "frequency_penalty is not supported",
+}
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     messages: tuple[dict[str, str], ...]  # the conversation, ending with the user's message
@@ -73,17 +92,26 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False  # streaming: a last chunk with the token counts
     strengths: dict[str, float] = field(default_factory=dict)  # policy file -> requested strength
+    model: str = MODEL  # MODEL: the router picks the expert; an expert's name pins it (its rules still apply)
+    raw: bool = False  # /v1/completions: the expert continues the user's text as it is (no chat template)
 
     @property
     def prompt(self) -> str:
-        """The user's last message: what the router reads."""
-        return self.messages[-1]["content"]
+        """What the router reads: the whole conversation, every message in order (a request split across turns,
+        or one carried by a system message, is read as a whole); a single user message is read as it is."""
+        return "\n\n".join(m["content"] for m in self.messages)
+
+    @property
+    def pinned(self) -> str | None:
+        """The expert the request names, or None when the router chooses."""
+        return None if self.model == MODEL else self.model
 
     @classmethod
-    def parse(cls, body: Any, limits: Limits = Limits()) -> ChatRequest:
+    def parse(cls, body: Any, limits: Limits = Limits(), models: Collection[str] = ()) -> ChatRequest:
         """Validate an OpenAI-style body: a conversation (an optional system message, then user and assistant
         turns ending with the user's), sampling settings, stop sequences, log-probabilities, streaming and
-        `steerlab.strengths`; every other parameter is refused by name (never dropped)."""
+        `steerlab.strengths`; every other parameter is refused by name (never dropped). `model` is MODEL (the
+        router chooses) or one of `models`, the experts served (UnknownModel, HTTP 404, otherwise)."""
         if not isinstance(body, Mapping):
             raise BadRequest("the body must be a JSON object with 'messages'")
         for key, value in body.items():
@@ -91,9 +119,10 @@ class ChatRequest:
                 raise BadRequest(f"{key!r}: {REFUSED[key]}", key)
             if key not in ACCEPTED and key not in REFUSED:
                 raise BadRequest(f"unknown parameter {key!r}; this service accepts {', '.join(ACCEPTED)}", key)
-        if body.get("model", MODEL) != MODEL:
-            raise BadRequest(f"unknown model {body.get('model')!r}; this service serves {MODEL!r} (the router picks the expert)",
-                             "model")
+        model = body.get("model", MODEL)
+        if model != MODEL and model not in models:
+            raise UnknownModel(f"unknown model {model!r}; this service serves {', '.join([MODEL, *sorted(models)])} "
+                               f"({MODEL!r}: the router picks the expert)", "model")
         if body.get("n", 1) not in (1, None):
             raise BadRequest(f"n = {body.get('n')!r}; this service returns one choice (n = 1)", "n")
         messages = _messages(body.get("messages"), limits)
@@ -120,7 +149,25 @@ class ChatRequest:
                    top_p=_number(body, "top_p", 1.0, float, 1e-6, 1.0), seed=_number(body, "seed", 0, int, 0, 2**63 - 1),
                    stop=_stops(body.get("stop")), top_logprobs=(top or 0) if logprobs else None, stream=stream,
                    include_usage=bool((options or {}).get("include_usage")),
-                   strengths={str(k): float(v) for k, v in strengths.items()})
+                   strengths={str(k): float(v) for k, v in strengths.items()}, model=model)
+
+    @classmethod
+    def parse_completion(cls, body: Any, limits: Limits = Limits(), models: Collection[str] = ()) -> ChatRequest:
+        """Validate a /v1/completions body: `prompt` (one non-empty string), continued as it is; the sampling
+        settings, stop strings, `model` and `steerlab.strengths` as in a chat request."""
+        if not isinstance(body, Mapping):
+            raise BadRequest("the body must be a JSON object with 'prompt'")
+        for key, value in body.items():
+            if key in COMPLETION_REFUSED and value not in (None, False, 0):
+                raise BadRequest(f"{key!r}: {COMPLETION_REFUSED[key]}", key)
+            if key not in COMPLETION_ACCEPTED and key not in COMPLETION_REFUSED:
+                raise BadRequest(f"unknown parameter {key!r}; /v1/completions accepts {', '.join(COMPLETION_ACCEPTED)}",
+                                 key)
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise BadRequest(f"'prompt' must be one non-empty string, got {type(prompt).__name__}", "prompt")
+        chat = {k: v for k, v in body.items() if k in COMPLETION_ACCEPTED and k not in ("prompt", "stream")}
+        return replace(cls.parse({**chat, "messages": [{"role": "user", "content": prompt}]}, limits, models), raw=True)
 
     def generation_settings(self) -> dict[str, Any]:
         """Keyword arguments of `GenerationSettings`."""
@@ -228,7 +275,8 @@ def trace(request: ChatRequest, decision: RoutingDecision, adjustments: list[Adj
           timings_ms: Mapping[str, float]) -> dict[str, Any]:
     """The `steerlab` extension: the decision, what was applied, the settings and the timings."""
     return {"decision": decision.to_dict(), "applied": [asdict(a) for a in adjustments],
-            "explanation": decision.explain(), "settings": request.generation_settings(), "timings_ms": dict(timings_ms)}
+            "explanation": decision.explain(), "settings": request.generation_settings(), "pinned": request.pinned,
+            "timings_ms": dict(timings_ms)}
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -238,13 +286,16 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 def completion(request: ChatRequest, decision: RoutingDecision, adjustments: list[Adjustment],
                answer: Mapping[str, Any], timings_ms: Mapping[str, float]) -> dict[str, Any]:
-    """An OpenAI-style chat completion whose `steerlab` field carries the decision trace."""
+    """An OpenAI-style chat completion (a text completion for a raw request) whose `steerlab` field carries the
+    decision trace."""
+    choice = ({"index": 0, "text": answer["text"], "logprobs": None} if request.raw else
+              {"index": 0, "message": {"role": "assistant", "content": answer["text"]},
+               "logprobs": None if request.top_logprobs is None else {"content": answer.get("logprobs", [])}})
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+        "id": f"{'cmpl' if request.raw else 'chatcmpl'}-{uuid.uuid4().hex}",
+        "object": "text_completion" if request.raw else "chat.completion", "created": int(time.time()),
         "model": decision.expert,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer["text"]},
-                     "logprobs": None if request.top_logprobs is None else {"content": answer.get("logprobs", [])},
-                     "finish_reason": finish_reason(answer["finish_reason"])}],
+        "choices": [{**choice, "finish_reason": finish_reason(answer["finish_reason"])}],
         "usage": usage(answer["prompt_tokens"], answer["completion_tokens"]),
         "steerlab": trace(request, decision, adjustments, timings_ms),
     }

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from experts.errors import SteerlabError
 from experts.generate import DecodeState, current_decode_state
-from experts.hookpoints import BLOCK_HOOKS
+from experts.hookpoints import BLOCK_HOOKS, block_aliases, block_hook
 from experts.hooks import ActivationFn, attach
 from steer.datasets import ContrastPair
 from steer.errors import BadVectorFileError
@@ -124,8 +124,10 @@ def fit_eraser(expert: Expert, pairs: Sequence[ContrastPair], layers: Sequence[i
     """Fit LEACE with z = 1 for the positive side of each pair and 0 for the negative, on the tokens where the two
     texts differ (`tokens="differing"`: for pairs that swap a name and its pronouns, exactly where gender lives)
     or on every token after the prompt (`"all"`)."""
+    hook = block_hook(hook, expert.architecture)  # TL 4's spelling (hook_out) of TL 3's tensor (hook_resid_post)
     if hook not in BLOCK_HOOKS:
-        raise SteerlabError(f"hook {hook!r} is not steerable; choose one of {', '.join(BLOCK_HOOKS)}")
+        raise SteerlabError(f"hook {hook!r} is not steerable; choose one of {', '.join(BLOCK_HOOKS)} "
+                            f"(or TL 4's {', '.join(block_aliases(expert.architecture))})")
     if tokens not in FIT_TOKENS:
         raise SteerlabError(f"unknown eraser fitting tokens {tokens!r}; choose one of {', '.join(FIT_TOKENS)}")
     if not pairs:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from experts.errors import SteerlabError
-from experts.hookpoints import BLOCK_HOOKS
+from experts.hookpoints import BLOCK_HOOKS, block_aliases, block_hook
 from steer.datasets import ContrastPair
 from steer.vectors.vector import Provenance, SteeringVector
 
@@ -113,8 +113,10 @@ def _capture(expert: Expert, texts: list[str], starts: list[int], n_positive: in
     answer's start, and the typical residual norm per layer."""
     if token_rule not in TOKEN_RULES:
         raise SteerlabError(f"unknown token rule {token_rule!r}; choose one of {', '.join(TOKEN_RULES)}")
+    hook = block_hook(hook, expert.architecture)  # TL 4's spelling (hook_out) of TL 3's tensor (hook_resid_post)
     if hook not in BLOCK_HOOKS:
-        raise SteerlabError(f"hook {hook!r} is not steerable; choose one of {', '.join(BLOCK_HOOKS)}")
+        raise SteerlabError(f"hook {hook!r} is not steerable; choose one of {', '.join(BLOCK_HOOKS)} "
+                            f"(or TL 4's {', '.join(block_aliases(expert.architecture))})")
     names = [f"blocks.{layer}.{hook}" for layer in layers]
     lengths = [len(expert.encode(t)) for t in texts]
     cache = expert.run_with_cache(
@@ -164,7 +166,7 @@ def build_vector(
         typical_norms={layer: round(acts.typical_norms[layer], 3) for layer in layers},
         coef_range=(round(COEF_FRACTIONS[0] * ratio, 3), round(COEF_FRACTIONS[1] * ratio, 3)),
     )
-    return SteeringVector(directions=directions, hook=hook, provenance=provenance)
+    return SteeringVector(directions=directions, hook=block_hook(hook, expert.architecture), provenance=provenance)
 
 
 def _checked_layers(expert: Expert, layers: Sequence[int] | None, hook: str) -> list[int]:

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from experts.files import atomic_path
-from experts.hookpoints import BLOCK_HOOKS
+from experts.hookpoints import BLOCK_ALIASES, BLOCK_HOOKS, block_hook
 from steer.errors import BadVectorFileError, VectorMismatchError
 from steer.vectors.apply import Steering, apply, patch
 
@@ -115,8 +115,11 @@ class SteeringVector:
     def __post_init__(self) -> None:
         if not self.directions:
             raise BadVectorFileError("a steering vector needs at least one layer")
+        object.__setattr__(self, "hook", block_hook(self.hook))  # TL 4's hook_out is stored as hook_resid_post
+        # (the sublayers' TL 4 names depend on the architecture: `compute_vector` translates them)
         if self.hook not in BLOCK_HOOKS:
-            raise BadVectorFileError(f"hook {self.hook!r} is not steerable; choose one of {', '.join(BLOCK_HOOKS)}")
+            raise BadVectorFileError(f"hook {self.hook!r} is not steerable; choose one of {', '.join(BLOCK_HOOKS)} "
+                                     f"(or TL 4's {', '.join(BLOCK_ALIASES)})")
         widths = {t.shape for t in self.directions.values()}
         if len(widths) != 1 or len(next(iter(widths))) != 1:
             raise BadVectorFileError(f"directions must be 1-D and of one width, got shapes {sorted(map(tuple, widths))}")

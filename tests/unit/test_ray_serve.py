@@ -50,7 +50,7 @@ def service(ray_cluster, tmp_path_factory):
 
 
 def _create(client, **body):
-    out = client.chat.completions.create(model="steerlab-router", **{"messages": USER, **body})
+    out = client.chat.completions.create(**{"model": "steerlab-router", "messages": USER, **body})
     ANSWERED.append(out.id)
     return out
 
@@ -98,7 +98,7 @@ def test_a_routed_completion_carries_its_decision_and_equals_a_local_answer(serv
     assert out.choices[0].message.content == local.text and out.choices[0].logprobs is None
     assert out.usage.completion_tokens == local.completion_tokens <= 8 and set(trace["timings_ms"]) == {"decide", "answer"}
     models = client.models.list().data
-    assert [m.id for m in models] == ["steerlab-router"] and client.models.retrieve("steerlab-router").id == "steerlab-router"
+    assert models[0].id == "steerlab-router" and client.models.retrieve("steerlab-router").id == "steerlab-router"
     assert models[0].model_extra["request_strengths"] == {"gender.safetensors": [0.0, 2.0], "tone.safetensors": [0.0, 8.0]}
 
 
@@ -176,7 +176,6 @@ BAD = [  # (body or raw bytes, status, param)
     ({"messages": [{"role": "assistant", "content": "hi"}]}, 400, "messages"),
     ({"messages": [{"role": "user", "content": 5}]}, 400, "messages"),
     ({"messages": "hello"}, 400, "messages"),
-    ({"messages": USER, "model": "gpt-4"}, 400, "model"),
     ({"messages": USER, "steerlab": {"strengths": {"gender.safetensors": 9}}}, 400, None),
     ({"messages": USER, "steerlab": {"strengths": {"gender.safetensors": -1}}}, 400, None),  # never reversed
     ({"messages": USER, "steerlab": {"strengths": {"tone.safetensors": -1}}}, 400, None),
@@ -221,3 +220,102 @@ def test_auth_readiness_models_metrics_and_the_audit_log(service):
     assert all(line["decision"]["expert"] and "applied" in line for line in lines)
     assert any(line["stream"] for line in lines)
     assert all(line["guarded"] is False for line in lines)  # the tiny router has no guard: no request is marked
+
+
+def test_models_pin_experts_raw_completions_continue_and_unknown_models_are_404(service):
+    url, folder, client = service
+    router = Router.load(folder)
+    ids = [m.id for m in client.models.list().data]
+    assert ids == ["steerlab-router", router.fallback]  # the router, then each deployed expert
+    assert client.models.retrieve(router.fallback).id == router.fallback
+    pinned = _create(client, model=router.fallback, max_tokens=6)
+    assert pinned.model == router.fallback and pinned.model_extra["steerlab"]["pinned"] == router.fallback
+    status, out = _raw(url, "/v1/chat/completions", {"messages": USER, "model": "gpt-4"})
+    assert (status, out["error"]["type"], out["error"]["param"]) == (404, "not_found_error", "model")
+    assert "steerlab-router" in out["error"]["message"] and router.fallback in out["error"]["message"]
+    raw = client.completions.create(model="steerlab-router", prompt="Once upon a time", max_tokens=6)
+    ANSWERED.append(raw.id)
+    expert = Expert.load(raw.model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # a continuation of the text as it is: no chat template
+        decision = to_deployed(router, router.decide(Expert.load("tiny-llama"), ["Once upon a time"])[0],
+                               [router.fallback])[0]
+        local = answer_rows(expert, [RowRequest("Once upon a time", tuple(decision.adjustments),
+                                                GenerationSettings(max_new_tokens=6))], router.rules, folder)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert raw.object == "text_completion" and raw.choices[0].text == local.text
+    status, out = _raw(url, "/v1/completions", {"prompt": "Once", "stream": True})
+    assert (status, out["error"]["param"]) == (400, "stream")
+
+
+class _Slow:
+    """An expert's stream that gives one delta, then nothing: the service's deadline must end it."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    async def __anext__(self):
+        import asyncio
+
+        await asyncio.sleep(60)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def _turn(timeout_s, deltas, stream=True):
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from steer.serve.metrics import ServiceMetrics
+    from steer.serve.ray_serve import _Turn
+    from steer.serve.service import ChatRequest
+    from tests.unit.test_service import _decision
+
+    service = SimpleNamespace(metrics=ServiceMetrics(), timeout_s=timeout_s, write_log=lambda r: asyncio.sleep(0))
+    now = time.perf_counter()
+    chat = ChatRequest.parse({"messages": USER, "stream": stream})
+    return service, _Turn(service, chat, _decision("a"), [], None, now, now, now + timeout_s, deltas)
+
+
+FIRST = {"text": "Dear", "logprobs": [], "finish_reason": None, "prompt_tokens": 3, "completion_tokens": 1,
+         "batch_size": 1, "queued_s": 0.0}
+
+
+def test_a_stream_past_its_deadline_ends_with_an_error_event_and_done_and_cancels_its_row():
+    import asyncio
+
+    deltas = _Slow()
+    service, turn = _turn(0.2, deltas)
+
+    async def read():
+        return [event async for event in turn.events(FIRST)]
+
+    events = asyncio.run(read())
+    assert events[-1] == "data: [DONE]\n\n" and deltas.cancelled
+    error = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert error["code"] == 408 and error["type"] == "timeout_error" and "0.2 s limit" in error["message"]
+    metrics = service.metrics.exposition()[0].decode()
+    assert 'steerlab_unfinished_requests_total{reason="timeout"} 1.0' in metrics
+    assert "steerlab_time_to_first_token_seconds_count" in metrics
+
+
+def test_a_client_that_leaves_cancels_its_row_and_is_counted_abandoned():
+    import asyncio
+
+    deltas = _Slow()
+    service, turn = _turn(60, deltas, stream=False)
+
+    async def leave():
+        task = asyncio.create_task(turn.completion(FIRST))
+        await asyncio.sleep(0.1)
+        task.cancel()  # what Starlette does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(leave())
+    assert deltas.cancelled
+    assert 'steerlab_unfinished_requests_total{reason="abandoned"} 1.0' in service.metrics.exposition()[0].decode()

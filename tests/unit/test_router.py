@@ -108,6 +108,14 @@ def test_router_decisions_explain_themselves_and_round_trip(trained):
     always = router.with_settings(threshold=1.01)
     assert {d.expert for d in always.decide(reader, queries)} == {router.fallback}
     assert all(d.abstained for d in always.decide(reader, queries))
+    other = {d.expert: e for d in decisions for e in TINY_EXPERTS if e != d.expert}
+    pinned = router.decide(reader, queries, pinned=[other[d.expert] if i % 2 else None for i, d in enumerate(decisions)])
+    for i, (d, p) in enumerate(zip(decisions, pinned)):  # a request naming an expert gets it, with that expert's rules
+        assert p.expert == (other[d.expert] if i % 2 else d.expert) and not (i % 2 and p.abstained)
+        assert ("reward" in {a.kind for a in p.adjustments}) == (p.expert == "tiny-llama")
+        assert p.features == d.features if p.expert == d.expert else p.scores == d.scores
+    with pytest.raises(SteerlabError, match="unknown expert 'qwen'"):
+        router.decide(reader, queries[:1], pinned=["qwen"])
 
 
 def test_router_refuses_other_readers_experts_and_bad_policies(trained):
@@ -127,6 +135,8 @@ def test_router_refuses_other_readers_experts_and_bad_policies(trained):
         replace(router, rules=[Rule("hostile_tone", "steer", "missing.safetensors", 1.0)])
     with pytest.raises(SteerlabError, match="names expert 'qwen'"):
         replace(router, rules=[Rule("hostile_tone", "steer", "gender.safetensors", 1.0, expert="qwen")])
+    with pytest.raises(SteerlabError, match="names no expert; this router routes to tiny-llama, tiny-gemma"):
+        replace(router, rules=[Rule("hostile_tone", "steer", "gender.safetensors", 1.0)])  # whose model is the file for?
     (folder / "broken").mkdir(exist_ok=True)
     (folder / "broken" / "router.json").write_text("{}", encoding="utf-8")
     with pytest.raises(BadVectorFileError, match="is not a steerlab router"):

@@ -111,3 +111,20 @@ def test_a_conversation_goes_through_the_chat_template_or_a_plain_transcript():
     base = Expert.load("tiny-gemma")
     assert base.format_conversation(turns[1:2]) == "Hi"
     assert base.format_conversation(turns) == "System: Be brief.\n\nUser: Hi\n\nAssistant: Hello\n\nUser: Bye\n\nAssistant:"
+
+
+def test_a_cancelled_row_stops_at_the_next_token_and_its_neighbours_answer_as_alone(policy):
+    expert, folder = policy
+    requests = [RowRequest(r.formatted, r.adjustments, GenerationSettings(max_new_tokens=12), r.stops, r.top_logprobs)
+                for r in _requests(expert)[:3]]
+    steps: list = []
+    gone_after = 2  # the client of row 1 leaves once two steps have been emitted
+    together = answer_rows(expert, requests, RULES, folder, emit=steps.append,
+                           cancelled=lambda row: row == 1 and len(steps) >= gone_after)
+    assert [s[1] is None for s in steps] == [False] * gone_after + [True] * (len(steps) - gone_after)
+    assert together[1].finish_reason is None and together[1].completion_tokens == gone_after
+    alone = [answer_rows(expert, [r], RULES, folder)[0] for r in requests]
+    assert [together[i].text for i in (0, 2)] == [alone[i].text for i in (0, 2)]
+    assert len(steps) == 12  # the others ran to their budget
+    stopped = answer_rows(expert, requests, RULES, folder, cancelled=lambda row: True)  # everyone left: one step
+    assert all(t.completion_tokens == 0 and t.finish_reason is None for t in stopped)

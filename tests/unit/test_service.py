@@ -11,6 +11,7 @@ from steer.serve.service import (
     BadRequest,
     ChatRequest,
     Limits,
+    UnknownModel,
     adjustments_for,
     allowed_strengths,
     chunk,
@@ -35,7 +36,7 @@ def test_a_request_parses_into_generation_settings():
                                  "max_tokens": 12, "temperature": 0.7, "seed": 3,
                                  "steerlab": {"strengths": {"gender.safetensors": 1.5}}})
     assert (request.prompt, request.messages[0]["content"], request.strengths) == (
-        "Write a letter for Kelly.", "Be brief.", {"gender.safetensors": 1.5})
+        "Be brief.\n\nWrite a letter for Kelly.", "Be brief.", {"gender.safetensors": 1.5})  # the router reads it all
     assert request.generation_settings() == {"max_new_tokens": 12, "do_sample": True, "temperature": 0.7, "top_p": 1.0,
                                              "seed": 3}
     assert ChatRequest.parse({"messages": USER}).generation_settings()["do_sample"] is False  # temperature 0: greedy
@@ -90,7 +91,25 @@ def test_parameters_are_honoured_or_harmless():
     turns = [{"role": "system", "content": "Be brief."}, *USER, {"role": "assistant", "content": "Dear Kelly"},
              {"role": "user", "content": "Shorter, please."}]
     conversation = ChatRequest.parse({"messages": turns})
-    assert conversation.prompt == "Shorter, please." and len(conversation.messages) == 4  # the router reads the last turn
+    assert len(conversation.messages) == 4 and conversation.prompt == (  # the router reads the whole conversation
+        "Be brief.\n\nWrite a letter for Kelly.\n\nDear Kelly\n\nShorter, please.")
+    assert conversation.pinned is None and conversation.raw is False
+    pinned = ChatRequest.parse({"messages": USER, "model": "a"}, models=("a", "b"))
+    assert pinned.pinned == "a" and pinned.model == "a"
+    with pytest.raises(UnknownModel, match="unknown model 'c'; this service serves steerlab-router, a, b") as caught:
+        ChatRequest.parse({"messages": USER, "model": "c"}, models=("a", "b"))
+    assert caught.value.status == 404 and caught.value.param == "model"
+    raw = ChatRequest.parse_completion({"prompt": "Once upon a time", "max_tokens": 5, "stop": "\n"}, models=("a",))
+    assert (raw.raw, raw.prompt, raw.max_tokens, raw.stop, raw.stream) == (True, "Once upon a time", 5, ("\n",), False)
+    out = completion(raw, _decision("a"), [], {"text": " there", "finish_reason": "length", "prompt_tokens": 4,
+                                               "completion_tokens": 1}, {})
+    assert out["object"] == "text_completion" and out["choices"][0]["text"] == " there" and "message" not in out["choices"][0]
+    for body, param in [({"prompt": ""}, "prompt"), ({"prompt": ["a", "b"]}, "prompt"), ({"prompt": "x", "echo": True}, "echo"),
+                        ({"prompt": "x", "stream": True}, "stream"), ({"prompt": "x", "messages": USER}, "messages"),
+                        ({"prompt": "x", "logprobs": 2}, "logprobs")]:
+        with pytest.raises(BadRequest) as caught:
+            ChatRequest.parse_completion(body)
+        assert caught.value.param == param and caught.value.status == 400
     assert error_body(503, "busy")["error"] == {"message": "busy", "type": "service_unavailable", "param": None, "code": 503}
 
 
