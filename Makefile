@@ -15,7 +15,7 @@ BASE        := $(VENV)/.steerlab-base
 DEMO_STAMP  := $(VENV)/.steerlab-demo
 TEST_STAMP  := $(VENV)/.steerlab-test
 
-.PHONY: setup demo test test-fast bench notebooks lock clean
+.PHONY: setup demo test test-fast bench notebooks docs lock clean
 
 $(BASE): Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -45,12 +45,17 @@ test: $(TEST_STAMP)
 test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-notebooks: $(TEST_STAMP)   # re-pair each notebook with its py:percent twin (the newer one wins)
-	$(VENV)/bin/jupytext --sync notebooks/[0-9]*.py
+notebooks: $(TEST_STAMP)   # execute each notebook from its .py twin on the real experts and save it with its outputs
+	$(PY) scripts/execute_notebooks.py
+
+docs: $(TEST_STAMP)   # the guides as a site in site/ (the suite builds it too, in strict mode)
+	$(VENV)/bin/mkdocs build --strict
 
 # Re-resolve every pin (after changing pyproject.toml): the CPU torch build's dependencies, torch left out.
-# uv reads no pip.conf: name where the CPU wheel is, e.g. LOCK_FLAGS="--find-links /opt/wheels" on this project's machines.
-lock: $(BASE)
+# uv reads no pip.conf: name the indexes, e.g. on this project's machines LOCK_FLAGS="--find-links /opt/wheels
+# --extra-index-url file:///opt/pypi/simple --extra-index-url file:///opt/pypi-more/simple --index-strategy unsafe-best-match".
+lock: $(BASE)   # the current pins are the resolver's preferences: only what changed moves
+	tail -n +3 $(LOCK) > $(LOCK).new
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header \
 		--override scripts/lock-overrides.txt --no-emit-package torch $(LOCK_FLAGS) -o $(LOCK).new
 	{ head -2 $(LOCK); cat $(LOCK).new; } > $(LOCK).tmp && rm $(LOCK).new && mv $(LOCK).tmp $(LOCK)

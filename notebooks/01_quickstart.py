@@ -26,9 +26,13 @@
 
 # %%
 # %matplotlib inline
+import os
 from pathlib import Path
 
+from IPython.display import HTML
+
 from analysis.plots import save_figure, sweep_plot
+from analysis.token_view import token_html
 from experts.expert import Expert
 from steer.vectors.apply import Steering, apply
 from steer.datasets import load_pairs, load_prompts
@@ -42,6 +46,7 @@ from steer.vectors.vector import SteeringVector
 OUT = Path("runs/notebooks/01_quickstart")
 OUT.mkdir(parents=True, exist_ok=True)
 expert = Expert.load()  # the default expert; cached after the first load
+SMALL = os.environ.get("STEERLAB_NOTEBOOKS") == "small"  # the test suite runs a smaller version; `make notebooks` this one
 expert
 
 # %% [markdown]
@@ -63,7 +68,8 @@ print("cosine of the two prompts' last-token residuals:",
 
 # %%
 pairs, sha = load_pairs("sentiment")
-search = search_layers(expert, pairs, layers=range(4, expert.n_layers, 4), test_fraction=0.3)
+step = 8 if SMALL else 4
+search = search_layers(expert, pairs, layers=range(step, expert.n_layers, step), test_fraction=0.3)
 search.table[["layer", "auroc_heldout", "norm", "typical_norm"]].round(3)
 
 # %%
@@ -72,6 +78,23 @@ vector = compute_vector(expert, pairs, [LAYER], dataset="sentiment", dataset_sha
 low, high = vector.provenance.coef_range
 print(f"layer {LAYER}: held-out AUROC {search.table.set_index('layer').loc[LAYER, 'auroc_heldout']:.3f}; "
       f"calibrated coefficient range {low:.2f}..{high:.2f} (adds 10%..50% of the typical residual norm)")
+
+# %% [markdown]
+# Where the vector reads in a text: each token's residual at that layer projected on the unit vector, relative to
+# the text's median token (hover a token for its value). The view is plain HTML: it renders offline and on the
+# repository page.
+
+# %%
+text = "The food was wonderful and the staff were so kind. The room was dirty, the bed broken and the service awful."
+read = expert.run_with_cache([text], [f"blocks.{LAYER}.hook_out"])  # TL 4's name of hook_resid_post
+unit = vector.directions[LAYER] / vector.directions[LAYER].norm()
+projection = read.unpadded(f"blocks.{LAYER}.hook_out")[0].float() @ unit.float()
+projection = (projection[1:] - projection[1:].median()).tolist()  # position 0, the attention sink, left out
+tokens = [expert.tokenizer.decode([i]) for i in read.tokens[0].tolist()][1:]
+view = token_html(tokens, projection, title=f"projection on the sentiment vector, layer {LAYER}",
+                  below="reads negative", above="reads positive")
+(OUT / "projection.html").write_text(view, encoding="utf-8")
+HTML(view)
 
 # %% [markdown]
 # ## 3 · Steer generation
@@ -95,7 +118,7 @@ for coef, text in texts.items():
 
 # %%
 config = SweepConfig(coefs=(-COEF, 0.0, COEF), max_new_tokens=32, batch_size=8)
-rows, summary = sweep(expert, vector, load_prompts()[:8], sentiment, config, progress=False)
+rows, summary = sweep(expert, vector, load_prompts()[: 4 if SMALL else 8], sentiment, config, progress=False)
 summary[["condition", "coef", "diff_vs_unsteered", "ci_low", "ci_high", "d_z", "perplexity"]].round(3)
 
 # %%

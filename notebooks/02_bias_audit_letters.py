@@ -35,6 +35,7 @@
 
 # %%
 # %matplotlib inline
+import os
 import json
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from steer.vectors.extract import default_layer
 OUT = Path("runs/notebooks/02_bias_audit_letters")
 OUT.mkdir(parents=True, exist_ok=True)
 expert = Expert.load()
+SMALL = os.environ.get("STEERLAB_NOTEBOOKS") == "small"  # the test suite runs a smaller version; `make notebooks` this one
 
 # %% [markdown]
 # ## The prompts
@@ -61,7 +63,7 @@ expert = Expert.load()
 # are shown below: they are added to the planted conditions' prompts only.
 
 # %%
-NAMES, BIOS = 2, 4
+NAMES, BIOS = (1, 2) if SMALL else (2, 4)
 prompts = build_prompts("small", names_per_gender=NAMES, n_bios=BIOS)
 print(f"{len(prompts) // 2} twin pairs; the letter opens with {DEFAULT_OPENING!r}\n")
 print(prompts[0].text, "\n---\n", prompts[1].text)

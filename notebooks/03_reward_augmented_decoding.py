@@ -26,6 +26,7 @@
 
 # %%
 # %matplotlib inline
+import os
 from importlib.resources import files
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from steer.evaluate.stats import paired_summary
 OUT = Path("runs/notebooks/03_reward_augmented_decoding")
 OUT.mkdir(parents=True, exist_ok=True)
 expert = Expert.load()
+SMALL = os.environ.get("STEERLAB_NOTEBOOKS") == "small"  # the test suite runs a smaller version; `make notebooks` this one
 
 # %% [markdown]
 # ## Train an activation reward
@@ -76,7 +78,7 @@ pairs, pairs_sha = load_pairs("sentiment")
 vector = compute_vector(expert, pairs, [24], dataset="sentiment", dataset_sha256=pairs_sha)
 methods = [rad_method(reward, top_k=20, name="activation reward"), steering_method(vector)]
 strengths = {"activation reward": [10, 20], "steering": [1, 2]}
-rows, summary = compare(expert, methods, strengths, load_prompts()[:8], sentiment, top_k=20, max_new_tokens=32,
+rows, summary = compare(expert, methods, strengths, load_prompts()[: 4 if SMALL else 8], sentiment, top_k=20, max_new_tokens=32,
                         progress=False)
 summary[["method", "strength", "diff", "ci_low", "ci_high", "median_perplexity", "tv_distance", "dist_2"]].round(3)
 

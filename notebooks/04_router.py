@@ -28,6 +28,7 @@
 
 # %%
 # %matplotlib inline
+import os
 import json
 from pathlib import Path
 
@@ -49,6 +50,7 @@ OUT = Path("runs/notebooks/04_router")
 OUT.mkdir(parents=True, exist_ok=True)
 router = Router.load(DEFAULT_ROUTER)
 reader = Expert.load(router.features.reader)
+SMALL = os.environ.get("STEERLAB_NOTEBOOKS") == "small"  # the test suite runs a smaller version; `make notebooks` this one
 pd.DataFrame(router.notes["feature_validation"]).round(3)  # every candidate feature, and why it ships or not
 
 # %% [markdown]
@@ -107,7 +109,7 @@ for prompt, row in zip(prompts, acts):
 tasks = task_set()
 split = np.array([t.split for t in tasks])
 h = read(reader, [t.query for t in tasks], router.features.layer).activations  # read once, reused below
-summary = evaluate_router(DEFAULT_ROUTER, OUT / "eval", activations=h, humaneval=164)
+summary = evaluate_router(DEFAULT_ROUTER, OUT / "eval", activations=h, humaneval=40 if SMALL else 164)
 evaluation = json.loads((OUT / "eval" / "route_eval.json").read_text())
 columns = ["router", "quality", "quality_ci_low", "quality_ci_high", "gap_closed", "cost", "strong_share"]
 for name in ("test", "humaneval"):

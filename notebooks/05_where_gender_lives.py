@@ -33,6 +33,7 @@
 
 # %%
 # %matplotlib inline
+import os
 import json
 from pathlib import Path
 
@@ -57,6 +58,7 @@ from steer.evaluate.stats import paired_summary
 OUT = Path("runs/notebooks/05_where_gender_lives")
 OUT.mkdir(parents=True, exist_ok=True)
 expert = Expert.load()
+SMALL = os.environ.get("STEERLAB_NOTEBOOKS") == "small"  # the test suite runs a smaller version; `make notebooks` this one
 names = json.loads((Path(__import__("analysis").__file__).parent / "data" / "names.json").read_text())
 # twins by position (female[i] with male[i]); keep pairs whose names are one token each, so prompts align
 one_token = lambda name: len(expert.tokenizer.encode(" " + name, add_special_tokens=False)) == 1  # noqa: E731
@@ -230,7 +232,7 @@ print(f"share of the gap that remains: {after.mean() / before.mean():.0%}")
 # gated verdict may have no pairs at all: the fluency columns (pronoun fidelity) are what this cell is for.
 
 # %%
-config = AuditConfig(expert=expert.name, names_per_gender=3, bios=2, samples=0, max_new_tokens=64,
+config = AuditConfig(expert=expert.name, names_per_gender=2 if SMALL else 3, bios=2, samples=0, max_new_tokens=64,
                      vector=str(OUT / "gender_vector.safetensors"), coefs=(0.0, 1.0), operator="ablate")
 run_audit(config, OUT / "audit", expert=expert, progress=False)
 steering_table = pd.DataFrame(json.loads((OUT / "audit" / "results.json").read_text())["conditions"])

@@ -396,7 +396,7 @@ class RouterService:
             body = await request.json()
         except ValueError:
             return self._refused(400, "the body is not JSON")
-        deltas = None
+        deltas = turn = None
         try:
             parse = ChatRequest.parse_completion if raw else ChatRequest.parse
             chat = parse(body, self.limits, models=self.experts)
@@ -415,6 +415,12 @@ class RouterService:
             return JSONResponse(await turn.completion(first))
         except BadRequest as error:
             return self._refused(error.status, str(error), error.param)
+        except asyncio.CancelledError:  # the client left before its answer began (after, the turn counts it)
+            if turn is None:
+                if deltas is not None:
+                    deltas.cancel()
+                self.metrics.unanswered(CLIENT_CLOSED)
+            raise
         except TimeoutError:
             if deltas is not None:
                 deltas.cancel()

@@ -1,7 +1,9 @@
-"""Every numbered notebook runs end to end on the real default expert, and its .ipynb matches its .py twin."""
+"""Every numbered notebook runs end to end on the real default expert, and its .ipynb is its .py twin executed
+(stored with outputs by `make notebooks`)."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -22,18 +24,35 @@ def test_there_are_five_numbered_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_is_paired_with_its_script(path):
+def test_notebook_is_stored_with_the_outputs_of_its_committed_script(path):
+    """The .ipynb is the .py twin executed: the same cells, every code cell run, and the sha256 of the twin it was
+    run from in its metadata (so the outputs on the repository page come from the code committed beside them)."""
     stored = nbformat.read(path, as_version=4)
-    script = jupytext.read(path.with_suffix(".py"))
+    twin = path.with_suffix(".py")
+    script = jupytext.read(twin)
     assert [(c.cell_type, c.source) for c in stored.cells] == [(c.cell_type, c.source) for c in script.cells], (
-        f"{path.name} and {path.with_suffix('.py').name} differ: run `make notebooks`"
+        f"{path.name} and {twin.name} differ: run `make notebooks`"
     )
-    assert all(not c.get("outputs") for c in stored.cells if c.cell_type == "code"), f"{path.name} is stored with outputs"
+    recorded = stored.metadata.get("steerlab", {}).get("source_sha256")
+    assert recorded == hashlib.sha256(twin.read_bytes()).hexdigest(), (
+        f"{path.name}'s outputs come from another version of {twin.name}: run `make notebooks`")
+    code = [c for c in stored.cells if c.cell_type == "code"]
+    assert all(c.get("execution_count") for c in code), f"{path.name} has cells that were not run"
+    assert not [o for c in code for o in c.outputs if o.get("output_type") == "error"]
+
+
+def test_the_notebooks_show_their_plots():
+    images = {p.stem: sum("image/png" in o.get("data", {}) for c in nbformat.read(p, as_version=4).cells
+                          if c.cell_type == "code" for o in c.outputs) for p in NOTEBOOKS}
+    assert all(images.values()), f"notebooks stored without a plot: {[k for k, v in images.items() if not v]}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_end_to_end(path, tmp_path, smollm2, monkeypatch):
-    """Executed in a scratch folder (notebooks write under runs/ relative to where they run)."""
+    """Executed in a scratch folder (notebooks write under runs/ relative to where they run), at the notebooks'
+    smaller size (`STEERLAB_NOTEBOOKS=small`: fewer prompts, pairs and problems; the same cells); the stored
+    outputs are the full size's (`make notebooks`)."""
+    monkeypatch.setenv("STEERLAB_NOTEBOOKS", "small")
     notebook = nbformat.read(path, as_version=4)
     started = time.perf_counter()
     NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
