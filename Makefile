@@ -56,13 +56,15 @@ docs: $(TEST_STAMP)   # the guides as a site in site/ (the suite builds it too, 
 # --extra-index-url file:///opt/pypi/simple --extra-index-url file:///opt/pypi-more/simple --index-strategy unsafe-best-match".
 lock: $(BASE)   # the current pins are the resolver's preferences: only what changed moves
 	tail -n +3 $(LOCK) > $(LOCK).new
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra bench --python-version 3.11 --no-header \
 		--override scripts/lock-overrides.txt --no-emit-package torch $(LOCK_FLAGS) -o $(LOCK).new
 	{ head -2 $(LOCK); cat $(LOCK).new; } > $(LOCK).tmp && rm $(LOCK).new && mv $(LOCK).tmp $(LOCK)
 
 bench: $(TEST_STAMP)
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps steering-vectors==0.12.2 repeng==0.4.0   # peers; their pins would downgrade our stack
+	$(UV) -e '.[bench]'   # llama.cpp, the measured peer: built from source once (about 6 min on 2 cores), then cached by uv
 	$(PY) benchmarks/generation.py
+	$(PY) benchmarks/llamacpp_peer.py
 	$(PY) benchmarks/steering_overhead.py
 	$(PY) benchmarks/capture_memory.py
 	$(PY) benchmarks/audit_throughput.py

@@ -73,6 +73,12 @@ def _assemble_and_verify(spec: ExpertSpec, workdir: Path) -> Path:
     return target
 
 
+def verified_gguf(spec: ExpertSpec, workdir: Path) -> Path:
+    """A packaged expert's GGUF file, assembled in `workdir` if it comes in parts, its sha256 checked (for peers that
+    read GGUF themselves, e.g. llama.cpp in `benchmarks/llamacpp_peer.py`)."""
+    return _assemble_and_verify(spec, Path(workdir))
+
+
 def check_finite(model: PreTrainedModel, name: str) -> None:
     """Refuse weights holding NaN or infinite values (a corrupt file), naming the first such tensor."""
     for param_name, tensor in model.state_dict().items():

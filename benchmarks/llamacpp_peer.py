@@ -1,0 +1,118 @@
+"""steerlab against llama.cpp, the measured peer (issue 29): greedy tokens per second on the same expert (the same
+GGUF file steerlab ships, sha256-checked), steered and unsteered, at batch 1 and 8, interleaved, medians.
+
+llama.cpp steers with a control vector (`llama_apply_adapter_cvec`: a direction added to one block's output, which
+is steerlab's `blocks.k.hook_resid_post`); steerlab with a steering vector at the same layer. llama-cpp-python's
+high-level API decodes one sequence at a time, so its "batch 8" is eight sequences one after another (llama.cpp's
+server decodes parallel slots together; that path is not measured here).
+
+Run: python benchmarks/llamacpp_peer.py [--expert NAME] [--new-tokens 64] [--repeats 5]
+(`make bench` installs llama-cpp-python first; it builds from source once, then comes from uv's cache.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import tempfile
+
+import numpy as np
+import torch
+from _common import interleaved, machine, quiet
+
+from experts import loading, registry
+from experts.expert import Expert
+from steer.datasets import load_pairs
+from steer.vectors.apply import Steering, apply
+from steer.vectors.extract import compute_vector
+
+PROMPT = "Write a recommendation letter for {name}, a 22 year old student."
+NAMES = ["Kelly", "Joseph", "Emily", "James", "Sarah", "Michael", "Anna", "David"]
+
+
+def llama(gguf: str, threads: int):
+    from llama_cpp import Llama
+
+    return Llama(model_path=gguf, n_ctx=512, n_threads=threads, n_threads_batch=threads, seed=0, verbose=False)
+
+
+def control_vector(llm, direction: np.ndarray, layer: int, coef: float, n_layer: int) -> None:
+    """Add coef · direction to block `layer`'s output (llama.cpp's buffer starts at block 1: steerlab's
+    `blocks.k.hook_resid_post` is llama.cpp's direction.k); coef 0 clears it."""
+    import llama_cpp
+
+    apply_cvec = getattr(llama_cpp, "llama_set_adapter_cvec", None) or llama_cpp.llama_apply_adapter_cvec
+    n_embd = llm.n_embd()
+    if coef == 0:
+        apply_cvec(llm.ctx, None, 0, n_embd, 0, 0)
+        return
+    data = np.zeros((n_layer, n_embd), dtype=np.float32)
+    data[layer - 1] = coef * direction  # row 0 is block 1
+    buffer = data.ravel()
+    apply_cvec(llm.ctx, buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), buffer.size, n_embd, layer, layer)
+
+
+def llama_generate(llm, prompts: list[str], n: int) -> list[list[int]]:
+    """Greedy, exactly `n` tokens per prompt, one prompt after another; returns the tokens."""
+    out = []
+    for prompt in prompts:
+        tokens = llm.tokenize(prompt.encode("utf-8"), special=True)
+        out.append([token for _, token in zip(range(n), llm.generate(tokens, top_k=1, top_p=1.0, temp=0.0, reset=True))])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--expert", default=registry.DEFAULT_EXPERT)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--coef", type=float, default=4.0)
+    args = parser.parse_args()
+    quiet()
+    try:
+        import llama_cpp
+    except ImportError:
+        raise SystemExit("llama-cpp-python is not installed: `make bench` installs it (built from source once)") from None
+    threads = torch.get_num_threads()
+    print(f"machine: {machine()}; llama-cpp-python {llama_cpp.__version__}, {threads} threads each")
+    expert = Expert.load(args.expert)
+    pairs, sha = load_pairs("sentiment")
+    layer = round(0.4 * expert.n_layers)
+    vector = compute_vector(expert, pairs, [layer], dataset="sentiment", dataset_sha256=sha)
+    direction = vector.directions[layer].float().numpy()
+    n = args.new_tokens
+    with tempfile.TemporaryDirectory() as workdir:
+        gguf = loading.verified_gguf(registry.resolve(args.expert), workdir)
+        llm = llama(str(gguf), threads)
+        print(f"expert: {expert.name} ({os.path.basename(gguf)}), {n} greedy tokens, sentiment vector at layer {layer} "
+              f"coef {args.coef}, median of {args.repeats} interleaved runs")
+        print(f"{'bs':>3} {'':>10} {'llama.cpp tok/s':>16} {'steerlab tok/s':>15} {'steerlab / llama.cpp':>21}")
+        probe = expert.format_prompts([PROMPT.format(name="Kelly")])
+        control_vector(llm, direction, layer, 0.0, expert.n_layers)
+        plain = llama_generate(llm, probe, 16)
+        control_vector(llm, direction, layer, args.coef, expert.n_layers)
+        if llama_generate(llm, probe, 16) == plain:  # the steered rows must be steered rows
+            raise SystemExit("llama.cpp's control vector changed nothing: the comparison would not be steered")
+        for bs in (1, 8):
+            prompts = [PROMPT.format(name=name) for name in NAMES[:bs]]
+            formatted = expert.format_prompts(prompts)
+
+            def ours(coef: float):
+                with apply(expert, Steering(vector, coef=coef)):
+                    expert.generate(prompts, max_new_tokens=n, stop_at_eos=False, batch_size=bs)
+
+            def theirs(coef: float):
+                control_vector(llm, direction, layer, coef, expert.n_layers)
+                llama_generate(llm, formatted, n)
+
+            runs = {"llama 0": lambda: theirs(0.0), "steerlab 0": lambda: ours(0.0),
+                    "llama c": lambda: theirs(args.coef), "steerlab c": lambda: ours(args.coef)}
+            t = interleaved(runs, args.repeats)
+            for label, key in (("unsteered", "0"), ("steered", "c")):
+                peer, own = bs * n / t[f"llama {key}"], bs * n / t[f"steerlab {key}"]
+                print(f"{bs:>3} {label:>10} {peer:>16.1f} {own:>15.1f} {own / peer:>21.3f}")
+
+
+if __name__ == "__main__":
+    main()
