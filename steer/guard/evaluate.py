@@ -30,6 +30,7 @@ from steer.guard.direction import random_like
 from steer.router.answer import ExpertPool, generate_adjusted
 from steer.router.decision import Adjustment
 from steer.router.router import Router, Rule
+from steer.scale.checkpoint import read_rows
 from steer.vectors.vector import SteeringVector
 
 if TYPE_CHECKING:
@@ -98,16 +99,9 @@ def plans(condition: str, experts: Sequence[str], flagged: np.ndarray, guard: di
 
 
 def _cached(path: Path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-            out[row["key"]] = row["text"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a torn last line from an interrupted run
-    return out
+    """Answers already in the checkpoint, by plan key; a torn last line (a killed run) is cut off the file, so the
+    next append starts on a line of its own."""
+    return {row["key"]: row["text"] for row in read_rows(path)}
 
 
 def answer_plans(router: Router, pool: ExpertPool, queries: Sequence[str], planned: Sequence[Plan], rules: Sequence[Rule],

@@ -197,3 +197,17 @@ def test_rerouting_to_the_fallback_keeps_the_guard(guarded):
         replace(a, file=vector_file(other), expert=other) for a in decision.adjustments if a.because == FEATURE])
     moved, was = to_deployed(router, decision, [router.fallback])
     assert was == other and [a.file for a in moved.adjustments if a.because == FEATURE] == [vector_file(router.fallback)]
+
+
+def test_a_resumed_evaluation_keeps_every_answer_after_a_torn_line(tmp_path):
+    """A run killed mid-write leaves a torn last line; the rows appended on resume must not be glued to it."""
+    from experts.files import append_jsonl
+    from steer.guard.evaluate import _cached
+
+    path = tmp_path / "answers.jsonl"
+    append_jsonl(path, [{"key": "a", "text": "I can't help with that."}])
+    with path.open("a", encoding="utf-8") as f:
+        f.write('{"key": "b", "te')  # killed here
+    assert _cached(path) == {"a": "I can't help with that."}
+    append_jsonl(path, [{"key": "c", "text": "Sure."}])
+    assert _cached(path) == {"a": "I can't help with that.", "c": "Sure."}
