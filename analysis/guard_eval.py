@@ -21,10 +21,10 @@ from steer.guard.data import outside_requests
 from steer.guard.evaluate import CONDITIONS, MAX_NEW_TOKENS, SYSTEM_PROMPT, SetResult, guard_rules, run_set
 from steer.guard.verdicts import OVER_REFUSAL_BOUND, better_on_frontier, difference, raises_refusal, within_bound
 from steer.router.answer import ExpertPool, generate_adjusted
-from steer.router.answers import answer_budget, read_answers
+from steer.router.answers import answer_budget
 from steer.router.decision import Adjustment
 from steer.router.humaneval import humaneval_tasks
-from steer.router.quality import grade_answer
+from steer.router.quality import grade_answer, stored_quality
 from steer.router.router import Router
 from steer.router.tasks import task_set
 
@@ -65,21 +65,20 @@ def summarize(results: dict[str, SetResult], seed: int = 0) -> dict:
 
 
 def ordinary_quality(router: Router, pool: ExpertPool, result: SetResult, seed: int = 0, progress: bool = True) -> dict:
-    """Grades of the routed answers to the ordinary tasks with and without the guard: the router's stored graded
-    answers for every task, the flagged ones answered again under the guard and graded."""
+    """Grades of the routed answers to the ordinary tasks with and without the guard: the grades the router stored
+    with its quality tables for every task, the flagged ones answered again under the guard and graded."""
     tasks = [t for t in task_set(seed=seed) if t.split == "test"] + humaneval_tasks()
     by_query = {t.query: t for t in tasks}
     guard = guard_rules(router)
-    stored = {e: read_answers(router.folder / "quality" / f"answers_{e}.jsonl") for e in router.experts}
+    tables = {e: stored_quality(router.folder / "quality", e) for e in router.experts}
+    stored = {e: {} if table is None else dict(zip(table.task_id, table.score)) for e, table in tables.items()}
     rows, missing = [], 0
     for query, expert, hit in zip(result.queries, result.experts, result.flagged):
         task = by_query[query]
-        if task.id not in stored[expert]:  # a router trained on other tasks: no stored answer to stand for it
+        if task.id not in stored[expert]:  # a router trained on other tasks: no stored grade to stand for it
             missing += 1
             continue
-        before = stored[expert][task.id]
-        grade_before = grade_answer(task, before.text, before.finish_reason).score
-        grade_after = grade_before
+        grade_before = grade_after = float(stored[expert][task.id])
         if hit:  # answered again under the guard, at the task's own budget
             rule = guard[expert]
             out = generate_adjusted(pool.get(expert), [task.query], [Adjustment("steer", rule.file, rule.strength, FEATURE)],

@@ -78,6 +78,16 @@ def grade_answers(tasks: Sequence[Task], answers: dict[str, Answer], timeout: fl
     return [grade_answer(t, answers[t.id].text, answers[t.id].finish_reason, timeout) for t in tasks]
 
 
+def _table_path(out: str | Path, expert: str) -> Path:
+    return Path(out) / f"quality_{expert}.csv"
+
+
+def stored_quality(out: str | Path, expert: str) -> pd.DataFrame | None:
+    """The quality table `quality_table` wrote for `expert` in `out`, or None where there is none."""
+    path = _table_path(out, expert)
+    return pd.read_csv(path) if path.exists() else None
+
+
 def quality_table(experts: Sequence[str], tasks: Sequence[Task], out: str | Path, *, batch_size: int = 8,
                   max_new_tokens: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Rows (task, expert) graded on the expert's own greedy answer: `score` in [0, 1] (`pass_at_1` on code
@@ -89,12 +99,10 @@ def quality_table(experts: Sequence[str], tasks: Sequence[Task], out: str | Path
 
     frames = []
     for name in tqdm(experts, disable=not progress, desc="quality", unit="expert"):
-        path = Path(out) / f"quality_{name}.csv"
-        if path.exists():
-            frame = pd.read_csv(path)
-            if {"score"} <= set(frame.columns) and set(frame.task_id) >= {t.id for t in tasks}:
-                frames.append(frame[frame.task_id.isin({t.id for t in tasks})])
-                continue
+        frame = stored_quality(out, name)
+        if frame is not None and {"score"} <= set(frame.columns) and set(frame.task_id) >= {t.id for t in tasks}:
+            frames.append(frame[frame.task_id.isin({t.id for t in tasks})])
+            continue
         expert = Expert.load(name)
         answers = generate_answers(expert, tasks, Path(out) / f"answers_{name}.jsonl", batch_size=batch_size,
                                    max_new_tokens=max_new_tokens, progress=progress)
@@ -108,7 +116,7 @@ def quality_table(experts: Sequence[str], tasks: Sequence[Task], out: str | Path
             "prompt_tokens": [len(ids) for ids in map(expert.encode, expert.format_prompts([t.query for t in tasks]))],
             "n_params": sum(p.numel() for p in expert.model.parameters()), "fingerprint": expert.fingerprint,
         })
-        with atomic_path(path) as tmp:
+        with atomic_path(_table_path(out, name)) as tmp:
             frame.to_csv(tmp, index=False)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
