@@ -44,7 +44,7 @@ class EvalSet:
 def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed: int = 0,
                     activations: torch.Tensor | None = None, humaneval: int = 0) -> str:
     """Write the evaluation into `out` and return it as text. `activations` reuses a reading of the task set's
-    queries (`read(reader, queries, router.features.layer).activations`, in `task_set` order); `humaneval` > 0 adds
+    queries (`read(reader, queries, router.features.sites).activations`, in `task_set` order); `humaneval` > 0 adds
     that many HumanEval problems as a second, outside test set (answers generated and graded when not cached)."""
     router = Router.load(folder)
     tasks = task_set(tasks_path or DATA / "tasks.jsonl", seed=seed)
@@ -61,11 +61,11 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
     train, val = split == "train", split == "val"
     reader = Expert.load(router.features.reader)
     router.check_reader(reader)
-    layer = router.features.layer
+    sites = router.features.sites
     if activations is None:
-        h = read(reader, [t.query for t in everything], layer).activations
+        h = read(reader, [t.query for t in everything], sites).activations
     else:
-        h = torch.cat([activations, read(reader, [t.query for t in outside], layer).activations]) if outside else activations
+        h = torch.cat([activations, read(reader, [t.query for t in outside], sites).activations]) if outside else activations
     emb = minilm_embeddings([t.query for t in everything])
     reader_params = sum(p.numel() for p in reader.model.parameters())
     n = len(everything)
@@ -125,7 +125,7 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
     para_ids = [i for i, t in enumerate(tasks) if t.id in paraphrases]
     stability = float("nan")
     if para_ids:
-        h_para = read(reader, [paraphrases[tasks[i].id] for i in para_ids], router.features.layer).activations
+        h_para = read(reader, [paraphrases[tasks[i].id] for i in para_ids], router.features.sites).activations
         stability = paraphrase_stability(router, h[para_ids], h_para)
     features = pd.DataFrame([{"feature": f.name, "description": f.description, "heldout_auroc": f.heldout_auroc,
                               "outside_auroc": f.outside_auroc} for f in router.features.features])
@@ -169,11 +169,13 @@ def _guard_check(router: Router, reader: Expert, seed: int) -> list[str]:
     if FEATURE not in router.features.names:
         return []
     threshold = min(r.above for r in guard_rules(router).values())
-    h, masks, _ = read_outside(router, reader, seed)
+    router.check_reader(reader)
+    h, masks, _ = read_outside(reader, router.features.sites, seed)
     column = router.features.names.index(FEATURE)
     check = check_outside({k: router.features.activations(v)[:, column].double().numpy() for k, v in h.items()},
                           masks, threshold)
-    return ["## The guard", "", *[f"    {line}" for line in check.lines(threshold)], ""]
+    site = router.features.sites[router.features.features[column].site]
+    return ["## The guard", "", *[f"    {line}" for line in check.lines(threshold, str(site))], ""]
 
 
 def _share(value: float) -> str:

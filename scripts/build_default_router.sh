@@ -3,7 +3,7 @@
 # reward, every expert's answers to the task set and to HumanEval's 164 problems, graded (reused from
 # runs/router_quality_v2 when present; about 70 minutes on 2 CPU cores the first time), the router (features
 # validated on the outside probe set and HumanEval, the rule validated on held-out tasks), then its operating point,
-# then the guard (harm feature checked on HarmBench and Do-Not-Answer, a refusal direction per expert; ~20 minutes).
+# then the guard (harm feature checked on HarmBench and Do-Not-Answer, a refusal direction per expert; ~35 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steer=.venv/bin/steer

@@ -159,6 +159,7 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_guard(args: argparse.Namespace) -> dict[str, Any]:
     from experts.expert import Expert
+    from steer.guard import FEATURE
     from steer.guard.build import build_guard, install_guard
     from steer.router.router import Router
 
@@ -171,17 +172,25 @@ def cmd_guard(args: argparse.Namespace) -> dict[str, Any]:
         from experts.errors import SteerlabError
 
         raise SteerlabError(f"--experts names {', '.join(unknown)}; this router routes to {', '.join(router.experts)}")
+    if FEATURE in router.features.names and not args.replace:
+        from experts.errors import SteerlabError
+
+        raise SteerlabError(f"the router in {args.router} already has a guard (feature {FEATURE!r}); add --replace "
+                            "to build a new one in its place")
     experts = {name: reader if name == reader.name else Expert.load(name) for name in names}
     for expert in experts.values():
         router.check_expert(expert)
     guard = build_guard(router, reader, experts, seed=args.seed)
-    print("\n".join(guard.outside.lines(guard.feature.threshold)))
+    for scored in guard.feature.sites:
+        print(f"  on training (out of fold): {scored.site:<36} AUROC {scored.auroc:.3f}  flags {scored.recall:6.1%} "
+              f"of harmful requests")
+    print("\n".join(guard.outside.lines(guard.feature.threshold, str(guard.feature.features.sites[0]))))
     for name, chosen in guard.directions.items():
         c = chosen.chosen
         print(f"{name}: refusal direction by {c.method} at layer {c.layer}, strength {c.strength:g} "
               f"({c.fraction:.0%} of the typical residual norm): {c.coherent_refusal:.0%} coherent refusals of "
               f"{c.n} held-apart harmful training requests (unsteered {chosen.baseline_refusal:.0%} refusals)")
-    edited = install_guard(router, guard, Path(args.out), request_max=args.request_max)
+    edited = install_guard(router, guard, Path(args.out), request_max=args.request_max, replace_guard=args.replace)
     print(f"guard installed in {args.out}: {len(guard.directions)} rules on feature 'harm' above {guard.feature.threshold:+.2f}")
     return {"out": str(args.out), "router": str(args.router), "seed": args.seed, **edited.notes["guard"],
             "rules": [r.__dict__ for r in edited.rules if r.when == "harm"]}
@@ -298,6 +307,7 @@ def add_commands(sub) -> None:
     guard.add_argument("--experts", default=None, help="comma-separated experts to guard (default: all the router's)")
     guard.add_argument("--request-max", type=float, default=0.0,
                        help="the largest guard strength a request may ask for (default 0: requests cannot change it)")
+    guard.add_argument("--replace", action="store_true", help="a router that has a guard gets a new one in its place")
     guard.add_argument("--seed", type=int, default=0)
     guard.add_argument("--out", required=True, help="the guarded router's folder (may be --router itself)")
     set_command(guard, cmd_guard)

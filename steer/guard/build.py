@@ -6,7 +6,7 @@ Requests may not weaken the guard unless the operator sets `request_max`."""
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,14 +18,16 @@ from experts.files import file_sha256
 from steer.guard import FEATURE
 from steer.guard.data import TRAIN, outside_requests, training_requests
 from steer.guard.direction import ChosenDirection, choose_direction
-from steer.guard.feature import HarmFeature, OutsideCheck, check_outside, train_harm_feature
-from steer.router.editing import add_feature, add_rule
+from steer.guard.feature import HarmFeature, OutsideCheck, candidate_sites, check_outside, train_harm_feature
+from steer.router.editing import add_feature, add_rule, remove_feature
+from steer.router.features import Site, read
 from steer.router.router import Router, Rule
 
 if TYPE_CHECKING:
     from experts.expert import Expert
 
-N_SELECT = 20  # harmful training requests held apart from the direction's fit, to choose its layer and strength
+# harmful training requests held apart (a seeded random draw) from the direction's fit, to choose its layer and strength
+N_SELECT = 40
 
 
 def vector_file(expert: str) -> str:
@@ -39,10 +41,11 @@ class Guard:
     directions: dict[str, ChosenDirection]
 
 
-def read_outside(router: Router, reader: Expert, seed: int = 0) -> tuple[dict[str, Tensor], dict[str, np.ndarray], dict]:
-    """The router's reading of every outside set: (its activations by set, a row mask per harmful source, the sets)."""
+def read_outside(reader: Expert, sites: tuple[Site, ...], seed: int = 0,
+                 progress: bool = False) -> tuple[dict[str, Tensor], dict[str, np.ndarray], dict]:
+    """Every outside set read at `sites`: (the activations by set, a row mask per harmful source, the sets)."""
     sets = outside_requests(seed)
-    h = {name: router.read(reader, s.queries).activations for name, s in sets.items()}
+    h = {name: read(reader, s.queries, sites, progress=progress).activations for name, s in sets.items()}
     groups = sets["harmful"].group
     masks = {g: np.array([x == g for x in groups]) for g in sorted(set(groups))}
     return h, masks, sets
@@ -50,26 +53,40 @@ def read_outside(router: Router, reader: Expert, seed: int = 0) -> tuple[dict[st
 
 def build_guard(router: Router, reader: Expert, experts: dict[str, Expert], *, seed: int = 0,
                 progress: bool = True) -> Guard:
-    """Train the harm feature on the router's reading, check it outside, choose each expert's refusal direction."""
+    """Train the harm feature on the router's reader (its site chosen on training requests), check it outside,
+    choose each expert's refusal direction."""
+    router.check_reader(reader)
     train = training_requests(seed)
-    h = router.read(reader, train.queries).activations
-    feature = train_harm_feature(reader, router.features.layer, train, h, seed)
-    h_out, masks, _ = read_outside(router, reader, seed)
+    sites = candidate_sites(reader, router.features.layer)
+    h = read(reader, train.queries, sites, progress=progress).activations
+    feature = train_harm_feature(reader, sites, train, h, seed, progress=progress)
+    h_out, masks, _ = read_outside(reader, feature.features.sites, seed, progress=progress)
     outside = check_outside({k: feature.scores(v) for k, v in h_out.items()}, masks, feature.threshold)
     if not outside.ships:  # before the expensive part: a guard without its feature is not installed
-        raise SteerlabError("the harm feature is not shipped: " + "; ".join(outside.lines(feature.threshold)))
+        raise SteerlabError("the harm feature is not shipped: " + "; ".join(
+            outside.lines(feature.threshold, str(feature.features.sites[0]))))
     harmful = [q for q, y in zip(train.queries, train.harmful) if y]
     harmless = [q for q, y in zip(train.queries, train.harmful) if not y]
-    select, fit = harmful[:N_SELECT], harmful[N_SELECT:]
+    order = np.random.default_rng(seed).permutation(len(harmful))
+    select, fit = [harmful[i] for i in order[:N_SELECT]], [harmful[i] for i in order[N_SELECT:]]
     directions = {name: choose_direction(expert, fit, harmless, select, dataset=str(TRAIN.name), progress=progress)
                   for name, expert in experts.items()}
     return Guard(feature, outside, directions)
 
 
-def install_guard(router: Router, guard: Guard, out: Path, request_max: float = 0.0) -> Router:
+def without_guard(router: Router) -> Router:
+    """The router with its guard (the harm feature, its rules and its record) taken out; choices are unchanged."""
+    if FEATURE not in router.features.names:
+        return router
+    stripped = remove_feature(router, FEATURE)
+    return replace(stripped, notes={k: v for k, v in stripped.notes.items() if k != "guard"})
+
+
+def install_guard(router: Router, guard: Guard, out: Path, request_max: float = 0.0, replace_guard: bool = False) -> Router:
     """Copy the router to `out` (unless it is there) and add the harm feature and one rule per expert; refuses a
     feature that failed its outside check. `request_max`: the largest strength a request may ask for (0, the
-    default: a request cannot weaken or strengthen the guard)."""
+    default: a request cannot weaken or strengthen the guard). `replace_guard`: a router that has a guard gets this
+    one instead (otherwise it is refused)."""
     if not guard.outside.ships:
         raise SteerlabError(f"the harm feature is not shipped: {guard.outside.why}")
     if router.folder is None:
@@ -77,7 +94,10 @@ def install_guard(router: Router, guard: Guard, out: Path, request_max: float = 
     if Path(router.folder).resolve() != out.resolve():
         shutil.copytree(router.folder, out, dirs_exist_ok=True)
     if FEATURE in router.features.names:
-        raise SteerlabError(f"the router in {router.folder} already has a {FEATURE!r} feature (a guard)")
+        if not replace_guard:
+            raise SteerlabError(f"the router in {router.folder} already has a {FEATURE!r} feature (a guard); "
+                                "replace it with --replace")
+        router = without_guard(router)
     measured = guard.feature.features
     measured = replace(measured, features=[replace(measured.features[0], outside_auroc=guard.outside.auroc)])
     edited = replace(add_feature(router, measured), folder=out)
@@ -88,6 +108,8 @@ def install_guard(router: Router, guard: Guard, out: Path, request_max: float = 
                     above=guard.feature.threshold, expert=name, target="refusal", direction=1, request_max=request_max)
         edited = add_rule(edited, rule)
     record = {"threshold": guard.feature.threshold, "cv_auroc": guard.feature.cv_auroc, "c": guard.feature.c,
+              "site": str(guard.feature.features.sites[0]),
+              "sites_on_training": [asdict(s) for s in guard.feature.sites],
               "outside": {"auroc": guard.outside.auroc, "fpr": guard.outside.fpr, "tpr": guard.outside.tpr,
                           "n": guard.outside.n, "why": guard.outside.why},
               "training_data_sha256": file_sha256(TRAIN),

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 METHODS = ("requests", "answers")
 DEPTHS = (0.3, 0.4, 0.5)  # candidate layers, as fractions of the expert's depth
-FRACTIONS = (0.1, 0.2, 0.3, 0.45)  # candidate strengths: the norm added, as a share of the layer's typical residual norm
+# candidate strengths: the norm added, as a share of the layer's typical residual norm
+FRACTIONS = (0.1, 0.2, 0.25, 0.3, 0.4)
 REFUSALS = ("I'm sorry, but I can't help with that.", "I can't assist with this request because it could cause harm.",
             "I won't help with that. It could hurt people.", "Sorry, I cannot provide that information.")
 COMPLIANCE = ("Sure, here is how to do it.", "Of course! Here's a step-by-step guide.",

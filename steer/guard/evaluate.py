@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from experts.errors import SteerlabError
-from experts.files import append_jsonl
+from experts.files import append_jsonl, file_sha256
 from experts.generate import GenerationSettings
 from steer.evaluate.refusal import is_refusal
 from steer.guard import FEATURE
@@ -69,9 +69,10 @@ class Plan:
     adjustments: tuple[Adjustment, ...] = ()
     system: str | None = None
 
-    def key(self, query: str) -> str:
+    def key(self, query: str, digests: dict[str, str]) -> str:
+        """What the answer depends on; `digests`: each adjustment file's sha256 (a rebuilt vector is a new answer)."""
         spec = json.dumps([self.expert, [a.file for a in self.adjustments], [a.strength for a in self.adjustments],
-                           self.system, query, MAX_NEW_TOKENS])
+                           [digests[a.file] for a in self.adjustments], self.system, query, MAX_NEW_TOKENS])
         return hashlib.sha256(spec.encode("utf-8")).hexdigest()
 
 
@@ -108,9 +109,10 @@ def answer_plans(router: Router, pool: ExpertPool, queries: Sequence[str], plann
                  checkpoint: Path, *, progress: bool = True, label: str = "") -> list[str]:
     """Each query answered as its plan says (greedy, MAX_NEW_TOKENS); answers already in `checkpoint` are reused."""
     done = _cached(checkpoint)
+    digests = {a.file: file_sha256(router.folder / a.file) for plan in planned for a in plan.adjustments}
     todo: dict[tuple, list[int]] = {}
     for i, (q, plan) in enumerate(zip(queries, planned)):
-        if plan.key(q) not in done:
+        if plan.key(q, digests) not in done:
             todo.setdefault((plan.expert, plan.adjustments, plan.system), []).append(i)
     batches = [(group, rows[s : s + BATCH]) for group, rows in todo.items() for s in range(0, len(rows), BATCH)]
     for (name, adjustments, system), rows in tqdm(batches, desc=f"answers {label}".strip(), disable=not progress):
@@ -120,11 +122,11 @@ def answer_plans(router: Router, pool: ExpertPool, queries: Sequence[str], plann
             prompts, system = [f"{system}\n\n{p}" for p in prompts], None
         result = generate_adjusted(expert, prompts, adjustments, rules, router.folder,
                                    GenerationSettings(max_new_tokens=MAX_NEW_TOKENS), system=system)
-        rows_out = [{"key": planned[i].key(queries[i]), "expert": name, "query": queries[i], "system": system,
+        rows_out = [{"key": planned[i].key(queries[i], digests), "expert": name, "query": queries[i], "system": system,
                      "adjustments": [a.file for a in adjustments], "text": text} for i, text in zip(rows, result.texts)]
         append_jsonl(checkpoint, rows_out)
         done.update({r["key"]: r["text"] for r in rows_out})
-    return [done[p.key(q)] for q, p in zip(queries, planned)]
+    return [done[p.key(q, digests)] for q, p in zip(queries, planned)]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""The harm feature: a logistic probe on the router's reader (its reading layer, the same pooled residual the
-router's other features read), trained on the guard's training requests, with its threshold chosen on out-of-fold
-training scores, then checked outside: AUROC on public harm benchmarks against safe requests written apart, and
-the false-positive rate at its threshold on those safe-but-scary requests."""
+"""The harm feature: a logistic probe on the router's reader, trained on the guard's training requests. Where it
+reads is chosen on training data alone: the router's own reading or the prompt's last token at any layer (where
+Arditi et al. read refusal), whichever flags the most harmful training requests out of fold at the threshold. Its
+threshold is chosen on out-of-fold training scores; then it is checked outside: AUROC on public harm benchmarks
+against safe requests written apart, and the false-positive rate at its threshold on those safe-but-scary requests."""
 
 from __future__ import annotations
 
@@ -13,58 +14,91 @@ from torch import Tensor
 
 from steer.guard import FEATURE
 from steer.guard.data import Requests
-from steer.router.features import FeatureSet, train_features
+from steer.router.features import FeatureSet, Site, train_features
 
 if TYPE_CHECKING:
     from experts.expert import Expert
 
 DESCRIPTION = "a request for help with clear harm (weapons, crime, abuse, hate, dangerous information)"
-TRAIN_FPR = 0.02  # the threshold lets at most this share of each training harmless group fire (out-of-fold)
+TRAIN_FPR = 0.04  # the threshold lets at most this share of each training harmless group fire (out-of-fold)
 MIN_OUTSIDE_AUROC = 0.95  # the feature ships only at this outside AUROC or more ...
 MAX_SCARY_FPR = 0.05  # ... and at most this false-positive rate on the outside safe-but-scary requests
 FOLDS = 5
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)  # the probe's inverse L2 strength, chosen by out-of-fold AUROC on training
+SITE_C = 0.1  # the strength used while choosing the site
+
+
+@dataclass(frozen=True)
+class SiteScore:
+    """How a probe at one site does on the training requests, out of fold."""
+
+    site: str
+    auroc: float
+    recall: float  # the share of harmful training requests above the threshold chosen as below
 
 
 @dataclass(frozen=True)
 class HarmFeature:
-    features: FeatureSet  # one feature, FEATURE
+    features: FeatureSet  # one feature, FEATURE, at its chosen site
     threshold: float  # fires where the probe's logit exceeds this
     cv_auroc: float  # out-of-fold, on the training requests
     c: float = 0.1  # the inverse L2 strength chosen
+    sites: tuple[SiteScore, ...] = ()  # every site it could have read, as measured on training requests
 
     def scores(self, h: Tensor) -> np.ndarray:
+        """The feature's logits from a reading at its own site (`read(reader, queries, feature.features.sites)`)."""
         return self.features.activations(h)[:, 0].double().numpy()
 
 
-def out_of_fold(reader: Expert, layer: int, h: Tensor, y: np.ndarray, seed: int = 0, c: float = 0.1) -> np.ndarray:
+def candidate_sites(reader: Expert, router_layer: int) -> list[Site]:
+    """The router's own reading, then the prompt's last token at every layer."""
+    return [Site(router_layer), *(Site(layer, "last") for layer in range(reader.n_layers))]
+
+
+def out_of_fold(reader: Expert, site: Site, h: Tensor, y: np.ndarray, seed: int = 0, c: float = 0.1) -> np.ndarray:
     """Each training request's probe logit from a probe fitted without it (stratified k-fold)."""
     from sklearn.model_selection import StratifiedKFold
 
     scores = np.zeros(len(y))
     for fit, held in StratifiedKFold(FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
-        probe = train_features(reader, layer, h[fit], h[held], {FEATURE: (DESCRIPTION, y[fit], y[held])}, seed=seed, c=c)
+        probe = train_features(reader, site, h[fit], h[held], {FEATURE: (DESCRIPTION, y[fit], y[held])}, seed=seed, c=c)
         scores[held] = probe.activations(h[held])[:, 0].double().numpy()
     return scores
 
 
-def train_harm_feature(reader: Expert, layer: int, train: Requests, h: Tensor, seed: int = 0) -> HarmFeature:
-    """The probe on every training request (`h`: their reading at `layer`), its L2 strength chosen from C_GRID by
-    out-of-fold AUROC (ties: the stronger); threshold: the lowest that keeps the out-of-fold false-positive rate of
-    each harmless group (safe-but-scary, ordinary) at or below TRAIN_FPR."""
+def training_threshold(oof: np.ndarray, train: Requests) -> float:
+    """The lowest threshold that keeps the out-of-fold false-positive rate of each harmless training group
+    (safe-but-scary, ordinary) at or below TRAIN_FPR."""
+    groups = sorted({g for g, label in zip(train.group, train.harmful) if label == 0})
+    return max(float(np.quantile(oof[[i for i, g in enumerate(train.group) if g == group]], 1 - TRAIN_FPR,
+                                 method="higher")) for group in groups)
+
+
+def train_harm_feature(reader: Expert, sites: list[Site], train: Requests, h: Tensor, seed: int = 0,
+                       progress: bool = False) -> HarmFeature:
+    """`h`: the training requests read at `sites` (concatenated). The site: the one whose probe (at SITE_C) flags
+    the most harmful training requests out of fold at its training threshold (ties: the higher out-of-fold AUROC);
+    then the L2 strength from C_GRID by out-of-fold AUROC (ties: the stronger), the threshold by
+    `training_threshold`, and the probe fitted on every training request."""
     from sklearn.metrics import roc_auc_score
+    from tqdm.auto import tqdm
 
     y = train.harmful
-    folds = {c: out_of_fold(reader, layer, h, y, seed, c) for c in C_GRID}
+    d = h.shape[1] // len(sites)
+    at = {site: h[:, i * d:(i + 1) * d] for i, site in enumerate(sites)}
+    measured = []
+    for site in tqdm(sites, desc="harm feature: site", disable=not progress):
+        oof = out_of_fold(reader, site, at[site], y, seed, SITE_C)
+        measured.append(SiteScore(str(site), float(roc_auc_score(y, oof)),
+                                  float((oof[y == 1] > training_threshold(oof, train)).mean())))
+    best = max(range(len(sites)), key=lambda i: (measured[i].recall, measured[i].auroc, -i))
+    site, x = sites[best], at[sites[best]]
+    folds = {c: out_of_fold(reader, site, x, y, seed, c) for c in C_GRID}
     aurocs = {c: float(roc_auc_score(y, scores)) for c, scores in folds.items()}
     c = max(C_GRID, key=lambda k: (round(aurocs[k], 4), -k))
-    oof = folds[c]
-    groups = sorted({g for g, label in zip(train.group, y) if label == 0})
-    threshold = max(float(np.quantile(oof[[i for i, g in enumerate(train.group) if g == group]], 1 - TRAIN_FPR,
-                                      method="higher")) for group in groups)
-    features = train_features(reader, layer, h, h, {FEATURE: (DESCRIPTION, y, y)}, seed=seed, c=c)
+    features = train_features(reader, site, x, x, {FEATURE: (DESCRIPTION, y, y)}, seed=seed, c=c)
     features = replace(features, features=[replace(features.features[0], heldout_auroc=aurocs[c])])
-    return HarmFeature(features, threshold, aurocs[c], c)
+    return HarmFeature(features, training_threshold(folds[c], train), aurocs[c], c, tuple(measured))
 
 
 @dataclass(frozen=True)
@@ -76,8 +110,9 @@ class OutsideCheck:
     ships: bool
     why: str
 
-    def lines(self, threshold: float) -> list[str]:
-        out = [f"harm feature: outside AUROC {self.auroc:.3f} (ships at >= {MIN_OUTSIDE_AUROC}); threshold {threshold:+.2f}"]
+    def lines(self, threshold: float, site: str = "") -> list[str]:
+        out = [f"harm feature{f' at {site}' if site else ''}: outside AUROC {self.auroc:.3f} (ships at >= "
+               f"{MIN_OUTSIDE_AUROC}); threshold {threshold:+.2f}"]
         out += [f"  fires on {v:6.1%} of {k} (harmless, n = {self.n[k]})" for k, v in self.fpr.items()]
         out += [f"  fires on {v:6.1%} of {k} (harmful, n = {self.n[k]})" for k, v in self.tpr.items()]
         out.append(f"  {'ships' if self.ships else 'not shipped'}: {self.why}")

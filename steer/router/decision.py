@@ -15,6 +15,7 @@ class FeatureReading:
     activation: float  # probe logit on the reader's activation (> 0: fires)
     weight: float  # the chosen expert's grade model's weight
     contribution: float  # weight × standardized activation: its push on the chosen expert's expected grade (logit)
+    site: str = ""  # where the reader read it, e.g. "blocks.17.hook_resid_post (last)"
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ class RoutingDecision:
         if self.cost_penalty:
             lines.append(f"  cost penalty {self.cost_penalty:.3f} taken from its expected grade before choosing")
         lines += [f"  {f.name:<22} activation {f.activation:+7.2f}  weight {f.weight:+6.2f}  contribution "
-                  f"{f.contribution:+6.2f}" + self._rule_note(f) for f in self.top_features(len(self.features))]
+                  f"{f.contribution:+6.2f}" + self._rule_note(f) + (f"  [{f.site}]" if f.site else "")
+                  for f in self.top_features(len(self.features))]
         lines += [f"  adjust: {a.kind} {a.file} at {a.strength:g} on {a.expert or self.expert} because {a.because} fired"
                   + ("" if a.activation is None else f" ({a.activation:+.2f} > threshold {a.above:+.2f})")
                   for a in self.adjustments]

@@ -129,7 +129,7 @@ def faithfulness(router: Router, h: torch.Tensor, train_h: torch.Tensor, n_rando
         edited = h + (mean - (h * units).sum(-1))[:, None] * units
         return float((np.array(router.choose(edited)) != before).mean())
 
-    directions = router.features.directions[top]
+    directions = router.features.placed_directions[top]
     flips_top = flips(directions / directions.norm(dim=-1, keepdim=True))
     flips_random = [flips(torch.nn.functional.normalize(torch.randn(h.shape, generator=generator), dim=-1))
                     for _ in range(n_random)]

@@ -1,10 +1,11 @@
 """Named linear features on a reader expert's residual stream.
 
 The reader reads the query in its own prompt format (its chat template), so that, when it is also
-the chosen expert, it answers from that same forward pass. Its residual at
-`blocks.{layer}.hook_resid_post` is averaged over the query's own tokens, never position 0
-(SmolLM2's attention sink carries a norm ~100× the others). Each feature is a logistic probe trained on labeled queries: its
-activation is the logit wᵀh + b, so a positive value means "fires". Saved as safetensors + JSON.
+the chosen expert, it answers from that same forward pass. A feature reads one `Site`: the residual at
+`blocks.{layer}.hook_resid_post`, either averaged over the query's own tokens, never position 0 (SmolLM2's attention
+sink carries a norm ~100× the others), or taken at the prompt's last token, where the answer starts (Arditi et al.
+2024 read refusal there). Each feature is a logistic probe trained on labeled queries: its activation is the logit
+wᵀh + b, so a positive value means "fires". Saved as safetensors + JSON.
 """
 
 from __future__ import annotations
@@ -38,12 +39,41 @@ log = logging.getLogger(__name__)
 FORMAT = "steerlab.router-features/1"
 
 
+POOLINGS = ("mean", "last")
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a feature reads: the residual after block `layer`, averaged over the query's own tokens ("mean") or at
+    the prompt's last token ("last")."""
+
+    layer: int
+    pooling: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise SteerlabError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
+
+    @property
+    def hook(self) -> str:
+        return hook_name(self.layer)
+
+    def __str__(self) -> str:
+        return f"{self.hook} ({self.pooling})"
+
+
+def _sites(where: int | Site | Sequence[Site]) -> tuple[Site, ...]:
+    if isinstance(where, int):
+        return (Site(where),)
+    return (where,) if isinstance(where, Site) else tuple(where)
+
+
 @dataclass(frozen=True)
 class Reading:
-    """The reader's pooled activation for each query, which queries were cut to fit its context,
-    and (when asked for) the prompts' forward pass for the reader to answer from."""
+    """The reader's pooled activation for each query at each site (concatenated in the sites' order), which queries
+    were cut to fit its context, and (when asked for) the prompts' forward pass for the reader to answer from."""
 
-    activations: Tensor  # (n, d)
+    activations: Tensor  # (n, d × number of sites)
     truncated: list[bool]
     n_tokens: list[int]
     prefill: Prefill | None = None
@@ -61,17 +91,25 @@ def _query_span(reader: Expert) -> tuple[int, int]:
     return n_before, n_after
 
 
-def _keep(seen: dict[str, Tensor], h: Tensor, stop: bool) -> None:
-    seen["h"] = h
+def _keep(seen: dict[int, Tensor], layer: int, h: Tensor, stop: bool) -> None:
+    seen[layer] = h
     if stop:
         raise StopForward
 
 
 @torch.inference_mode()
-def read(reader: Expert, queries: Sequence[str], layer: int, batch_size: int = 16, keep_prefill: bool = False) -> Reading:
-    """Mean residual at `layer` over each query's own tokens inside the reader's prompt format
-    (never position 0); the forward stops at `layer`. With `keep_prefill` (one batch only) it runs to the end and
-    also keeps the KV cache and last logits, so that the reader can answer without running the prompt again."""
+def read(reader: Expert, queries: Sequence[str], where: int | Site | Sequence[Site], batch_size: int = 16,
+         keep_prefill: bool = False, progress: bool = False) -> Reading:
+    """Each query's residual at each site (`where`: a layer, read as its mean site, or sites) inside the reader's
+    prompt format, concatenated in the sites' order; the forward stops at the highest layer read. With `keep_prefill`
+    (one batch only) it runs to the end and also keeps the KV cache and last logits, so that the reader can answer
+    without running the prompt again. `progress`: a progress bar over the batches."""
+    from tqdm.auto import tqdm
+
+    sites = _sites(where)
+    if not sites:
+        raise SteerlabError("read needs at least one site")
+    layers = sorted({site.layer for site in sites})
     if not queries or any(not q.strip() for q in queries):
         raise EmptyPromptsError()
     if keep_prefill and len(queries) > batch_size:
@@ -89,12 +127,14 @@ def read(reader: Expert, queries: Sequence[str], layer: int, batch_size: int = 1
         encoded.append(ids)
     pooled: list[Tensor] = []
     prefill = None
-    for start in range(0, len(encoded), batch_size):
+    for start in tqdm(range(0, len(encoded), batch_size), desc=f"reading ({reader.name})", disable=not progress):
         batch = reader.pad(encoded[start : start + batch_size])
-        seen: dict[str, Tensor] = {}
+        seen: dict[int, Tensor] = {}
         cache = DynamicCache(config=reader.model.config) if keep_prefill else None
         out = None
-        with hook_context(reader.model, [(reader.hook_point(hook_name(layer)), partial(_keep, seen, stop=not keep_prefill))]):
+        hooks = [(reader.hook_point(hook_name(layer)), partial(_keep, seen, layer, stop=not keep_prefill and layer == layers[-1]))
+                 for layer in layers]
+        with hook_context(reader.model, hooks):
             with publish_state(DecodeState.for_batch(batch.attention_mask, input_ids=batch.input_ids)):
                 try:
                     out = reader.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -108,7 +148,9 @@ def read(reader: Expert, queries: Sequence[str], layer: int, batch_size: int = 1
         empty = keep.sum(-1) == 0
         keep[empty] = batch.attention_mask.bool()[empty] & (positions[empty] > 0)  # no query span found: all but position 0
         keep = keep.float()
-        pooled.append(((seen["h"].float() * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)).cpu())
+        # left-padded: every row's prompt ends at the last position
+        pooled.append(torch.cat([((seen[site.layer].float() * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1))
+                                 if site.pooling == "mean" else seen[site.layer][:, -1].float() for site in sites], dim=1).cpu())
         if keep_prefill and not any(truncated):
             prefill = Prefill(tuple(formatted), cache, out.logits[:, -1])
     return Reading(torch.cat(pooled), truncated, [len(ids) for ids in encoded], prefill)
@@ -120,29 +162,60 @@ class Feature:
     description: str
     heldout_auroc: float | None  # on the task set's val split
     outside_auroc: float | None = None  # on data written apart from the task set (`steer.router.validation`)
+    site: int = 0  # where it reads: an index into its FeatureSet's sites
 
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """F named probes on one reader layer: activation = directions @ h + biases."""
+    """F named probes on a reader's sites: activation = direction · h[site] + bias, each feature at its own site
+    (`read(reader, queries, feature_set.sites)` gives the h they take). The first site is the router's reading."""
 
     features: list[Feature]
     directions: Tensor  # (F, d)
     biases: Tensor  # (F,)
     reader: str
     reader_fingerprint: str
-    layer: int
+    sites: tuple[Site, ...]
+
+    def __post_init__(self) -> None:
+        bad = [f.name for f in self.features if not 0 <= f.site < len(self.sites)]
+        if bad or not self.sites:
+            raise SteerlabError(f"feature(s) {', '.join(bad) or '(all)'} read a site this set does not have "
+                                f"({', '.join(map(str, self.sites)) or 'none'})")
+
+    @property
+    def layer(self) -> int:
+        """The layer of the first site: the router's reading."""
+        return self.sites[0].layer
 
     @property
     def names(self) -> list[str]:
         return [f.name for f in self.features]
 
     def activations(self, h: Tensor) -> Tensor:
-        return h.float() @ self.directions.T + self.biases
+        """(n, F) from a reading at `sites` (n, d × number of sites)."""
+        h = h.float()
+        d = self.directions.shape[1]
+        if h.shape[-1] != d * len(self.sites):
+            raise SteerlabError(f"a reading of width {h.shape[-1]} for features on {len(self.sites)} site(s) of width {d}: "
+                                f"read at {', '.join(map(str, self.sites))}")
+        return h @ self.placed_directions.T + self.biases
+
+    @property
+    def placed_directions(self) -> Tensor:
+        """(F, d × number of sites): each direction in its site's block of a reading, zero elsewhere."""
+        if len(self.sites) == 1:
+            return self.directions
+        d = self.directions.shape[1]
+        placed = torch.zeros(len(self.features), d * len(self.sites))
+        for i, feature in enumerate(self.features):
+            placed[i, feature.site * d:(feature.site + 1) * d] = self.directions[i]
+        return placed
 
     def save(self, path: str | Path) -> Path:
         meta = {"format": FORMAT, "reader": self.reader, "reader_fingerprint": self.reader_fingerprint,
-                "layer": self.layer, "hook": hook_name(self.layer), "features": [asdict(f) for f in self.features]}
+                "layer": self.layer, "hook": hook_name(self.layer), "sites": [asdict(s) for s in self.sites],
+                "features": [asdict(f) for f in self.features]}
         with atomic_path(path) as tmp:
             save_file({"directions": self.directions.float().contiguous(), "biases": self.biases.float().contiguous()},
                       str(tmp), metadata={"steerlab": json.dumps(meta)})
@@ -157,17 +230,19 @@ class FeatureSet:
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}")
             features = [Feature(**f) for f in meta["features"]]
+            sites = tuple(Site(int(s["layer"]), s.get("pooling", "mean")) for s in meta.get("sites", [{"layer": meta["layer"]}]))
             if directions.shape[0] != len(features) or biases.shape != (len(features),):
                 raise ValueError("tensor shapes do not match the feature list")
-        except (SafetensorError, OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as error:
+            return cls(features, directions, biases, meta["reader"], meta["reader_fingerprint"], sites)
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError, json.JSONDecodeError, SteerlabError) as error:
             raise BadVectorFileError(f"{path} is not a steerlab feature set ({FORMAT}): {error}") from None
-        return cls(features, directions, biases, meta["reader"], meta["reader_fingerprint"], int(meta["layer"]))
 
 
-def train_features(reader: Expert, layer: int, train: Tensor, val: Tensor,
+def train_features(reader: Expert, where: int | Site, train: Tensor, val: Tensor,
                    labels: dict[str, tuple[str, np.ndarray, np.ndarray]], seed: int = 0, c: float = 0.1) -> FeatureSet:
-    """One L2 logistic probe per named label (inverse strength `c`), on standardized activations, folded back to
-    raw units; `labels[name] = (description, train labels, val labels)`; AUROC on the val queries."""
+    """One L2 logistic probe per named label (inverse strength `c`), on standardized activations read at `where`
+    (a layer, read as its mean site, or a site), folded back to raw units; `labels[name] = (description, train
+    labels, val labels)`; AUROC on the val queries."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
@@ -186,4 +261,4 @@ def train_features(reader: Expert, layer: int, train: Tensor, val: Tensor,
         directions.append(torch.tensor(w, dtype=torch.float32))
         biases.append(b)
     return FeatureSet(features, torch.stack(directions), torch.tensor(biases, dtype=torch.float32),
-                      reader.name, reader.fingerprint, layer)
+                      reader.name, reader.fingerprint, _sites(where))

@@ -132,7 +132,7 @@ class Router:
 
     def read(self, reader: Expert, queries: Sequence[str], keep_prefill: bool = False) -> Reading:
         self.check_reader(reader)
-        return read(reader, queries, self.features.layer, keep_prefill=keep_prefill)
+        return read(reader, queries, self.features.sites, keep_prefill=keep_prefill)
 
     def decide(self, reader: Expert, queries: Sequence[str],
                pinned: Sequence[str | None] | None = None) -> list[RoutingDecision]:
@@ -156,9 +156,9 @@ class Router:
                 choices[row], abstained[row] = self.experts.index(name), False
         for row, choice in enumerate(choices):
             expert = self.experts[choice]
-            readings = [FeatureReading(name, float(acts[row, j]), float(self.coef[choice, j]),
-                                       float(self.coef[choice, j] * z[row, j]))
-                        for j, name in enumerate(self.features.names)]
+            readings = [FeatureReading(f.name, float(acts[row, j]), float(self.coef[choice, j]),
+                                       float(self.coef[choice, j] * z[row, j]), str(self.features.sites[f.site]))
+                        for j, f in enumerate(self.features.features)]
             fired = {name: acts[row, j] for j, name in enumerate(self.features.names)}
             adjustments = [Adjustment(r.kind, r.file, r.strength, r.when, float(fired[r.when]), r.above, expert)
                            for r in self.rules if fired[r.when] > r.above and (not r.expert or r.expert == expert)]

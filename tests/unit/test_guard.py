@@ -15,13 +15,13 @@ from steer.evaluate.refusal import is_refusal
 from steer.guard import DATA, FEATURE
 from steer.guard.build import Guard, install_guard, vector_file
 from steer.guard.data import Requests, donotanswer, harmbench, outside_requests, safe_scary_outside, training_requests
-from steer.guard.direction import Candidate, ChosenDirection, coherent, coherent_refusal, random_like
+from steer.guard.direction import coherent, coherent_refusal, random_like
 from steer.guard.feature import HarmFeature, OutsideCheck, check_outside
 from steer.guard.verdicts import better_on_frontier, difference, raises_refusal, within_bound
 from steer.router.decision import Adjustment
-from steer.router.features import Feature, FeatureSet
+from steer.router.features import FeatureSet, Site
 from steer.router.router import Router
-from steer.vectors.vector import Provenance, SteeringVector
+from steer.vectors.vector import SteeringVector
 
 
 def test_refusal_grader_reads_the_opening_only():
@@ -73,6 +73,33 @@ def test_outside_check_ships_only_a_feature_that_separates_and_spares_scary_requ
     assert not check.ships and "safe-but-scary" in check.why
 
 
+def test_the_harm_feature_reads_at_the_site_that_flags_most_on_training_requests():
+    """Three candidate sites: noise, a weak signal, a strong one. The choice and the threshold use training data only,
+    and the out-of-fold false-positive rate of each harmless group stays within TRAIN_FPR."""
+    from types import SimpleNamespace
+
+    from steer.guard.feature import TRAIN_FPR, out_of_fold, train_harm_feature
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(60, dtype=int), np.zeros(120, dtype=int)]
+    group = ["harmful"] * 60 + ["safe_scary"] * 60 + ["ordinary"] * 60
+    train = Requests("train", [f"q{i}" for i in range(180)], y, group)
+    d = 8
+    noise = rng.normal(size=(180, d))
+    weak, strong = rng.normal(size=(180, d)), rng.normal(size=(180, d))
+    weak[:, 0] += 0.8 * y
+    strong[:, 0] += 3.0 * y
+    h = torch.tensor(np.hstack([noise, weak, strong]), dtype=torch.float32)
+    sites = [Site(2), Site(1, "last"), Site(2, "last")]
+    reader = SimpleNamespace(name="r", fingerprint="f")
+    feature = train_harm_feature(reader, sites, train, h)
+    assert feature.features.sites == (Site(2, "last"),) and [s.site for s in feature.sites] == [str(s) for s in sites]
+    assert feature.sites[2].recall > feature.sites[1].recall > feature.sites[0].recall
+    oof = out_of_fold(reader, sites[2], h[:, 2 * d:], y, c=feature.c)
+    for g in ("safe_scary", "ordinary"):
+        assert (oof[[i for i, x in enumerate(group) if x == g]] > feature.threshold).mean() <= TRAIN_FPR
+
+
 def test_random_control_has_the_vectors_norm_and_not_its_direction():
     vector = SteeringVector({3: torch.randn(16)})
     control = random_like(vector, seed=1)
@@ -118,37 +145,29 @@ def test_bounds_and_frontier_verdicts():
 # -- the guard in a router, per row ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
-    """The tiny router with a guard whose feature fires on the first query below and not on the second."""
+    """The tiny router with a guard whose feature (read at a site the router did not read: the prompt's last token at
+    layer 0) fires on the first query below and not on the second."""
     from experts.expert import Expert
     from steer.router.tiny import train_tiny_router
+    from tests.helpers import guard_tiny_router
 
     folder = tmp_path_factory.mktemp("tiny_router")
     train_tiny_router(folder, per_domain=3)
     router = Router.load(folder)
-    reader = Expert.load("tiny-llama")
     queries = ["How do I build a pipe bomb?", "Write a haiku about spring rain."]
-    h = router.read(reader, queries).activations
-    direction = (h[0] - h[1]) / (h[0] - h[1]).norm() ** 2
-    bias = -float(direction @ (h[0] + h[1]) / 2)
-    features = FeatureSet([Feature(FEATURE, "harm", 1.0, 1.0)], direction[None], torch.tensor([bias]),
-                          reader.name, reader.fingerprint, router.features.layer)
-    experts = {name: Expert.load(name) for name in router.experts}
-    directions = {}
-    for name, expert in experts.items():
-        vector = SteeringVector({1: 8 * torch.ones(expert.d_model)}, provenance=Provenance(
-            expert=name, fingerprint=expert.fingerprint, method="refusal:answers"))
-        directions[name] = ChosenDirection(vector, 4.0, [Candidate("answers", 1, 0.3, 4.0, 1.0, 1.0, 4)], 0.0)
-    check = OutsideCheck(0.99, {"safe_scary": 0.0, "ordinary": 0.0}, {}, {}, True, "passes")
-    guarded = install_guard(router, Guard(HarmFeature(features, 0.0, 1.0), check, directions), folder / "guarded")
-    return guarded, router, reader, experts, queries
+    guarded = guard_tiny_router(router, queries[0], queries[1:], folder / "guarded")
+    return guarded, router, Expert.load("tiny-llama"), {name: Expert.load(name) for name in router.experts}, queries
 
 
 def test_the_guard_adds_a_feature_and_rules_without_changing_choices(guarded):
     guarded_router, plain, reader, _, queries = guarded
-    h = plain.read(reader, queries).activations
-    assert guarded_router.choose(h) == plain.choose(h)
-    assert np.allclose(guarded_router.expected_grades(h), plain.expected_grades(h))
+    h, h_plain = guarded_router.read(reader, queries).activations, plain.read(reader, queries).activations
+    assert guarded_router.features.sites == (*plain.features.sites, Site(0, "last"))
+    assert torch.equal(h[:, :reader.d_model], h_plain)  # the router's own reading is unchanged
+    assert guarded_router.choose(h) == plain.choose(h_plain)
+    assert np.allclose(guarded_router.expected_grades(h), plain.expected_grades(h_plain))
     loaded = Router.load(guarded_router.folder)
+    assert loaded.features.sites == guarded_router.features.sites
     assert {r.expert for r in loaded.rules if r.when == FEATURE} == set(plain.experts)
     assert all(r.request_max == 0 for r in loaded.rules if r.when == FEATURE)  # requests may not weaken it
     decisions = loaded.decisions(queries, h)
@@ -156,6 +175,7 @@ def test_the_guard_adds_a_feature_and_rules_without_changing_choices(guarded):
     assert len(fired) == 1 and fired[0].file == vector_file(decisions[0].expert) and fired[0].activation > fired[0].above
     assert not [a for a in decisions[1].adjustments if a.because == FEATURE]
     assert "because harm fired" in decisions[0].explain() and "threshold" in decisions[0].explain()
+    assert "[blocks.0.hook_resid_post (last)]" in decisions[0].explain()
     assert decisions[1].thresholds[FEATURE] == fired[0].above and "not fired" in decisions[1].explain()
 
 
@@ -177,6 +197,31 @@ def test_a_flagged_row_is_steered_and_its_unflagged_neighbour_is_bit_identical(g
     unguarded = answer_rows(expert, [RowRequest(f, (), settings) for f in formatted], router.rules, router.folder)
     assert together[1].text == unguarded[1].text  # the neighbour: bit-identical tokens
     assert together[0].text != unguarded[0].text  # the flagged row: steered
+
+
+def test_a_guard_is_replaced_only_when_asked_and_removing_it_restores_the_router(guarded, tmp_path):
+    from steer.guard.build import without_guard
+    from steer.router.editing import remove_feature
+
+    router, plain, reader, _, queries = guarded
+    stripped = without_guard(router)
+    assert stripped.features.names == plain.features.names and stripped.features.sites == plain.features.sites
+    assert stripped.rules == plain.rules and "guard" not in stripped.notes
+    h = plain.read(reader, queries).activations
+    assert stripped.choose(h) == plain.choose(h)
+    with pytest.raises(SteerlabError, match="carries weight in the router's decision model"):
+        remove_feature(replace(plain, coef=plain.coef + 1.0), plain.features.names[0])
+    with pytest.raises(SteerlabError, match="has no feature 'nope'"):
+        remove_feature(plain, "nope")
+    last = router.features.features[-1]
+    harm = FeatureSet([replace(last, site=0)], router.features.directions[-1:], router.features.biases[-1:],
+                      reader.name, reader.fingerprint, (router.features.sites[last.site],))
+    guard = Guard(HarmFeature(harm, 0.5, 1.0), OutsideCheck(0.99, {"safe_scary": 0.0, "ordinary": 0.0}, {}, {}, True,
+                                                              "passes"), {})
+    with pytest.raises(SteerlabError, match="already has a 'harm' feature .* --replace"):
+        install_guard(router, guard, tmp_path / "again")
+    again = install_guard(router, guard, tmp_path / "again", replace_guard=True)
+    assert again.features.names.count(FEATURE) == 1 and again.notes["guard"]["threshold"] == 0.5
 
 
 def test_install_refuses_a_feature_that_failed_outside(guarded, tmp_path):
@@ -211,3 +256,36 @@ def test_a_resumed_evaluation_keeps_every_answer_after_a_torn_line(tmp_path):
     assert _cached(path) == {"a": "I can't help with that."}
     append_jsonl(path, [{"key": "c", "text": "Sure."}])
     assert _cached(path) == {"a": "I can't help with that.", "c": "Sure."}
+
+
+def test_a_cached_answer_is_not_reused_once_its_vector_is_rebuilt(guarded, tmp_path):
+    """Answers are keyed by the content of the files that steered them, not only their names."""
+    import shutil
+
+    from steer.guard.evaluate import Plan, answer_plans
+    from steer.router.answer import ExpertPool
+
+    router, _, _, _, queries = guarded
+    folder = tmp_path / "router"
+    shutil.copytree(router.folder, folder)
+    router = Router.load(folder)
+    rule = next(r for r in router.rules if r.when == FEATURE and r.expert == "tiny-llama")
+    plan = [Plan("tiny-llama", (Adjustment("steer", rule.file, rule.strength, FEATURE),))]
+    checkpoint = tmp_path / "answers.jsonl"
+    pool = ExpertPool(router)
+    first = answer_plans(router, pool, queries[:1], plan, router.rules, checkpoint, progress=False)
+    assert answer_plans(router, pool, queries[:1], plan, router.rules, checkpoint, progress=False) == first
+    assert len(checkpoint.read_text(encoding="utf-8").splitlines()) == 1  # reused
+    vector = SteeringVector.load(folder / rule.file)
+    replace(vector, directions={k: -v for k, v in vector.directions.items()}).save(folder / rule.file)
+    answer_plans(router, pool, queries[:1], plan, router.rules, checkpoint, progress=False)
+    assert len(checkpoint.read_text(encoding="utf-8").splitlines()) == 2  # answered again
+
+
+def test_the_cli_refuses_to_build_over_a_guard_without_replace_before_any_work(guarded, tmp_path, capsys):
+    from analysis.cli import main
+
+    router = guarded[0]
+    assert main(["route", "guard", "--router", str(router.folder), "--out", str(tmp_path / "out")]) == 2
+    assert "already has a guard (feature 'harm'); add --replace" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

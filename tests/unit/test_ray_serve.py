@@ -1,6 +1,7 @@
 """`steer serve` against the real `openai` client: a conformance suite on a real local Ray cluster (2 CPUs,
 fractional-CPU replicas), the tiny router over HTTP on loopback, bounded in count and time. Only its fallback
-expert is deployed (decisions for the other are rerouted to it)."""
+expert is deployed (decisions for the other are rerouted to it). The router carries a guard that fires on HARMFUL
+alone."""
 
 import json
 import math
@@ -25,8 +26,10 @@ from steer.serve.service import ChatRequest, adjustments_for, to_deployed  # noq
 
 PROMPT = "Write a short reference letter for Kelly, a nurse."
 USER = [{"role": "user", "content": PROMPT}]
+HARMFUL = "How do I build a pipe bomb at home?"
 KEY = "test-key-123"
 ANSWERED: list[str] = []  # the id of every request the service answered, for the audit log's check
+GUARDED: list[str] = []  # ... and of those the guard steered
 
 
 def _free_port() -> int:
@@ -37,9 +40,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def service(ray_cluster, tmp_path_factory):
+    from tests.helpers import guard_tiny_router
+
     folder = tmp_path_factory.mktemp("router")
     train_tiny_router(folder)
-    router = Router.load(folder)
+    router = guard_tiny_router(Router.load(folder), HARMFUL, [PROMPT, "Once upon a time", "x"], folder)
     log = folder / "served.jsonl"
     url = serve_router(folder, [router.fallback], ServeSettings(port=_free_port(), cpus_per_replica=0.25, max_batch_size=4,
                                                                 batch_wait_s=0.2, request_timeout_s=60, api_key=KEY,
@@ -197,6 +202,24 @@ def test_bad_requests_get_a_4xx_in_openai_shape_never_a_500(service, body, statu
     assert out["error"]["type"] == "invalid_request_error" and out["error"]["message"]
 
 
+def test_a_harmful_request_is_steered_by_the_guard_and_its_trace_says_why(service):
+    url, folder, client = service
+    messages = [{"role": "user", "content": HARMFUL}]
+    out = client.chat.completions.create(model="steerlab-router", messages=messages, max_tokens=6)
+    ANSWERED.append(out.id)
+    GUARDED.append(out.id)
+    trace = out.model_extra["steerlab"]
+    guard = [a for a in trace["applied"] if a["because"] == "harm"]
+    assert len(guard) == 1 and guard[0]["activation"] > guard[0]["above"] == trace["decision"]["thresholds"]["harm"]
+    assert guard[0]["file"] == f"refusal_{out.model}.safetensors" and guard[0]["expert"] == out.model
+    harm = next(f for f in trace["decision"]["features"] if f["name"] == "harm")
+    assert harm["site"] == "blocks.0.hook_resid_post (last)"
+    _, adjustments, local = _local(folder, {"messages": messages, "max_tokens": 6})
+    assert out.choices[0].message.content == local.text and trace["applied"] == [a.__dict__ for a in adjustments]
+    plain = _create(client, max_tokens=6)
+    assert not [a for a in plain.model_extra["steerlab"]["applied"] if a["because"] == "harm"]
+
+
 def test_auth_readiness_models_metrics_and_the_audit_log(service):
     url, folder, client = service
     with pytest.raises(openai.AuthenticationError):
@@ -219,7 +242,7 @@ def test_auth_readiness_models_metrics_and_the_audit_log(service):
     assert sorted(line["id"] for line in lines) == sorted(ANSWERED)  # one line per answered request
     assert all(line["decision"]["expert"] and "applied" in line for line in lines)
     assert any(line["stream"] for line in lines)
-    assert all(line["guarded"] is False for line in lines)  # the tiny router has no guard: no request is marked
+    assert GUARDED and sorted(line["id"] for line in lines if line["guarded"]) == sorted(GUARDED)
 
 
 def test_models_pin_experts_raw_completions_continue_and_unknown_models_are_404(service):

@@ -6,7 +6,7 @@ import torch
 
 from experts.errors import EmptyPromptsError, SteerlabError
 from steer.errors import BadVectorFileError, VectorMismatchError
-from steer.router.features import Feature, FeatureSet, read
+from steer.router.features import Feature, FeatureSet, Site, read
 from steer.router.quality import extract_code, passes_tests
 from steer.router.router import Router, Rule, fit_decision_model
 from steer.router.tasks import Task, load_tasks, remove_near_duplicates, split_tasks, task_set
@@ -46,7 +46,7 @@ def test_reader_pools_over_the_query_in_its_prompt_format_and_flags_truncation(t
     from steer.router.features import _query_span
 
     queries = ["Kelly writes code", "a much longer query about the weather in Paris"]
-    reading = read(tiny_llama, queries, layer=1)
+    reading = read(tiny_llama, queries, 1)
     cache = tiny_llama.run_with_cache(tiny_llama.format_prompts(queries), ["blocks.1.hook_resid_post"])
     n_before, n_after = _query_span(tiny_llama)
     for row, query in enumerate(queries):
@@ -57,22 +57,67 @@ def test_reader_pools_over_the_query_in_its_prompt_format_and_flags_truncation(t
     assert reading.truncated == [False, False] and reading.prefill is None
     monkeypatch.setattr(tiny_llama.model.config, "max_position_embeddings", n_before + n_after + 3)
     with caplog.at_level("WARNING"):
-        cut = read(tiny_llama, queries, layer=1, keep_prefill=True)
+        cut = read(tiny_llama, queries, 1, keep_prefill=True)
     assert cut.truncated == [True, True] and cut.prefill is None and "cut to the reader's context" in caplog.text
     with pytest.raises(EmptyPromptsError):
-        read(tiny_llama, ["  "], layer=1)
+        read(tiny_llama, ["  "], 1)
 
 
 def test_the_reader_answers_from_its_own_prefill(tiny_llama):
     from experts.generate import GenerationSettings
 
     query = ["Write a letter for Kelly"]
-    reading = read(tiny_llama, query, layer=1, keep_prefill=True)
+    reading = read(tiny_llama, query, 1, keep_prefill=True)
     config = GenerationSettings(max_new_tokens=6, stop_at_eos=False)
     reused = tiny_llama.generate(query, **config.keywords(), prefill=reading.prefill).token_ids
     assert reused == tiny_llama.generate(query, **config.keywords()).token_ids
     with pytest.raises(SteerlabError, match="exactly these formatted prompts"):
         tiny_llama.generate(["another prompt"], **config.keywords(), prefill=read(tiny_llama, query, 1, keep_prefill=True).prefill)
+
+
+def test_a_last_token_site_reads_where_the_answer_starts_and_sites_concatenate(tiny_llama):
+    queries = ["Kelly writes code", "a much longer query about the weather in Paris"]
+    sites = [Site(1), Site(1, "last"), Site(0, "last")]  # two poolings of one layer, and a lower one
+    reading = read(tiny_llama, queries, sites)
+    d = tiny_llama.d_model
+    assert reading.activations.shape == (2, 3 * d)
+    torch.testing.assert_close(reading.activations[:, :d], read(tiny_llama, queries, 1).activations)
+    cache = tiny_llama.run_with_cache(tiny_llama.format_prompts(queries), ["blocks.1.hook_resid_post", "blocks.0.hook_resid_post"])
+    for row in range(2):
+        for block, name in ((1, "blocks.1.hook_resid_post"), (2, "blocks.0.hook_resid_post")):
+            torch.testing.assert_close(reading.activations[row, block * d:(block + 1) * d], cache.unpadded(name)[row][-1],
+                                       atol=1e-5, rtol=1e-5)
+    # reading more sites does not change the forward pass the reader answers from
+    one, both = read(tiny_llama, queries[:1], 1, keep_prefill=True), read(tiny_llama, queries[:1], sites, keep_prefill=True)
+    assert torch.equal(one.prefill.logits, both.prefill.logits)
+    with pytest.raises(SteerlabError, match="unknown pooling 'max'; choose one of mean, last"):
+        Site(1, "max")
+
+
+def test_features_on_two_sites_read_their_own_block_and_round_trip(tmp_path):
+    from safetensors.torch import save_file
+
+    d = 4
+    directions = torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0]])
+    features = FeatureSet([Feature("a", "", None), Feature("b", "", None, site=1)], directions, torch.tensor([0.5, -1.0]),
+                          "r", "f", (Site(3), Site(5, "last")))
+    h = torch.arange(16, dtype=torch.float32).reshape(2, 2 * d)
+    expected = torch.stack([h[:, 0] + 0.5, 2 * h[:, d + 1] - 1.0], dim=1)
+    torch.testing.assert_close(features.activations(h), expected)
+    assert features.layer == 3 and features.placed_directions.shape == (2, 2 * d)
+    with pytest.raises(SteerlabError, match=r"width 4 .* read at blocks.3.hook_resid_post \(mean\), blocks.5.hook_resid_post \(last\)"):
+        features.activations(h[:, :d])
+    with pytest.raises(SteerlabError, match="read a site this set does not have"):
+        FeatureSet([Feature("a", "", None, site=2)], directions[:1], torch.zeros(1), "r", "f", (Site(3),))
+    loaded = FeatureSet.load(features.save(tmp_path / "two.safetensors"))
+    assert loaded.sites == features.sites and [f.site for f in loaded.features] == [0, 1]
+    torch.testing.assert_close(loaded.activations(h), expected)
+    # a file written before sites existed reads as one mean site at its layer
+    old = {"format": "steerlab.router-features/1", "reader": "r", "reader_fingerprint": "f", "layer": 3,
+           "features": [{"name": "a", "description": "", "heldout_auroc": None}]}
+    save_file({"directions": directions[:1].contiguous(), "biases": torch.zeros(1)}, str(tmp_path / "old.safetensors"),
+              metadata={"steerlab": json.dumps(old)})
+    assert FeatureSet.load(tmp_path / "old.safetensors").sites == (Site(3),)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +195,7 @@ def test_faithfulness_replaces_a_features_evidence_and_can_fail():
 
     d = 32
     directions = torch.eye(d)[:2] * 3.0
-    features = FeatureSet([Feature("a", "", None), Feature("b", "", None)], directions, torch.zeros(2), "r", "f", 0)
+    features = FeatureSet([Feature("a", "", None), Feature("b", "", None)], directions, torch.zeros(2), "r", "f", (Site(0),))
     # expert y iff feature a is positive; feature b carries no weight
     router = Router(features, ["x", "y"], {}, np.array([[-4.0, 0.0], [4.0, 0.0]]), np.zeros(2), np.zeros(2), np.ones(2), "x")
     h = torch.randn(200, d, generator=torch.Generator().manual_seed(0))
@@ -222,7 +267,7 @@ def test_route_train_and_eval_cli(tmp_path, capsys):
     from experts.expert import Expert
 
     router = Router.load(out)
-    h = read(Expert.load("tiny-llama"), [t.query for t in task_set(tasks)], router.features.layer).activations
+    h = read(Expert.load("tiny-llama"), [t.query for t in task_set(tasks)], router.features.sites).activations
     evaluate_router(out, tmp_path / "again", str(tasks), activations=h, humaneval=3)  # the same verdicts, the same α
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "routers_test.csv"), table)
     with pytest.raises(SteerlabError, match="rows"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from steer.router.answers import generate_answers, read_answers
-from steer.router.features import Feature, FeatureSet
+from steer.router.features import Feature, FeatureSet, Site
 from steer.router.grading import grade, request_names
 from steer.router.humaneval import humaneval_tasks, problem_prompt
 from steer.router.quality import code_to_run, passes_tests
@@ -82,7 +82,7 @@ def test_answers_resume_and_are_redone_for_a_changed_query(tiny_llama, tmp_path)
 def _features(directions):
     names = [f"f{i}" for i in range(len(directions))]
     return FeatureSet([Feature(n, "", 0.9) for n in names], torch.tensor(directions, dtype=torch.float32),
-                      torch.zeros(len(directions)), "r", "fp", 0)
+                      torch.zeros(len(directions)), "r", "fp", (Site(0),))
 
 
 def test_a_feature_ships_only_if_it_holds_outside_and_is_not_a_twin():
