@@ -1,6 +1,6 @@
 """Edit a trained router without retraining it: add a feature (a probe on the same reader, with no weight in the
-decision model, so it changes no choice of expert) or remove one the decision model does not use, and add rules. The caller runs the rule's checks first
-(`steer.router.rule_check`, the guard's own in `steer.guard`)."""
+decision model, so it changes no choice of expert) or remove one the decision model does not use, and add rules.
+The caller runs the rule's checks first (`steer.router.rule_check`, the guard's own in `steer.guard`)."""
 
 from __future__ import annotations
 
