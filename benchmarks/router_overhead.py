@@ -30,7 +30,8 @@ def main() -> None:
     reader = Expert.load(router.features.reader)
     tasks = [t for t in task_set() if t.split == "test"]
     queries = [next(t.query for t in tasks if t.domain == d) for d in sorted({t.domain for t in tasks})]
-    print(f"reader {reader.name} (layer {router.features.layer}); {len(queries)} queries, one per domain, batch 1; "
+    print(f"reader {reader.name} (sites: {', '.join(map(str, router.features.sites))}); "
+          f"{len(queries)} queries, one per domain, batch 1; "
           f"{args.new_tokens} new tokens greedy; median of {args.repeats} interleaved runs")
     for name in router.experts:
         expert = reader if name == reader.name else Expert.load(name)
