@@ -159,8 +159,7 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_guard(args: argparse.Namespace) -> dict[str, Any]:
     from experts.expert import Expert
-    from steer.guard import FEATURE
-    from steer.guard.build import build_guard, install_guard
+    from steer.guard.build import build_guard, install_guard, refuse_existing_guard
     from steer.router.router import Router
 
     router = Router.load(args.router)
@@ -172,16 +171,12 @@ def cmd_guard(args: argparse.Namespace) -> dict[str, Any]:
         from experts.errors import SteerlabError
 
         raise SteerlabError(f"--experts names {', '.join(unknown)}; this router routes to {', '.join(router.experts)}")
-    if FEATURE in router.features.names and not args.replace:
-        from experts.errors import SteerlabError
-
-        raise SteerlabError(f"the router in {args.router} already has a guard (feature {FEATURE!r}); add --replace "
-                            "to build a new one in its place")
+    refuse_existing_guard(router, args.replace)  # before the expensive part
     experts = {name: reader if name == reader.name else Expert.load(name) for name in names}
     for expert in experts.values():
         router.check_expert(expert)
     guard = build_guard(router, reader, experts, seed=args.seed)
-    for scored in guard.feature.sites:
+    for scored in guard.feature.site_scores:
         print(f"  on training (out of fold): {scored.site:<36} AUROC {scored.auroc:.3f}  flags {scored.recall:6.1%} "
               f"of harmful requests")
     print("\n".join(guard.outside.lines(guard.feature.threshold, str(guard.feature.features.sites[0]))))

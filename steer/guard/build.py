@@ -82,6 +82,13 @@ def without_guard(router: Router) -> Router:
     return replace(stripped, notes={k: v for k, v in stripped.notes.items() if k != "guard"})
 
 
+def refuse_existing_guard(router: Router, replace_guard: bool) -> None:
+    """A router that has a guard gets a new one only when asked (`replace_guard`, the CLI's --replace)."""
+    if FEATURE in router.features.names and not replace_guard:
+        raise SteerlabError(f"the router in {router.folder} already has a guard (feature {FEATURE!r}); add --replace "
+                            "to build a new one in its place")
+
+
 def install_guard(router: Router, guard: Guard, out: Path, request_max: float = 0.0, replace_guard: bool = False) -> Router:
     """Copy the router to `out` (unless it is there) and add the harm feature and one rule per expert; refuses a
     feature that failed its outside check. `request_max`: the largest strength a request may ask for (0, the
@@ -93,11 +100,8 @@ def install_guard(router: Router, guard: Guard, out: Path, request_max: float = 
         raise SteerlabError("install_guard needs a router loaded from its folder (Router.load)")
     if Path(router.folder).resolve() != out.resolve():
         shutil.copytree(router.folder, out, dirs_exist_ok=True)
-    if FEATURE in router.features.names:
-        if not replace_guard:
-            raise SteerlabError(f"the router in {router.folder} already has a {FEATURE!r} feature (a guard); "
-                                "replace it with --replace")
-        router = without_guard(router)
+    refuse_existing_guard(router, replace_guard)
+    router = without_guard(router)
     measured = guard.feature.features
     measured = replace(measured, features=[replace(measured.features[0], outside_auroc=guard.outside.auroc)])
     edited = replace(add_feature(router, measured), folder=out)
@@ -109,7 +113,7 @@ def install_guard(router: Router, guard: Guard, out: Path, request_max: float = 
         edited = add_rule(edited, rule)
     record = {"threshold": guard.feature.threshold, "cv_auroc": guard.feature.cv_auroc, "c": guard.feature.c,
               "site": str(guard.feature.features.sites[0]),
-              "sites_on_training": [asdict(s) for s in guard.feature.sites],
+              "sites_on_training": [asdict(s) for s in guard.feature.site_scores],
               "outside": {"auroc": guard.outside.auroc, "fpr": guard.outside.fpr, "tpr": guard.outside.tpr,
                           "n": guard.outside.n, "why": guard.outside.why},
               "training_data_sha256": file_sha256(TRAIN),

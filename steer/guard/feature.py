@@ -43,7 +43,7 @@ class HarmFeature:
     threshold: float  # fires where the probe's logit exceeds this
     cv_auroc: float  # out-of-fold, on the training requests
     c: float = 0.1  # the inverse L2 strength chosen
-    sites: tuple[SiteScore, ...] = ()  # every site it could have read, as measured on training requests
+    site_scores: tuple[SiteScore, ...] = ()  # every site it could have read, as measured on training requests
 
     def scores(self, h: Tensor) -> np.ndarray:
         """The feature's logits from a reading at its own site (`read(reader, queries, feature.features.sites)`)."""
@@ -86,14 +86,15 @@ def train_harm_feature(reader: Expert, sites: list[Site], train: Requests, h: Te
     y = train.harmful
     d = h.shape[1] // len(sites)
     at = {site: h[:, i * d:(i + 1) * d] for i, site in enumerate(sites)}
-    measured = []
+    measured, at_site_c = [], []
     for site in tqdm(sites, desc="harm feature: site", disable=not progress):
         oof = out_of_fold(reader, site, at[site], y, seed, SITE_C)
+        at_site_c.append(oof)
         measured.append(SiteScore(str(site), float(roc_auc_score(y, oof)),
                                   float((oof[y == 1] > training_threshold(oof, train)).mean())))
     best = max(range(len(sites)), key=lambda i: (measured[i].recall, measured[i].auroc, -i))
     site, x = sites[best], at[sites[best]]
-    folds = {c: out_of_fold(reader, site, x, y, seed, c) for c in C_GRID}
+    folds = {c: at_site_c[best] if c == SITE_C else out_of_fold(reader, site, x, y, seed, c) for c in C_GRID}
     aurocs = {c: float(roc_auc_score(y, scores)) for c, scores in folds.items()}
     c = max(C_GRID, key=lambda k: (round(aurocs[k], 4), -k))
     features = train_features(reader, site, x, x, {FEATURE: (DESCRIPTION, y, y)}, seed=seed, c=c)

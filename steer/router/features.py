@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -132,8 +132,8 @@ def read(reader: Expert, queries: Sequence[str], where: int | Site | Sequence[Si
         seen: dict[int, Tensor] = {}
         cache = DynamicCache(config=reader.model.config) if keep_prefill else None
         out = None
-        hooks = [(reader.hook_point(hook_name(layer)), partial(_keep, seen, layer, stop=not keep_prefill and layer == layers[-1]))
-                 for layer in layers]
+        hooks = [(reader.hook_point(hook_name(layer)),
+                  partial(_keep, seen, layer, stop=not keep_prefill and layer == layers[-1])) for layer in layers]
         with hook_context(reader.model, hooks):
             with publish_state(DecodeState.for_batch(batch.attention_mask, input_ids=batch.input_ids)):
                 try:
@@ -201,7 +201,7 @@ class FeatureSet:
                                 f"read at {', '.join(map(str, self.sites))}")
         return h @ self.placed_directions.T + self.biases
 
-    @property
+    @cached_property
     def placed_directions(self) -> Tensor:
         """(F, d × number of sites): each direction in its site's block of a reading, zero elsewhere."""
         if len(self.sites) == 1:

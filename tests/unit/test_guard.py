@@ -93,8 +93,9 @@ def test_the_harm_feature_reads_at_the_site_that_flags_most_on_training_requests
     sites = [Site(2), Site(1, "last"), Site(2, "last")]
     reader = SimpleNamespace(name="r", fingerprint="f")
     feature = train_harm_feature(reader, sites, train, h)
-    assert feature.features.sites == (Site(2, "last"),) and [s.site for s in feature.sites] == [str(s) for s in sites]
-    assert feature.sites[2].recall > feature.sites[1].recall > feature.sites[0].recall
+    assert feature.features.sites == (Site(2, "last"),) and [s.site for s in feature.site_scores] == [str(s) for s in sites]
+    scores = feature.site_scores
+    assert scores[2].recall > scores[1].recall > scores[0].recall
     oof = out_of_fold(reader, sites[2], h[:, 2 * d:], y, c=feature.c)
     for g in ("safe_scary", "ordinary"):
         assert (oof[[i for i, x in enumerate(group) if x == g]] > feature.threshold).mean() <= TRAIN_FPR
@@ -218,7 +219,7 @@ def test_a_guard_is_replaced_only_when_asked_and_removing_it_restores_the_router
                       reader.name, reader.fingerprint, (router.features.sites[last.site],))
     guard = Guard(HarmFeature(harm, 0.5, 1.0), OutsideCheck(0.99, {"safe_scary": 0.0, "ordinary": 0.0}, {}, {}, True,
                                                               "passes"), {})
-    with pytest.raises(SteerlabError, match="already has a 'harm' feature .* --replace"):
+    with pytest.raises(SteerlabError, match=r"already has a guard \(feature 'harm'\); add --replace"):
         install_guard(router, guard, tmp_path / "again")
     again = install_guard(router, guard, tmp_path / "again", replace_guard=True)
     assert again.features.names.count(FEATURE) == 1 and again.notes["guard"]["threshold"] == 0.5
