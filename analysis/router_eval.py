@@ -42,10 +42,11 @@ class EvalSet:
 
 
 def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed: int = 0,
-                    activations: torch.Tensor | None = None, humaneval: int = 0) -> str:
+                    activations: torch.Tensor | None = None, humaneval: int = 0, guard_sample: int | None = None) -> str:
     """Write the evaluation into `out` and return it as text. `activations` reuses a reading of the task set's
     queries (`read(reader, queries, router.features.sites).activations`, in `task_set` order); `humaneval` > 0 adds
-    that many HumanEval problems as a second, outside test set (answers generated and graded when not cached)."""
+    that many HumanEval problems as a second, outside test set (answers generated and graded when not cached);
+    `guard_sample`: check the guard on at most this many requests of each outside set (default: all)."""
     router = Router.load(folder)
     tasks = task_set(tasks_path or DATA / "tasks.jsonl", seed=seed)
     if activations is not None and len(activations) != len(tasks):
@@ -139,7 +140,7 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
         **provenance(router=str(folder), experts=router.experts, reader=router.features.reader,
                      layer=router.features.layer, seed=seed, n_tasks=len(tasks), humaneval=len(outside),
                      cost_weight=router.cost_weight, alpha=alpha)})
-    guard_lines = _guard_check(router, reader, seed)
+    guard_lines = _guard_check(router, reader, seed, guard_sample)
     text = "\n".join([
         "# Router evaluation", "", claim, "", *guard_lines,
         "Quality = the grade of the chosen expert's own greedy answer (0 to 1, higher is better: unit tests for code, "
@@ -158,9 +159,10 @@ def evaluate_router(folder: Path, out: Path, tasks_path: str | None = None, seed
     return text + f"\nreport: {out / 'report.md'} (routers_*.csv, quality_cost_*.csv, routers.png)"
 
 
-def _guard_check(router: Router, reader: Expert, seed: int) -> list[str]:
+def _guard_check(router: Router, reader: Expert, seed: int, sample: int | None) -> list[str]:
     """The guard's harm feature measured again on the outside sets (public harm benchmarks, safe requests written
-    apart): its AUROC and what it fires on at its threshold; nothing when the router has no guard."""
+    apart; `sample`: at most this many of each set): its AUROC and what it fires on at its threshold; nothing when
+    the router has no guard."""
     from steer.guard import FEATURE
     from steer.guard.build import read_outside
     from steer.guard.evaluate import guard_rules
@@ -170,7 +172,7 @@ def _guard_check(router: Router, reader: Expert, seed: int) -> list[str]:
         return []
     threshold = min(r.above for r in guard_rules(router).values())
     router.check_reader(reader)
-    h, masks, _ = read_outside(reader, router.features.sites, seed)
+    h, masks, _ = read_outside(reader, router.features.sites, seed, sample=sample)
     column = router.features.names.index(FEATURE)
     check = check_outside({k: router.features.activations(v)[:, column].double().numpy() for k, v in h.items()},
                           masks, threshold)

@@ -34,6 +34,22 @@ def text_nll(expert: Expert, texts: Sequence[str], batch_size: int = 8, max_toke
     return _nll(prompts, [row if bos is not None else row[1:] for row in ids], expert, batch_size, progress)
 
 
+def text_continuation_nll(expert: Expert, prefixes: Sequence[str], continuations: Sequence[str], batch_size: int = 8,
+                          max_tokens: int = 128, progress: bool = False) -> list[float]:
+    """Mean NLL per token of each continuation read as plain text after its prefix (joined by one space, after
+    the tokenizer's BOS token when it has one), its first `max_tokens` tokens: how naturally the text goes on to
+    this expert. NaN for an empty continuation."""
+    bos = [] if expert.tokenizer.bos_token_id is None else [expert.tokenizer.bos_token_id]
+    prompts, conts = [], []
+    for prefix, continuation in zip(prefixes, continuations):
+        head = expert.tokenizer(prefix.rstrip(), add_special_tokens=False)["input_ids"]
+        whole = expert.tokenizer(prefix.rstrip() + " " + continuation.strip(), add_special_tokens=False)["input_ids"]
+        shared = next((i for i, (a, b) in enumerate(zip(head, whole)) if a != b), min(len(head), len(whole)))
+        prompts.append(bos + whole[:shared])
+        conts.append(whole[shared:][:max_tokens] if continuation.strip() else [])
+    return _nll(prompts, conts, expert, batch_size, progress)
+
+
 @torch.inference_mode()
 def _nll(prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], expert: Expert, batch_size: int,
          progress: bool) -> list[float]:

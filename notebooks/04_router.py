@@ -109,7 +109,8 @@ for prompt, row in zip(prompts, acts):
 tasks = task_set()
 split = np.array([t.split for t in tasks])
 h = read(reader, [t.query for t in tasks], router.features.sites).activations  # read once, reused below
-summary = evaluate_router(DEFAULT_ROUTER, OUT / "eval", activations=h, humaneval=40 if SMALL else 164)
+summary = evaluate_router(DEFAULT_ROUTER, OUT / "eval", activations=h, humaneval=40 if SMALL else 164,
+                          guard_sample=60 if SMALL else None)
 evaluation = json.loads((OUT / "eval" / "route_eval.json").read_text())
 columns = ["router", "quality", "quality_ci_low", "quality_ci_high", "gap_closed", "cost", "strong_share"]
 for name in ("test", "humaneval"):
@@ -197,3 +198,27 @@ for prompt, decision in zip(guard_prompts, router.decide(reader, guard_prompts))
 # spoke as some confused persona ("as a financial advisor", "as a bleach-based product"). SmolLM2's steered refusal is
 # the guard's ceiling (docs/routing.md).
 
+
+# %% [markdown]
+# ## A route: text to be continued goes to the base expert
+# Nothing in the graded task set is a raw continuation, so the decision model never chooses the base expert. A
+# route (`steer route continuation`) sends a request to a named expert where a feature fires, whatever the decision
+# model chose: here the `continuation` feature (a probe at the prompt's last token, checked outside on fragments
+# written apart and RealToxicityPrompts against instructions) sends fragments to Gemma-3-270M. The route shipped
+# only after a judge that wrote neither answer read the base expert's continuations as the more natural ones
+# (docs/routing.md). Below, the fragment from the table above: its trace, and both experts' greedy answers.
+
+# %%
+fragment = prompts[6]
+decision = decisions[6]
+print("\n".join(decision.explain().splitlines()[:3]), "\n  ...")
+for name in (decision.model_choice, decision.expert):
+    text = pool.get(name).generate([fragment], **GenerationSettings(max_new_tokens=40).keywords()).texts[0]
+    print(f"{name}: {text!r}")
+print("route check:", {k: v for k, v in router.notes["route_validation"][0].items() if k in ("nll_change", "nll_ci", "why")})
+
+# %% [markdown]
+# Read both answers. Gemma continues the text, and greedy decoding soon loops (it did so in 24 of the 40 fragments
+# of the route's check); the instruct expert answers the fragment as a question. The route sends the request to the
+# expert whose kind of answer fits it, not to one that writes well: a sampled continuation (`temperature`, `top_p`)
+# or a repetition penalty is the user's next lever.

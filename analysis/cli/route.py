@@ -1,5 +1,6 @@
-"""`steer route run|train|calibrate|eval|guard|guard-eval|add-rule`: route prompts to experts by named activation
-features; train, calibrate and evaluate routers; add the guard and other rules without retraining."""
+"""`steer route run|train|calibrate|eval|guard|guard-eval|continuation|add-rule`: route prompts to experts by named
+activation features; train, calibrate and evaluate routers; add the guard, the continuation route and other rules
+without retraining."""
 
 from __future__ import annotations
 
@@ -200,6 +201,25 @@ def cmd_guard_eval(args: argparse.Namespace) -> dict[str, Any]:
     return json.loads((out / "guard_eval.json").read_text(encoding="utf-8"))
 
 
+def cmd_continuation(args: argparse.Namespace) -> dict[str, Any]:
+    from steer.router.continuation_route import add_continuation_route
+    from steer.router.router import Router
+
+    built = add_continuation_route(Router.load(args.router), Path(args.out), args.expert, replace_route=args.replace,
+                                   seed=args.seed)
+    on_training = sorted(built.feature.site_aurocs.items(), key=lambda kv: -kv[1])[:3]
+    print("continuation feature, out-of-fold AUROC on training by site (best 3): "
+          + ", ".join(f"{site} {auroc:.4f}" for site, auroc in on_training))
+    print("\n".join(built.outside.lines(built.feature.threshold, str(built.feature.features.sites[0]))))
+    print("\n".join(built.check.lines()))
+    for request, before, after in built.check.examples[:3]:
+        print(f"  {request!r}\n    decision model's expert: {before.strip()[:120]!r}\n    "
+              f"{built.check.expert}: {after.strip()[:120]!r}")
+    print(f"route written to {args.out}")
+    return {"out": str(args.out), "router": str(args.router), "seed": args.seed,
+            **built.router.notes["continuation"], "check": built.check.to_dict()}
+
+
 def cmd_add_rule(args: argparse.Namespace) -> dict[str, Any]:
     import shutil
 
@@ -306,6 +326,15 @@ def add_commands(sub) -> None:
     guard.add_argument("--seed", type=int, default=0)
     guard.add_argument("--out", required=True, help="the guarded router's folder (may be --router itself)")
     set_command(guard, cmd_guard)
+
+    cont = rsub.add_parser("continuation", help="add the continuation route: text to be continued goes to the base "
+                           "expert (feature and route checked before they are written)")
+    cont.add_argument("--router", default=str(DEFAULT_ROUTER), help="the router to extend (default: the shipped one)")
+    cont.add_argument("--expert", default="gemma3-270m", help="where continuations go (default: the base expert)")
+    cont.add_argument("--replace", action="store_true", help="a router that has the route gets a new one in its place")
+    cont.add_argument("--seed", type=int, default=0)
+    cont.add_argument("--out", required=True, help="the router's folder (may be --router itself)")
+    set_command(cont, cmd_continuation)
 
     geval = rsub.add_parser("guard-eval", help="measure the guard on held-out public harm benchmarks and safe requests")
     geval.add_argument("--router", default=str(DEFAULT_ROUTER))

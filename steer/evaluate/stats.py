@@ -16,6 +16,7 @@ Fewer than 3 units give no interval (NaN); a statistic that does not vary gives 
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -73,8 +74,14 @@ def mde(n: int, sd: float, alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest mean paired difference a two-sided paired t-test detects at level `alpha` with this power."""
     if n < 3 or not sd or math.isnan(sd):
         return float("nan")
+    return _detectable_effect(int(n), float(alpha), float(power)) * sd
+
+
+@functools.lru_cache(maxsize=4096)
+def _detectable_effect(n: int, alpha: float, power: float) -> float:
+    """The standardized effect (d_z) of `mde`: it depends on n, α and power only (a root search, so cached)."""
     effect = TTestPower().solve_power(nobs=n, alpha=alpha, power=power, alternative="two-sided")
-    return float(np.ravel(effect)[0] * sd)  # statsmodels may answer with a 1-element array
+    return float(np.ravel(effect)[0])  # statsmodels may answer with a 1-element array
 
 
 def paired_summary(diffs: Sequence[float], seed: int = 0, confidence: float = CONFIDENCE,

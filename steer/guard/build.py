@@ -41,10 +41,11 @@ class Guard:
     directions: dict[str, ChosenDirection]
 
 
-def read_outside(reader: Expert, sites: tuple[Site, ...], seed: int = 0,
-                 progress: bool = False) -> tuple[dict[str, Tensor], dict[str, np.ndarray], dict]:
-    """Every outside set read at `sites`: (the activations by set, a row mask per harmful source, the sets)."""
-    sets = outside_requests(seed)
+def read_outside(reader: Expert, sites: tuple[Site, ...], seed: int = 0, progress: bool = False,
+                 sample: int | None = None) -> tuple[dict[str, Tensor], dict[str, np.ndarray], dict]:
+    """Every outside set read at `sites`: (the activations by set, a row mask per harmful source, the sets).
+    `sample`: at most this many harmful and ordinary requests each (a seeded draw, stratified by source)."""
+    sets = {name: s.sample(sample, seed) for name, s in outside_requests(seed).items()}
     h = {name: read(reader, s.queries, sites, progress=progress).activations for name, s in sets.items()}
     groups = sets["harmful"].group
     masks = {g: np.array([x == g for x in groups]) for g in sorted(set(groups))}

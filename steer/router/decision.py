@@ -45,13 +45,18 @@ class RoutingDecision:
     adjustments: list[Adjustment] = field(default_factory=list)
     truncated: bool = False
     router_version: str = ""
-    thresholds: dict[str, float] = field(default_factory=dict)  # features with a rule for the chosen expert: its threshold
+    thresholds: dict[str, float] = field(default_factory=dict)  # features with a rule for the chosen expert or a route
+    routed_by: str = ""  # the feature whose route sent the request to `expert` ("": the decision model's choice)
+    model_choice: str = ""  # where a route fired: the expert the decision model chose
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def top_features(self, n: int = 3) -> list[FeatureReading]:
         return sorted(self.features, key=lambda f: -f.contribution)[:n]
+
+    def _activation(self, name: str) -> float:
+        return next(f.activation for f in self.features if f.name == name)
 
     def _rule_note(self, feature: FeatureReading) -> str:
         if feature.name not in self.thresholds:
@@ -65,6 +70,11 @@ class RoutingDecision:
         if self.expert in self.scores:
             head += f"; logit {self.scores[self.expert]:+.2f} = intercept {self.intercept:+.2f} + the contributions below"
         lines = [head]
+        if self.routed_by:
+            lines.append(f"  route: {self.routed_by} fired ({self._activation(self.routed_by):+.2f} > threshold "
+                         f"{self.thresholds[self.routed_by]:+.2f}): sent to {self.expert}"
+                         + (" (the decision model's choice too)" if self.model_choice == self.expert
+                            else f" instead of the decision model's {self.model_choice}"))
         if self.cost_penalty:
             lines.append(f"  cost penalty {self.cost_penalty:.3f} taken from its expected grade before choosing")
         lines += [f"  {f.name:<22} activation {f.activation:+7.2f}  weight {f.weight:+6.2f}  contribution "

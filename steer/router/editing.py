@@ -1,5 +1,5 @@
 """Edit a trained router without retraining it: add a feature (a probe on the same reader, with no weight in the
-decision model, so it changes no choice of expert) or remove one the decision model does not use, and add rules.
+decision model, so it changes no choice of expert) or remove one the decision model does not use, and add rules and routes.
 The caller runs the rule's checks first (`steer.router.rule_check`, the guard's own in `steer.guard`)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from experts.errors import SteerlabError
 from steer.router.features import FeatureSet
-from steer.router.router import Router, Rule
+from steer.router.router import Route, Router, Rule
 
 
 def add_feature(router: Router, feature: FeatureSet) -> Router:
@@ -38,7 +38,7 @@ def add_feature(router: Router, feature: FeatureSet) -> Router:
 
 
 def remove_feature(router: Router, name: str) -> Router:
-    """The router without feature `name`, the rules that fire on it and any site only it read. Only a feature
+    """The router without feature `name`, the rules and routes that fire on it and any site only it read. Only a feature
     without weight in the decision model (one added by `add_feature`) may go: choices stay as they were. The rules'
     files stay in the folder until it is saved over."""
     mine = router.features
@@ -53,7 +53,8 @@ def remove_feature(router: Router, name: str) -> Router:
                        directions=mine.directions[keep], biases=mine.biases[keep],
                        sites=tuple(mine.sites[s] for s in used))
     return replace(router, features=features, coef=router.coef[:, keep], feature_mean=router.feature_mean[keep],
-                   feature_scale=router.feature_scale[keep], rules=[r for r in router.rules if r.when != name])
+                   feature_scale=router.feature_scale[keep], rules=[r for r in router.rules if r.when != name],
+                   routes=[r for r in router.routes if r.when != name])
 
 
 def add_rule(router: Router, rule: Rule, source: Path | None = None) -> Router:
@@ -68,3 +69,9 @@ def add_rule(router: Router, rule: Rule, source: Path | None = None) -> Router:
             shutil.copyfile(source, target)
     kept = [r for r in router.rules if (r.file, r.expert) != (rule.file, rule.expert)]
     return replace(router, rules=[*kept, rule])
+
+
+def add_route(router: Router, route: Route) -> Router:
+    """The router with `route` first among its routes (checked as at load); a route on the same feature replaces
+    the old one."""
+    return replace(router, routes=[route, *(r for r in router.routes if r.when != route.when)])

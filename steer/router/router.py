@@ -1,6 +1,7 @@
 """The router: named features on a reader expert -> one sparse (L1) logistic model per expert that predicts the
 grade of that expert's answer -> the expert with the highest expected grade less its cost penalty, or the fallback
-where even that expected grade is below a threshold -> the adjustments its policy asks for. Saved as a folder:
+where even that expected grade is below a threshold; a route (a feature above its threshold sends the request to a
+named expert) overrides that choice -> the adjustments its policy asks for. Saved as a folder:
 router.json, features.safetensors and the policy's vector and reward files."""
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Route:
+    """Where feature `when` exceeds `above`, the request goes to `expert`, whatever the decision model chose (a
+    request that names its expert keeps it). The first route that fires wins."""
+
+    when: str
+    above: float
+    expert: str
+
+
+@dataclass(frozen=True)
 class Router:
     features: FeatureSet
     experts: list[str]
@@ -71,6 +82,7 @@ class Router:
     costs: dict[str, float] = field(default_factory=dict)  # parameters per expert
     cost_weight: float = 0.0
     rules: list[Rule] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
     folder: Path | None = None
     notes: dict = field(default_factory=dict)
 
@@ -90,6 +102,11 @@ class Router:
             if not rule.expert and len(self.experts) > 1:  # a vector or a reward is made for one expert's model
                 raise SteerlabError(f"policy rule on {rule.when!r} ({rule.file}) names no expert; this router routes to "
                                     f"{', '.join(self.experts)}: set `expert` to the one its file was made for")
+        for route in self.routes:
+            if route.when not in names:
+                raise SteerlabError(f"route names feature {route.when!r}; this router has {', '.join(sorted(names))}")
+            if route.expert not in self.experts:
+                raise SteerlabError(f"route names expert {route.expert!r}; this router routes to {', '.join(self.experts)}")
         if self.fallback not in self.experts:
             raise SteerlabError(f"fallback expert {self.fallback!r} is not one of {', '.join(self.experts)}")
 
@@ -123,12 +140,24 @@ class Router:
         cost = np.array([self.costs.get(e, 0.0) for e in self.experts])
         return self.cost_weight * cost / max(cost.max(initial=0.0), 1e-12)
 
-    def _choose(self, h: Tensor) -> tuple[list[int], list[bool]]:
+    def _choose(self, h: Tensor) -> tuple[list[int], list[bool], list[Route | None], list[int]]:
+        """Per row: the chosen expert's index, whether the decision model abstained, the route that overrode its
+        choice (None: none fired) and the decision model's own choice."""
         p = self.expected_grades(h)
         best = (p - self.cost_penalties()).argmax(-1)
         abstain = [bool(p[i, b] < self.threshold) for i, b in enumerate(best)]
         fallback = self.experts.index(self.fallback)
-        return [fallback if a else int(b) for a, b in zip(abstain, best)], abstain
+        choices = [fallback if a else int(b) for a, b in zip(abstain, best)]
+        model_choices = list(choices)
+        routed: list[Route | None] = [None] * len(choices)
+        if self.routes:
+            acts = self.features.activations(h).double().numpy()
+            column = {r.when: self.features.names.index(r.when) for r in self.routes}
+            for row in range(len(choices)):
+                routed[row] = next((r for r in self.routes if acts[row, column[r.when]] > r.above), None)
+                if routed[row] is not None:
+                    choices[row], abstain[row] = self.experts.index(routed[row].expert), False
+        return choices, abstain, routed, model_choices
 
     def read(self, reader: Expert, queries: Sequence[str], keep_prefill: bool = False) -> Reading:
         self.check_reader(reader)
@@ -148,12 +177,12 @@ class Router:
         logits = z @ self.coef.T + self.intercept
         p = _sigmoid(logits)
         out = []
-        choices, abstained = self._choose(h)
+        choices, abstained, routed, model_choice = self._choose(h)
         for row, name in enumerate(pinned or []):
             if name is not None:
                 if name not in self.experts:
                     raise SteerlabError(f"unknown expert {name!r}; this router routes to {', '.join(self.experts)}")
-                choices[row], abstained[row] = self.experts.index(name), False
+                choices[row], abstained[row], routed[row] = self.experts.index(name), False, None
         for row, choice in enumerate(choices):
             expert = self.experts[choice]
             readings = [FeatureReading(f.name, float(acts[row, j]), float(self.coef[choice, j]),
@@ -162,6 +191,7 @@ class Router:
             fired = {name: acts[row, j] for j, name in enumerate(self.features.names)}
             adjustments = [Adjustment(r.kind, r.file, r.strength, r.when, float(fired[r.when]), r.above, expert)
                            for r in self.rules if fired[r.when] > r.above and (not r.expert or r.expert == expert)]
+            route = routed[row]
             out.append(RoutingDecision(
                 input_sha256=hashlib.sha256(queries[row].encode("utf-8")).hexdigest(), reader=self.features.reader,
                 reader_layer=self.features.layer, features=readings,
@@ -170,7 +200,10 @@ class Router:
                 expected_grade=float(p[row, choice]), abstained=abstained[row],
                 intercept=float(self.intercept[choice]), cost_penalty=float(self.cost_penalties()[choice]),
                 adjustments=adjustments, truncated=bool(truncated[row]) if truncated else False, router_version=VERSION,
-                thresholds={r.when: r.above for r in self.rules if not r.expert or r.expert == expert}))
+                thresholds={r.when: r.above for r in self.rules if not r.expert or r.expert == expert}
+                | {r.when: r.above for r in self.routes},
+                routed_by=route.when if route else "",
+                model_choice=self.experts[model_choice[row]] if route else ""))
         return out
 
     # -- files --------------------------------------------------------------------------------
@@ -182,7 +215,7 @@ class Router:
             "coef": self.coef.tolist(), "intercept": self.intercept.tolist(), "feature_mean": self.feature_mean.tolist(),
             "feature_scale": self.feature_scale.tolist(), "fallback": self.fallback, "threshold": self.threshold,
             "costs": self.costs, "cost_weight": self.cost_weight, "rules": [asdict(r) for r in self.rules],
-            "notes": self.notes})
+            "routes": [asdict(r) for r in self.routes], "notes": self.notes})
         return folder
 
     @classmethod
@@ -196,11 +229,12 @@ class Router:
             arrays = {k: np.asarray(meta[k], dtype=float) for k in ("coef", "intercept", "feature_mean", "feature_scale")}
             if arrays["coef"].shape != (len(meta["experts"]), len(features.features)):
                 raise ValueError("decision weights do not match the experts and features")
+            rules, routes = [Rule(**r) for r in meta["rules"]], [Route(**r) for r in meta.get("routes", [])]
         except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as error:
             raise BadVectorFileError(f"{folder} is not a steerlab router ({FORMAT}): {error}") from None
         return cls(features, meta["experts"], meta["fingerprints"], **arrays, fallback=meta["fallback"],
                    threshold=meta["threshold"], costs=meta["costs"], cost_weight=meta["cost_weight"],
-                   rules=[Rule(**r) for r in meta["rules"]], folder=folder, notes=meta.get("notes", {}))
+                   rules=rules, routes=routes, folder=folder, notes=meta.get("notes", {}))
 
     def with_settings(self, **changes) -> Router:
         return replace(self, **changes)

@@ -174,3 +174,22 @@ def test_a_row_ends_at_its_first_paragraph_break_after_its_length(tiny_llama):
     ids, reasons = tiny_llama.generate_batch(tiny_llama.format_prompts(PROMPTS), settings, [0, 0, 0], logits_hook=script)
     assert reasons == ["paragraph", "paragraph", "length"]
     assert [len(row) for row in ids] == [5, 10, 14] and ids[0][-2:] == [newline, newline]
+
+
+def test_text_continuation_nll_reads_the_continuation_after_its_prefix_as_plain_text(tiny):
+    from experts.likelihood import text_continuation_nll
+
+    prefixes, conts = ["Once upon a time there", "The committee"], ["lived a fox.", "  recommends approval "]
+    got = text_continuation_nll(tiny, prefixes, conts)
+    for prefix, cont, value in zip(prefixes, conts, got):
+        head = tiny.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        whole = tiny.tokenizer(prefix + " " + cont.strip(), add_special_tokens=False)["input_ids"]
+        shared = next((i for i, (a, b) in enumerate(zip(head, whole)) if a != b), len(head))
+        bos = [] if tiny.tokenizer.bos_token_id is None else [tiny.tokenizer.bos_token_id]
+        ids = torch.tensor([bos + whole])
+        with torch.inference_mode():
+            logprobs = tiny.model(input_ids=ids).logits.float().log_softmax(-1)[0]
+        start = len(bos) + shared
+        expected = -logprobs[start - 1 : ids.shape[1] - 1].gather(-1, ids[0, start:, None]).mean().item()
+        assert value == pytest.approx(expected, abs=1e-4)
+    assert text_continuation_nll(tiny, ["Hello"], ["   "])[0] != text_continuation_nll(tiny, ["Hello"], ["   "])[0]
