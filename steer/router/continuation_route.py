@@ -62,7 +62,8 @@ def add_continuation_route(router: Router, out: Path, expert: str, *, replace_ro
     route = Route(FEATURE, feature.threshold, expert)
     experts = {name: reader if name == reader.name else Expert.load(name) for name in router.experts}
     held_out = [t for t in task_set(seed=seed) if t.split in ("val", "test")]
-    check = check_route(edited, route, reader, experts, outside.group("outside:fragment").queries, held_out, seed=seed)
+    check = check_route(edited, route, reader, experts, outside.group("outside:fragment").queries, held_out, seed=seed,
+                        progress=progress)
     final = install_route(edited, route, check)
     final = replace(final, notes={**final.notes, FEATURE: {
         "threshold": feature.threshold, "cv_auroc": feature.cv_auroc, "site": str(feature.features.sites[0]),

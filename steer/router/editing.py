@@ -1,6 +1,7 @@
 """Edit a trained router without retraining it: add a feature (a probe on the same reader, with no weight in the
-decision model, so it changes no choice of expert) or remove one the decision model does not use, and add rules and routes.
-The caller runs the rule's checks first (`steer.router.rule_check`, the guard's own in `steer.guard`)."""
+decision model, so it changes no choice of expert) or remove one the decision model does not use, and add rules
+and routes. The caller runs the checks first (`steer.router.rule_check`, `steer.router.route_check`, the guard's
+own in `steer.guard`)."""
 
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ def add_feature(router: Router, feature: FeatureSet) -> Router:
 
 
 def remove_feature(router: Router, name: str) -> Router:
-    """The router without feature `name`, the rules and routes that fire on it and any site only it read. Only a feature
-    without weight in the decision model (one added by `add_feature`) may go: choices stay as they were. The rules'
-    files stay in the folder until it is saved over."""
+    """The router without feature `name`, the rules and routes that fire on it and any site only it read. Only a
+    feature without weight in the decision model (one added by `add_feature`) may go: the decision model's choices
+    stay as they were. The rules' files stay in the folder until it is saved over."""
     mine = router.features
     if name not in mine.names:
         raise SteerlabError(f"the router has no feature {name!r}; it has {', '.join(mine.names)}")

@@ -56,19 +56,22 @@ class RouteCheck:
         return [f"route {self.when} > {self.above:+.2f} -> {self.expert}: fires on {self.n_fired} of {self.n_requests} "
                 f"requests it is for (the decision model chose {before})",
                 f"  judges {', '.join(f'{k} ({v})' for k, v in self.judges.items())}: NLL per token of the route's "
-                f"answers − the decision model's {self.nll_change:+.3f} [{self.nll_ci[0]:+.3f}, {self.nll_ci[1]:+.3f}] "
-                "(< 0: reads as the more natural continuation)",
+                f"answers − the decision model's {self.nll_change:+.3f} [{self.nll_ci[0]:+.3f}, "
+                f"{self.nll_ci[1]:+.3f}] (< 0: reads as the more natural continuation)",
                 f"  fires on {self.n_tasks_fired} of {self.n_tasks} held-out router tasks; their stored grade changes "
                 f"by {self.grade_change:+.3f} (bound -{QUALITY_BOUND})",
                 f"  {'ships' if self.ships else 'refused'}: {self.why}"]
 
 
-def _answers(experts: dict[str, Expert], who: Sequence[str], requests: Sequence[str], batch_size: int) -> list[str]:
+def _answers(experts: dict[str, Expert], who: Sequence[str], requests: Sequence[str], batch_size: int,
+             progress: bool) -> list[str]:
+    from tqdm.auto import tqdm
+
     out = [""] * len(requests)
     settings = GenerationSettings(max_new_tokens=ANSWER_TOKENS)
     for name in dict.fromkeys(who):
         rows = [i for i, w in enumerate(who) if w == name]
-        for start in range(0, len(rows), batch_size):
+        for start in tqdm(range(0, len(rows), batch_size), desc=f"route check: {name} answers", disable=not progress):
             chunk = rows[start : start + batch_size]
             result = experts[name].generate([requests[i] for i in chunk], **settings.keywords())
             for i, text in zip(chunk, result.texts):
@@ -77,7 +80,7 @@ def _answers(experts: dict[str, Expert], who: Sequence[str], requests: Sequence[
 
 
 def check_route(router: Router, route: Route, reader: Expert, experts: dict[str, Expert], requests: Sequence[str],
-                tasks: Sequence[Task], *, batch_size: int = 8, seed: int = 0) -> RouteCheck:
+                tasks: Sequence[Task], *, batch_size: int = 8, seed: int = 0, progress: bool = False) -> RouteCheck:
     """`router` without the route; `experts`: every expert of the router, loaded; `requests`: the ones the route is
     for, written apart from its feature's training data; `tasks`: the router's held-out tasks, with grades stored
     in `router.folder / "quality"`."""
@@ -101,8 +104,8 @@ def check_route(router: Router, route: Route, reader: Expert, experts: dict[str,
         raise SteerlabError(f"the route fires (and changes the expert) on {len(rows)} of {len(requests)} requests it "
                             f"is for; at least {MIN_FIRED} are needed to check it")
     asked, who = [requests[i] for i in rows], [chosen[i] for i in rows]
-    before = _answers(experts, who, asked, batch_size)
-    after = _answers(experts, [route.expert] * len(rows), asked, batch_size)
+    before = _answers(experts, who, asked, batch_size, progress)
+    after = _answers(experts, [route.expert] * len(rows), asked, batch_size, progress)
     judges = [judge_of(c) for c in who]
     diffs = np.zeros(len(rows))
     for name in dict.fromkeys(judges):
