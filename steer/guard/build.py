@@ -18,9 +18,9 @@ from experts.files import file_sha256
 from steer.guard import FEATURE
 from steer.guard.data import TRAIN, outside_requests, training_requests
 from steer.guard.direction import ChosenDirection, choose_direction
-from steer.guard.feature import HarmFeature, OutsideCheck, candidate_sites, check_outside, train_harm_feature
+from steer.guard.feature import HarmFeature, OutsideCheck, check_outside, train_harm_feature
 from steer.router.editing import add_feature, add_rule, remove_feature
-from steer.router.features import Site, read
+from steer.router.features import Site, candidate_sites, read
 from steer.router.router import Router, Rule
 
 if TYPE_CHECKING:

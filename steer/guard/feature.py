@@ -14,7 +14,7 @@ from torch import Tensor
 
 from steer.guard import FEATURE
 from steer.guard.data import Requests
-from steer.router.features import FeatureSet, Site, train_features
+from steer.router.features import FeatureSet, Site, by_site, out_of_fold, train_features
 
 if TYPE_CHECKING:
     from experts.expert import Expert
@@ -50,22 +50,6 @@ class HarmFeature:
         return self.features.activations(h)[:, 0].double().numpy()
 
 
-def candidate_sites(reader: Expert, router_layer: int) -> list[Site]:
-    """The router's own reading, then the prompt's last token at every layer."""
-    return [Site(router_layer), *(Site(layer, "last") for layer in range(reader.n_layers))]
-
-
-def out_of_fold(reader: Expert, site: Site, h: Tensor, y: np.ndarray, seed: int = 0, c: float = 0.1) -> np.ndarray:
-    """Each training request's probe logit from a probe fitted without it (stratified k-fold)."""
-    from sklearn.model_selection import StratifiedKFold
-
-    scores = np.zeros(len(y))
-    for fit, held in StratifiedKFold(FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
-        probe = train_features(reader, site, h[fit], h[held], {FEATURE: (DESCRIPTION, y[fit], y[held])}, seed=seed, c=c)
-        scores[held] = probe.activations(h[held])[:, 0].double().numpy()
-    return scores
-
-
 def training_threshold(oof: np.ndarray, train: Requests) -> float:
     """The lowest threshold that keeps the out-of-fold false-positive rate of each harmless training group
     (safe-but-scary, ordinary) at or below TRAIN_FPR."""
@@ -83,18 +67,17 @@ def train_harm_feature(reader: Expert, sites: list[Site], train: Requests, h: Te
     from sklearn.metrics import roc_auc_score
     from tqdm.auto import tqdm
 
-    y = train.harmful
-    d = h.shape[1] // len(sites)
-    at = {site: h[:, i * d:(i + 1) * d] for i, site in enumerate(sites)}
+    y, at = train.harmful, by_site(h, sites)
     measured, at_site_c = [], []
     for site in tqdm(sites, desc="harm feature: site", disable=not progress):
-        oof = out_of_fold(reader, site, at[site], y, seed, SITE_C)
+        oof = out_of_fold(reader, site, at[site], y, seed, SITE_C, FOLDS)
         at_site_c.append(oof)
         measured.append(SiteScore(str(site), float(roc_auc_score(y, oof)),
                                   float((oof[y == 1] > training_threshold(oof, train)).mean())))
     best = max(range(len(sites)), key=lambda i: (measured[i].recall, measured[i].auroc, -i))
     site, x = sites[best], at[sites[best]]
-    folds = {c: at_site_c[best] if c == SITE_C else out_of_fold(reader, site, x, y, seed, c) for c in C_GRID}
+    folds = {c: at_site_c[best] if c == SITE_C else out_of_fold(reader, site, x, y, seed, c, FOLDS)
+             for c in C_GRID}
     aurocs = {c: float(roc_auc_score(y, scores)) for c, scores in folds.items()}
     c = max(C_GRID, key=lambda k: (round(aurocs[k], 4), -k))
     features = train_features(reader, site, x, x, {FEATURE: (DESCRIPTION, y, y)}, seed=seed, c=c)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from steer.datasets import read_text
 from steer.router import DATA
-from steer.router.features import FeatureSet, Site, train_features
+from steer.router.features import FeatureSet, Site, by_site, out_of_fold, train_features
 from steer.router.tasks import task_set
 
 if TYPE_CHECKING:
@@ -83,21 +83,6 @@ def outside_requests(seed: int = 0) -> Labelled:
             + _unlabelled(harmbench_prompts() + donotanswer_prompts()[0], 0, "harm-benchmarks"))
 
 
-def candidate_sites(reader: Expert, router_layer: int) -> list[Site]:
-    """The router's own reading, then the prompt's last token at every layer."""
-    return [Site(router_layer), *(Site(layer, "last") for layer in range(reader.n_layers))]
-
-
-def _out_of_fold(reader: Expert, site: Site, x: Tensor, y: np.ndarray, seed: int) -> np.ndarray:
-    from sklearn.model_selection import StratifiedKFold
-
-    scores = np.zeros(len(y))
-    for fit, held in StratifiedKFold(FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
-        probe = train_features(reader, site, x[fit], x[held], {FEATURE: (DESCRIPTION, y[fit], y[held])}, seed=seed, c=C)
-        scores[held] = probe.activations(x[held])[:, 0].double().numpy()
-    return scores
-
-
 def training_threshold(oof: np.ndarray, y: np.ndarray) -> float:
     """Halfway between the out-of-fold score that at most TRAIN_FPR of the training instructions exceed and the one
     that at most TRAIN_FPR of the training fragments fall below (the gap's middle, not its edge); that first score
@@ -126,9 +111,8 @@ def train_continuation_feature(reader: Expert, sites: list[Site], train: Labelle
     from sklearn.metrics import roc_auc_score
     from tqdm.auto import tqdm
 
-    y, d = train.labels, h.shape[1] // len(sites)
-    at = {site: h[:, i * d:(i + 1) * d] for i, site in enumerate(sites)}
-    folds = {site: _out_of_fold(reader, site, at[site], y, seed)
+    y, at = train.labels, by_site(h, sites)
+    folds = {site: out_of_fold(reader, site, at[site], y, seed, C, FOLDS)
              for site in tqdm(sites, desc="continuation feature: site", disable=not progress)}
     aurocs = {str(site): float(roc_auc_score(y, folds[site])) for site in sites}
     best = max(sites, key=lambda s: (round(aurocs[str(s)], 4), -sites.index(s)))

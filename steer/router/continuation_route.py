@@ -12,14 +12,13 @@ from steer.router.continuation import (
     FEATURE,
     ContinuationFeature,
     OutsideCheck,
-    candidate_sites,
     check_outside,
     outside_requests,
     train_continuation_feature,
     training_requests,
 )
 from steer.router.editing import add_feature, remove_feature
-from steer.router.features import read
+from steer.router.features import candidate_sites, read
 from steer.router.route_check import RouteCheck, check_route, install_route
 from steer.router.router import Route, Router
 from steer.router.tasks import task_set

@@ -262,3 +262,28 @@ def train_features(reader: Expert, where: int | Site, train: Tensor, val: Tensor
         biases.append(b)
     return FeatureSet(features, torch.stack(directions), torch.tensor(biases, dtype=torch.float32),
                       reader.name, reader.fingerprint, _sites(where))
+
+
+def candidate_sites(reader: Expert, router_layer: int) -> list[Site]:
+    """Where a new feature may read: the router's own reading, then the prompt's last token at every layer."""
+    return [Site(router_layer), *(Site(layer, "last") for layer in range(reader.n_layers))]
+
+
+def by_site(h: Tensor, sites: Sequence[Site]) -> dict[Site, Tensor]:
+    """A reading at `sites` (concatenated, as `read` returns it) split into each site's columns."""
+    d = h.shape[1] // len(sites)
+    return {site: h[:, i * d:(i + 1) * d] for i, site in enumerate(sites)}
+
+
+def out_of_fold(reader: Expert, site: Site, x: Tensor, y: np.ndarray, seed: int = 0, c: float = 0.1,
+                folds: int = 5) -> np.ndarray:
+    """Each query's logit from a probe (`train_features` at strength `c`) fitted without it, by stratified k-fold;
+    `x`: the queries read at `site`, `y`: their 0/1 labels."""
+    from sklearn.model_selection import StratifiedKFold
+
+    scores = np.zeros(len(y))
+    for fit, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        labels = {"probe": ("out of fold", y[fit], y[held])}
+        probe = train_features(reader, site, x[fit], x[held], labels, seed=seed, c=c)
+        scores[held] = probe.activations(x[held])[:, 0].double().numpy()
+    return scores

@@ -78,7 +78,8 @@ def test_the_harm_feature_reads_at_the_site_that_flags_most_on_training_requests
     and the out-of-fold false-positive rate of each harmless group stays within TRAIN_FPR."""
     from types import SimpleNamespace
 
-    from steer.guard.feature import TRAIN_FPR, out_of_fold, train_harm_feature
+    from steer.guard.feature import TRAIN_FPR, train_harm_feature
+    from steer.router.features import out_of_fold
 
     rng = np.random.default_rng(0)
     y = np.r_[np.ones(60, dtype=int), np.zeros(120, dtype=int)]
