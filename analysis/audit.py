@@ -40,6 +40,7 @@ from experts.errors import SteerlabError
 from experts.expert import Expert
 from experts.files import write_json
 from experts.generate import GenerationSettings, row_seed
+from experts.packed import exact_decoding
 from steer.evaluate.sweep import random_like
 from steer.rad.decoding import reward_decoding
 from steer.rad.logit_bias import row_bias_hook, signed_bias, word_tokens
@@ -217,7 +218,7 @@ class AuditRun:
 
 def _identity(config: AuditConfig) -> dict[str, Any]:
     return {**asdict(config), "coefs": list(config.coefs), "betas": list(config.betas),
-            "logit_biases": list(config.logit_biases)}
+            "logit_biases": list(config.logit_biases), "decoding": "exact"}  # LetterJob.run pins it
 
 
 def open_run(config: AuditConfig, out: Path, expert: Expert) -> AuditRun:
@@ -319,6 +320,7 @@ class LetterJob:
         formatted = expert.format_prompts([f"{p.text} {extra}".strip() for (p, _), extra in zip(chunk, instructions)])
         texts_in = [prompt + opening for prompt, opening in zip(formatted, openings)]
         with ExitStack() as stack:
+            stack.enter_context(exact_decoding())  # every letter decoded in float32: twins alike, whatever the batch
             if condition.beta:  # under the counter operator signed by gender like the steering: each row its own β
                 betas = _coefs_for(chunk, condition.beta, config.operator)
                 hook = stack.enter_context(reward_decoding(expert, state.reward, betas, config.top_k,

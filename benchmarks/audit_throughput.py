@@ -1,15 +1,15 @@
-"""Letters per second of the audit's generation at batch 1, 4 and 16 (target: >= 5x from 1 to 16
-on CPU). Same prompts (the small audit's template prompts), greedy, fixed letter length.
+"""Letters per second of the audit's generation at batch 1, 4 and 16, decoding exactly (float32) and packed
+(steerlab's default on a CPU, `experts.packed`), interleaved, medians. Same prompts (the medium audit's template
+prompts), greedy, fixed letter length; batch 1 writes the first 4 letters, batches 4 and 16 all of them.
 
-Run: python benchmarks/audit_throughput.py [--expert NAME] [--new-tokens N]
+Run: python benchmarks/audit_throughput.py [--expert NAME] [--new-tokens N] [--letters 16] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
-from _common import machine, quiet
+from _common import interleaved, machine, quiet
 
 from analysis.letters import build_prompts
 from experts import registry
@@ -22,23 +22,31 @@ def main() -> None:
     parser.add_argument("--expert", default=registry.DEFAULT_EXPERT)
     parser.add_argument("--new-tokens", type=int, default=96)
     parser.add_argument("--letters", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     quiet()
     print(f"machine: {machine()}")
-    expert = Expert.load(args.expert)
+    experts = {"exact": Expert.load(args.expert, decoding="exact"), "packed": Expert.load(args.expert)}
+    print(f"packed: {experts['packed'].packing.to_dict()}")
     prompts = build_prompts("medium")[: args.letters]
-    texts = expert.format_prompts([p.text for p in prompts])
+    texts = experts["exact"].format_prompts([p.text for p in prompts])
     config = GenerationSettings(max_new_tokens=args.new_tokens, stop_at_eos=False)
-    expert.generate_batch(texts[:2], config, [0, 1])  # warm-up
-    rates = {}
-    for bs in (1, 4, 16):
-        start = time.perf_counter()
-        for i in range(0, len(texts), bs):
-            expert.generate_batch(texts[i : i + bs], config, list(range(i, i + len(texts[i : i + bs]))))
-        rates[bs] = len(texts) / (time.perf_counter() - start)
-    print(f"{len(texts)} letters of {args.new_tokens} tokens, greedy")
-    for bs, rate in rates.items():
-        print(f"batch {bs:>2}: {rate:6.2f} letters/s   speed-up vs batch 1: {rate / rates[1]:.2f}x")
+    batches = {1: texts[:4], 4: texts, 16: texts}
+
+    def write(expert: Expert, bs: int) -> None:
+        rows = batches[bs]
+        for i in range(0, len(rows), bs):
+            expert.generate_batch(rows[i : i + bs], config, list(range(i, i + len(rows[i : i + bs]))))
+
+    runs = {(mode, bs): (lambda m=mode, b=bs: write(experts[m], b)) for bs in batches for mode in experts}
+    for expert in experts.values():
+        expert.generate_batch(texts[:2], config, [0, 1])  # warm-up
+    seconds = interleaved(runs, args.repeats, warmup=False)
+    print(f"{args.new_tokens} tokens per letter, greedy, median of {args.repeats} interleaved runs")
+    print(f"{'batch':>5} {'exact letters/s':>16} {'packed letters/s':>17} {'packed / exact':>15}")
+    for bs, rows in batches.items():
+        exact, packed = (len(rows) / seconds[(mode, bs)] for mode in ("exact", "packed"))
+        print(f"{bs:>5} {exact:>16.2f} {packed:>17.2f} {packed / exact:>15.2f}")
 
 
 if __name__ == "__main__":

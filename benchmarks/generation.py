@@ -1,4 +1,5 @@
-"""Generation speed: plain HF `generate` vs steerlab's generate (target ratio >= 0.97), with TL's
+"""Generation speed: plain HF `generate` vs steerlab's generate decoding exactly, i.e. the loop's overhead on the
+same float32 matmuls (target ratio >= 0.97), and steerlab's default (packed decoding, `experts.packed`), with TL's
 `bridge.generate` for reference; and the expert's first (GGUF conversion) vs cached load time.
 
 Run: python benchmarks/generation.py [--expert NAME] [--repeats N]
@@ -53,10 +54,13 @@ def main() -> None:
     args = parser.parse_args()
     quiet()
     print(f"machine: {machine()}")
-    expert = Expert.load(args.expert)
+    expert = Expert.load(args.expert, decoding="exact")
+    fast = Expert.load(args.expert)
+    print(f"default decoding: {fast.packing.to_dict()}")
     n = args.new_tokens
     print(f"expert: {expert.name}, {n} new tokens, greedy, median of {args.repeats} interleaved runs")
-    print(f"{'bs':>3} {'HF tok/s':>10} {'steerlab tok/s':>15} {'ratio':>7} {'TL bridge tok/s':>16} {'bridge/HF':>10}")
+    print(f"{'bs':>3} {'HF tok/s':>10} {'exact tok/s':>12} {'exact/HF':>9} {'packed tok/s':>13} {'packed/HF':>10} "
+          f"{'TL bridge tok/s':>16} {'bridge/HF':>10}")
     for bs in (1, 8):
         prompts = [PROMPT.format(name=name) for name in NAMES[:bs]]
         batch = expert.tokenize(expert.format_prompts(prompts))
@@ -67,7 +71,10 @@ def main() -> None:
         def ours():
             expert.generate(prompts, max_new_tokens=n, stop_at_eos=False, batch_size=bs)
 
-        runs = {"hf": hf, "steerlab": ours}
+        def packed():
+            fast.generate(prompts, max_new_tokens=n, stop_at_eos=False, batch_size=bs)
+
+        runs = {"hf": hf, "steerlab": ours, "packed": packed}
         if bs == 1:
             bridge = expert.bridge
 
@@ -79,7 +86,8 @@ def main() -> None:
         t = interleaved(runs, args.repeats)
         tok = bs * n
         bridge_col = f"{tok / t['bridge']:>16.1f} {t['hf'] / t['bridge']:>10.2f}" if "bridge" in t else f"{'-':>16} {'-':>10}"
-        print(f"{bs:>3} {tok / t['hf']:>10.1f} {tok / t['steerlab']:>15.1f} {t['hf'] / t['steerlab']:>7.3f} {bridge_col}")
+        print(f"{bs:>3} {tok / t['hf']:>10.1f} {tok / t['steerlab']:>12.1f} {t['hf'] / t['steerlab']:>9.3f} "
+              f"{tok / t['packed']:>13.1f} {t['hf'] / t['packed']:>10.3f} {bridge_col}")
     if not args.skip_load:
         first, cached = load_times(args.expert)
         print(f"load: first (GGUF verify + de-quantize + write cache) {first:.1f} s, cached {cached:.2f} s")

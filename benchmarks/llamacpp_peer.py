@@ -2,7 +2,8 @@
 GGUF file steerlab ships, sha256-checked), steered and unsteered, at batch 1 and 8, interleaved, medians.
 
 llama.cpp steers with a control vector (`llama_apply_adapter_cvec`: a direction added to one block's output, which
-is steerlab's `blocks.k.hook_resid_post`); steerlab with a steering vector at the same layer. llama-cpp-python's
+is steerlab's `blocks.k.hook_resid_post`); steerlab with a steering vector at the same layer, decoding exactly
+(float32) and packed (its default on a CPU: the 4-bit linears in the int4 kernel, `experts.packed`). llama-cpp-python's
 high-level API decodes one sequence at a time, so its "batch 8" is eight sequences one after another (llama.cpp's
 server decodes parallel slots together; that path is not measured here).
 
@@ -76,7 +77,9 @@ def main() -> None:
         raise SystemExit("llama-cpp-python is not installed: `make bench` installs it (built from source once)") from None
     threads = torch.get_num_threads()
     print(f"machine: {machine()}; llama-cpp-python {llama_cpp.__version__}, {threads} threads each")
-    expert = Expert.load(args.expert)
+    expert = Expert.load(args.expert, decoding="exact")
+    fast = Expert.load(args.expert)  # the default: packed decoding where the CPU and the weights allow it
+    print(f"steerlab's default decoding: {fast.packing.to_dict()}")
     pairs, sha = load_pairs("sentiment")
     layer = round(0.4 * expert.n_layers)
     vector = compute_vector(expert, pairs, [layer], dataset="sentiment", dataset_sha256=sha)
@@ -87,7 +90,8 @@ def main() -> None:
         llm = llama(str(gguf), threads)
         print(f"expert: {expert.name} ({os.path.basename(gguf)}), {n} greedy tokens, sentiment vector at layer {layer} "
               f"coef {args.coef}, median of {args.repeats} interleaved runs")
-        print(f"{'bs':>3} {'':>10} {'llama.cpp tok/s':>16} {'steerlab tok/s':>15} {'steerlab / llama.cpp':>21}")
+        print(f"{'bs':>3} {'':>10} {'llama.cpp tok/s':>16} {'exact tok/s':>12} {'packed tok/s':>13} "
+              f"{'exact / llama.cpp':>18} {'packed / llama.cpp':>19}")
         probe = expert.format_prompts([PROMPT.format(name="Kelly")])
         control_vector(llm, direction, layer, 0.0, expert.n_layers)
         plain = llama_generate(llm, probe, 16)
@@ -98,20 +102,22 @@ def main() -> None:
             prompts = [PROMPT.format(name=name) for name in NAMES[:bs]]
             formatted = expert.format_prompts(prompts)
 
-            def ours(coef: float):
-                with apply(expert, Steering(vector, coef=coef)):
-                    expert.generate(prompts, max_new_tokens=n, stop_at_eos=False, batch_size=bs)
+            def ours(coef: float, model: Expert):
+                with apply(model, Steering(vector, coef=coef)):
+                    model.generate(prompts, max_new_tokens=n, stop_at_eos=False, batch_size=bs)
 
             def theirs(coef: float):
                 control_vector(llm, direction, layer, coef, expert.n_layers)
                 llama_generate(llm, formatted, n)
 
-            runs = {"llama 0": lambda: theirs(0.0), "steerlab 0": lambda: ours(0.0),
-                    "llama c": lambda: theirs(args.coef), "steerlab c": lambda: ours(args.coef)}
+            runs = {"llama 0": lambda: theirs(0.0), "exact 0": lambda: ours(0.0, expert),
+                    "packed 0": lambda: ours(0.0, fast), "llama c": lambda: theirs(args.coef),
+                    "exact c": lambda: ours(args.coef, expert), "packed c": lambda: ours(args.coef, fast)}
             t = interleaved(runs, args.repeats)
             for label, key in (("unsteered", "0"), ("steered", "c")):
-                peer, own = bs * n / t[f"llama {key}"], bs * n / t[f"steerlab {key}"]
-                print(f"{bs:>3} {label:>10} {peer:>16.1f} {own:>15.1f} {own / peer:>21.3f}")
+                peer, exact, packed = (bs * n / t[f"{who} {key}"] for who in ("llama", "exact", "packed"))
+                print(f"{bs:>3} {label:>10} {peer:>16.1f} {exact:>12.1f} {packed:>13.1f} {exact / peer:>18.3f} "
+                      f"{packed / peer:>19.3f}")
 
 
 if __name__ == "__main__":

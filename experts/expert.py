@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from experts import hookpoints, loading, registry, tiny
+from experts import hookpoints, loading, packed, registry, tiny
 from experts.bridge import boot_bridge
 from experts.capture import ActivationCache, CaptureRequest, Reduce, capture, check_reduce
 from experts.errors import EmptyPromptsError, SteerlabError, UnknownHookError
@@ -113,14 +113,21 @@ class Expert:
         self.architecture = _architecture(spec, model)
         hookpoints.layout_for(self.architecture)  # fail early on an unsupported architecture
         self._fingerprint = fingerprint
+        self.packing = packed.unpacked(model, "built by hand")  # `Expert.load` packs where asked
 
     @classmethod
-    def load(cls, name_or_path: str = registry.DEFAULT_EXPERT, *, device: str | None = None, dtype: str | torch.dtype | None = None) -> Expert:
-        """Load a named expert or a local HF folder; see `steer experts list`."""
+    def load(cls, name_or_path: str = registry.DEFAULT_EXPERT, *, device: str | None = None,
+             dtype: str | torch.dtype | None = None, decoding: str | None = None) -> Expert:
+        """Load a named expert or a local HF folder; see `steer experts list`.
+
+        `decoding` (default: `$STEERLAB_DECODING`, else "auto"): "packed" decodes with the 4-bit linears in
+        PyTorch's int4 CPU kernel (`experts.packed`: bfloat16 numerics, everything but decoding stays float32);
+        "exact" decodes in the model's own dtype; "auto" is "packed" for a packaged expert in float32 on the CPU."""
         spec = registry.resolve(name_or_path)
         hookpoints.layout_for(spec.architecture)
         target = _parse_device(device)
         torch_dtype = _parse_dtype(dtype, target)
+        decoding = packed.resolve_decoding(decoding)
         if spec.source == "tiny":
             folder = Path(tempfile.mkdtemp(prefix=f"steerlab-{spec.name}-"))
             model, tokenizer = tiny.build_tiny(spec, folder)
@@ -129,7 +136,14 @@ class Expert:
         else:
             model, tokenizer, folder = loading.load_cached(spec)
         fingerprint = weights_fingerprint(model, _architecture(spec, model))  # of the float32 source, before the cast
-        return cls(spec, model.to(device=target, dtype=torch_dtype), tokenizer, folder, fingerprint)
+        expert = cls(spec, model.to(device=target, dtype=torch_dtype), tokenizer, folder, fingerprint)
+        packaged = spec.source not in ("tiny", "hf-folder") and target.type == "cpu" and torch_dtype == torch.float32
+        if decoding == "packed" or (decoding == "auto" and packaged):
+            expert.packing = packed.pack_linears(expert.model)
+        else:
+            expert.packing = packed.unpacked(expert.model, "exact asked for" if decoding == "exact"
+                                             else "auto packs only a packaged expert in float32 on the CPU")
+        return expert
 
     # -- facts -------------------------------------------------------------------------------
     @property
@@ -182,6 +196,7 @@ class Expert:
             "dtype": str(self.dtype).removeprefix("torch."),
             "folder": str(self.folder),
             "fingerprint": self.fingerprint,
+            "decoding": self.packing.to_dict(),
         }
 
     # -- text ---------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 tokenized: attention masks, KV cache, greedy or seeded sampling, stop on EOS.
 
 Each row samples from its own `torch.Generator`, seeded from (seed, prompt, sample index), so a
-row's text does not depend on which other prompts share its batch. While the loop runs,
+row's text does not depend on which other prompts share its batch. After the prompts' forward (float32, as
+every reading), the steps of a batch of up to 16 rows may use packed weights (`experts.packed`: an expert loaded
+with them decodes its 4-bit linears in the int4 kernel). While the loop runs,
 `current_decode_state()` tells hooks which step is running and where the padding is.
 """
 
@@ -22,6 +24,7 @@ from transformers import DynamicCache
 
 from experts.errors import NonFiniteError, SteerlabError
 from experts.hooks import count_forward_hooks
+from experts.packed import packed_decoding, packs_batch
 from experts.tokens import TokenBatch
 
 
@@ -325,12 +328,13 @@ def decode(
     row_index = torch.tensor(list(range(mask.shape[0]) if rows is None else rows), device=device)
     n_prompts = mask.shape[0] if rows is None else (n_prompts or max(rows) + 1)
     non_finite = torch.zeros((), dtype=torch.bool, device=device)
+    packed = packs_batch(mask.shape[0])
     seen = None  # (rows, vocabulary): tokens each row has generated, for the repetition penalty
     for step in range(config.max_new_tokens):
         state = DecodeState(step, positions, step_valid, prompt_lengths, all_valid=step > 0 or bool(step_valid.all()),
                             past=cache, attention_mask=mask, input_ids=step_input, rows=row_index,
                             n_prompts=n_prompts)
-        with publish_state(state):
+        with publish_state(state), packed_decoding(packed and step > 0):
             if step == 0 and prefill is not None:
                 logits = prefill.logits
             else:

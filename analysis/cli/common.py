@@ -11,6 +11,7 @@ from experts.errors import EmptyPromptsError, SteerlabError
 
 DTYPES = ("float32", "bfloat16", "float16")
 OPERATORS = ("add", "ablate", "norm_preserving")
+DECODINGS = ("auto", "packed", "exact")  # experts.packed.DECODINGS (kept here: the CLI's help loads no torch)
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -28,7 +29,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 def load_expert(args: argparse.Namespace):
     from experts.expert import Expert
 
-    return Expert.load(args.expert, device=args.device, dtype=args.dtype)
+    return Expert.load(args.expert, device=args.device, dtype=args.dtype, decoding=args.decoding)
 
 
 def run_record(loaded, **settings: Any) -> dict[str, Any]:
@@ -36,7 +37,8 @@ def run_record(loaded, **settings: Any) -> dict[str, Any]:
     from experts.files import provenance
 
     return {"expert": loaded.name, "fingerprint": loaded.fingerprint, "device": str(loaded.device),
-            "dtype": str(loaded.dtype).removeprefix("torch."), "versions": provenance()["versions"], **settings}
+            "dtype": str(loaded.dtype).removeprefix("torch."), "decoding": loaded.packing.to_dict(),
+            "versions": provenance()["versions"], **settings}
 
 
 def frame_records(frame) -> list[dict[str, Any]]:
@@ -79,6 +81,9 @@ def add_expert_options(parser: argparse.ArgumentParser, default: str | None = No
     parser.add_argument("--expert", default=default or DEFAULT_EXPERT, help="expert name or local HF folder")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--dtype", default=None, choices=DTYPES, help="default: bfloat16 on GPU, float32 on CPU")
+    parser.add_argument("--decoding", default=None, choices=DECODINGS,
+                        help="packed: the 4-bit linears decode in the int4 CPU kernel; exact: in --dtype; auto "
+                             "(default, or $STEERLAB_DECODING): packed for a packaged expert in float32 on the CPU")
 
 
 def add_prompt_options(parser: argparse.ArgumentParser) -> None:

@@ -31,6 +31,11 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("name", "description", "architecture", "n_layers", "d_model", "vocab_size", "n_params",
                 "chat_template", "capabilities", "sha256", "packages", "device", "dtype", "folder"):
         print(f"{key:>14}: {info[key]}")
+    decoding = info["decoding"]
+    detail = (f"{decoding['packed_linears']} of {decoding['linears']} linears in the int4 kernel "
+              f"({decoding['packed_share']:.0%} of their weights)" if decoding["decoding"] == "packed"
+              else decoding.get("reason", ""))
+    print(f"{'decoding':>14}: {decoding['decoding']} ({detail})")
     return info
 
 

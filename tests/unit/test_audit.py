@@ -299,3 +299,14 @@ def test_a_vector_made_for_other_weights_needs_force(tiny_llama, tmp_path):
     assert report.exists()
     state = LetterJob.for_run(open_run(forced, tmp_path / "forced", tiny_llama)).setup(tiny_llama)
     assert torch.equal(state.vectors["vector"].directions[1], vector.directions[1])
+
+
+def test_letters_are_decoded_exactly_whatever_the_expert_was_loaded_with(tiny_llama, tmp_path, monkeypatch):
+    from experts import generate
+
+    asked, packs_batch = [], generate.packs_batch
+    monkeypatch.setattr(generate, "packs_batch", lambda rows: asked.append(packs_batch(rows)) or False)
+    run = open_run(CONFIG, tmp_path, tiny_llama)
+    generate_letters(tiny_llama, run, batch_size=4, progress=False)
+    assert asked and not any(asked)  # every batch (4 rows: small enough to pack) was pinned to exact decoding
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["decoding"] == "exact"

@@ -1,0 +1,230 @@
+"""Packed weights for fast CPU decoding: the linears of an expert whose GGUF stores them in 4 bits run in PyTorch's
+int4 weight-only kernel while tokens are generated, and every other computation stays as it was.
+
+A packaged expert's weights are quantized: SmolLM2's block linears are Q4_1, i.e. 16 levels per block of 32 values
+with a scale and an offset. `pack_linears` finds each `nn.Linear` whose float32 weight is exactly such a 4-bit
+affine code per group of 32 (checked value by value, so nothing is approximated by choice), packs it for
+`aten._weight_int4pack_mm_for_cpu`, and keeps the float32 weight where it was (reading, capture, the bridge and
+training all use it). Inside `packed_decoding()` a packed linear computes with the packed weight: a quarter of
+the memory traffic of float32, which bounds a small expert's decoding on a CPU. The generation loop enters it for
+every step after the prompts' forward of a batch of at most `MAX_PACKED_ROWS` rows: with more rows the kernel's
+arithmetic costs more than float32's and the batch decodes exactly, so a prompt's text may differ between a small
+and a large batch (within a batch all rows decode alike). `exact_decoding()` pins exact decoding for a block.
+The kernel takes bfloat16 inputs, scales and offsets and accumulates in float32, so the numerics are those of a
+bfloat16 matmul; `benchmarks/RESULTS.md` states the change in outputs.
+
+A packed linear falls back to float32 (bit-identical to an unpacked one) outside `packed_decoding()`, with
+gradients on, off the CPU, in another dtype, or once its weight was edited in place or replaced (the pack would be
+stale).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from experts.errors import SteerlabError
+
+log = logging.getLogger(__name__)
+
+GROUP = 32  # values per scale and offset (GGUF's 4-bit blocks hold 32)
+LEVELS = 15  # a 4-bit code is 0..15
+DECODINGS = ("auto", "packed", "exact")
+SAMPLE_GROUPS = 256  # groups checked first, so that a weight with no 4-bit code (5- or 8-bit) is refused quickly
+
+DECODING_ENV = "STEERLAB_DECODING"
+MAX_PACKED_ROWS = 16  # rows per decode step up to which the int4 kernel beats float32 here (benchmarks/RESULTS.md)
+
+_PACKED_ON: ContextVar[bool] = ContextVar("steerlab_packed_decoding", default=False)
+_EXACT_PINNED: ContextVar[bool] = ContextVar("steerlab_exact_decoding", default=False)
+
+
+def resolve_decoding(decoding: str | None) -> str:
+    """`decoding` as given, else `$STEERLAB_DECODING`, else "auto"; a typed error names the choices."""
+    chosen = decoding or os.environ.get(DECODING_ENV) or "auto"
+    if chosen not in DECODINGS:
+        source = f"${DECODING_ENV}" if decoding is None else "decoding"
+        raise SteerlabError(f"unknown {source} {chosen!r}; choose one of {', '.join(DECODINGS)}")
+    return chosen
+
+
+@contextmanager
+def exact_decoding() -> Iterator[None]:
+    """Decode every batch in the block exactly, packed weights or not (the audit pins it: twins decoded alike)."""
+    token = _EXACT_PINNED.set(True)
+    try:
+        yield
+    finally:
+        _EXACT_PINNED.reset(token)
+
+
+def packs_batch(rows: int) -> bool:
+    """Does a batch of `rows` rows decode packed? Not above `MAX_PACKED_ROWS` (float32 is faster there), nor
+    inside `exact_decoding()`. The choice is per batch, so all its rows decode alike."""
+    return rows <= MAX_PACKED_ROWS and not _EXACT_PINNED.get()
+
+
+@contextmanager
+def packed_decoding(on: bool = True) -> Iterator[None]:
+    """Let packed linears use their packed weights for the duration of the block (the generation loop's steps
+    after the prompts' forward); `on=False` keeps them in float32 there."""
+    token = _PACKED_ON.set(on)
+    try:
+        yield
+    finally:
+        _PACKED_ON.reset(token)
+
+
+@dataclass(frozen=True)
+class Int4Code:
+    """A weight as a 4-bit affine code per group of `GROUP` inputs: w = scale · (q - 8) + offset."""
+
+    packed: Tensor  # the kernel's layout of q
+    scales_and_offsets: Tensor  # (in_features / GROUP, out_features, 2), bfloat16
+
+
+def _on_grid(groups: Tensor, low: Tensor, step: Tensor, code: Tensor) -> Tensor:
+    error = (code * step + low - groups).abs_()
+    return (error <= 1e-4 * step + 1e-6 * groups.abs()).all(-1)
+
+
+def _grid(groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per group (rows of `groups`): the finest grid of at most 16 evenly spaced levels from its minimum that holds
+    every value (the step and the codes), and whether one does (beyond float32 rounding)."""
+    low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+    step = (high - low) / LEVELS
+    step[high == low] = 1.0  # a constant group is code 0
+    code = ((groups - low) / step).round_().clamp_(0, LEVELS)
+    fits = _on_grid(groups, low, step, code)
+    for levels in range(LEVELS - 1, 0, -1):  # a group whose codes span fewer than 16 levels has a coarser step
+        todo = torch.nonzero(~fits).flatten()
+        if not len(todo):
+            break
+        values, floor = groups[todo], low[todo]
+        trial = (high[todo] - floor) / levels
+        trial_code = ((values - floor) / trial).round_().clamp_(0, levels)
+        ok = _on_grid(values, floor, trial, trial_code)
+        step[todo[ok]], code[todo[ok]], fits[todo[ok]] = trial[ok], trial_code[ok], True
+    return step, code, fits
+
+
+def int4_code(weight: Tensor) -> Int4Code | None:
+    """The exact 4-bit code of `weight` (out, in) per group of 32 inputs, or None when it has none (a value off its
+    group's grid of 16 evenly spaced levels, beyond float32 rounding) or its shape does not suit the kernel."""
+    out_features, in_features = weight.shape
+    if weight.dtype != torch.float32 or in_features % GROUP or out_features % 8:
+        return None
+    groups = weight.reshape(-1, GROUP)
+    sample = groups[:: max(1, len(groups) // SAMPLE_GROUPS)]
+    if not bool(_grid(sample)[2].all()):
+        return None
+    step, code, fits = _grid(groups)
+    if not bool(fits.all()):
+        return None
+    q = code.to(torch.int32).reshape(out_features, in_features)
+    step = step.reshape(out_features, in_features // GROUP)
+    offsets = weight.reshape(out_features, -1, GROUP).amin(-1) + 8 * step  # the kernel's form: scale · (q - 8) + offset
+    scales_and_offsets = torch.stack([step.T, offsets.T], dim=-1).contiguous().to(torch.bfloat16)
+    return Int4Code(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1), scales_and_offsets)
+
+
+class PackedLinear(nn.Linear):
+    """An `nn.Linear` that also holds its weight's 4-bit code (see the module docstring); made by `pack_linears`."""
+
+    code: Int4Code
+    _packed_from: weakref.ref  # the weight the code was made from (a weak reference: no second parameter)
+    _packed_version: int
+
+    def attach(self, code: Int4Code) -> None:
+        self.code = code
+        self._packed_from = weakref.ref(self.weight)
+        self._packed_version = self.weight._version
+
+    def uses_code(self, x: Tensor) -> bool:
+        return (
+            _PACKED_ON.get()
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and self._packed_from() is self.weight
+            and self.weight._version == self._packed_version
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.uses_code(x):
+            return F.linear(x, self.weight, self.bias)
+        rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.code.packed, GROUP, self.code.scales_and_offsets)
+        y = y.to(torch.float32).reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+@dataclass(frozen=True)
+class PackingReport:
+    """What `pack_linears` did: how many linears (and of their weights' values) run packed while decoding."""
+
+    decoding: str  # "packed" or "exact"
+    packed_linears: int
+    linears: int
+    packed_share: float  # share of all linear weight values that are packed
+    reason: str = ""  # why nothing was packed, when nothing was
+
+    def to_dict(self) -> dict:
+        return {"decoding": self.decoding, "packed_linears": self.packed_linears, "linears": self.linears,
+                "packed_share": round(self.packed_share, 4), **({"reason": self.reason} if self.reason else {})}
+
+
+def kernel_works() -> bool:
+    """Does this build's int4 CPU kernel exist and agree with float32 on a small exact code?"""
+    try:
+        generator = torch.Generator().manual_seed(0)
+        q = torch.randint(0, LEVELS + 1, (16, 2 * GROUP), generator=generator).float()
+        q[:, ::GROUP], q[:, 1::GROUP] = 0, LEVELS  # every group spans the 16 levels
+        weight = q * 0.25 - 1.0
+        code = int4_code(weight)
+        x = torch.randn(2, 2 * GROUP, generator=generator)
+        got = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), code.packed, GROUP,
+                                                         code.scales_and_offsets).float()
+        want = x.to(torch.bfloat16).float() @ weight.T
+        return bool(torch.allclose(got, want, rtol=2e-2, atol=2e-2))
+    except (RuntimeError, AttributeError, NotImplementedError) as error:
+        log.info("the int4 CPU kernel is unavailable here (%s); decoding stays exact", error)
+        return False
+
+
+def unpacked(model: nn.Module, reason: str) -> PackingReport:
+    """The report of a model that decodes exactly, and why."""
+    return PackingReport("exact", 0, sum(isinstance(m, nn.Linear) for m in model.modules()), 0.0, reason)
+
+
+def pack_linears(model: nn.Module) -> PackingReport:
+    """Give every linear of `model` with an exact 4-bit code that code (in place: it becomes a `PackedLinear`)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    total = sum(m.weight.numel() for m in linears)
+    if not linears or next(model.parameters()).device.type != "cpu":
+        return unpacked(model, "not on the CPU")
+    if next(model.parameters()).dtype != torch.float32:
+        return unpacked(model, "not in float32")
+    if not kernel_works():
+        return unpacked(model, "no int4 CPU kernel in this torch build")
+    packed = 0
+    for module in linears:
+        code = int4_code(module.weight.detach())
+        if code is None:
+            continue
+        module.__class__ = PackedLinear
+        module.attach(code)
+        packed += module.weight.numel()
+    count = sum(isinstance(m, PackedLinear) for m in linears)
+    if not count:
+        return unpacked(model, "no linear holds 4-bit weights")
+    return PackingReport("packed", count, len(linears), packed / total)
