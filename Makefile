@@ -39,16 +39,11 @@ setup: $(TEST_STAMP)
 demo: $(DEMO_STAMP)
 	$(VENV)/bin/steer demo --out runs/demo
 
-# Two pytest workers, one thread each (two processes on two cores; torch's threads would fight), the Ray tests on
-# one worker (xdist_group "ray"): 10.5 min on 2 cores against 14.3 in one process (benchmarks/RESULTS.md).
-TEST_WORKERS ?= 2
-PYTEST      := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
-
 test: $(TEST_STAMP)
-	$(PYTEST)
+	$(PY) -m pytest -q
 
 test-fast: $(TEST_STAMP)
-	$(PYTEST) -m "not slow"
+	$(PY) -m pytest -q -m "not slow"
 
 notebooks: $(TEST_STAMP)   # execute each notebook from its .py twin on the real experts and save it with its outputs
 	$(PY) scripts/execute_notebooks.py

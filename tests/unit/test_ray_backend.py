@@ -14,7 +14,6 @@ from steer.scale.checkpoint import read_rows
 from steer.scale.jobs import LocalExecutor
 from steer.vectors.extract import compute_vector
 
-pytestmark = pytest.mark.xdist_group("ray")  # one worker, one Ray cluster, under pytest -n
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip install 'steerlab[ray]'")
 
 from steer.scale.ray_backend import RayExecutor  # noqa: E402

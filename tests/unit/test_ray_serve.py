@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-pytestmark = pytest.mark.xdist_group("ray")  # one worker, one Ray cluster, under pytest -n
 pytest.importorskip("ray.serve", reason="the Ray extra is not installed: pip install 'steerlab[ray]'")
 openai = pytest.importorskip("openai", reason="the conformance suite drives the service with the openai client")
 
