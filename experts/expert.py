@@ -137,12 +137,12 @@ class Expert:
             model, tokenizer, folder = loading.load_cached(spec)
         fingerprint = weights_fingerprint(model, _architecture(spec, model))  # of the float32 source, before the cast
         expert = cls(spec, model.to(device=target, dtype=torch_dtype), tokenizer, folder, fingerprint)
-        packaged = spec.source not in ("tiny", "hf-folder") and target.type == "cpu" and torch_dtype == torch.float32
+        packaged = spec.source not in ("tiny", "hf-folder")  # pack_linears itself declines off the CPU or float32
         if decoding == "packed" or (decoding == "auto" and packaged):
             expert.packing = packed.pack_linears(expert.model)
         else:
             expert.packing = packed.unpacked(expert.model, "exact asked for" if decoding == "exact"
-                                             else "auto packs only a packaged expert in float32 on the CPU")
+                                             else "auto packs only a packaged expert")
         return expert
 
     # -- facts -------------------------------------------------------------------------------

@@ -97,9 +97,9 @@ def _on_grid(groups: Tensor, low: Tensor, step: Tensor, code: Tensor) -> Tensor:
     return (error <= 1e-4 * step + 1e-6 * groups.abs()).all(-1)
 
 
-def _grid(groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _grid(groups: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per group (rows of `groups`): the finest grid of at most 16 evenly spaced levels from its minimum that holds
-    every value (the step and the codes), and whether one does (beyond float32 rounding)."""
+    every value (that minimum, the step and the codes), and whether one does (beyond float32 rounding)."""
     low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
     step = (high - low) / LEVELS
     step[high == low] = 1.0  # a constant group is code 0
@@ -114,7 +114,7 @@ def _grid(groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         trial_code = ((values - floor) / trial).round_().clamp_(0, levels)
         ok = _on_grid(values, floor, trial, trial_code)
         step[todo[ok]], code[todo[ok]], fits[todo[ok]] = trial[ok], trial_code[ok], True
-    return step, code, fits
+    return low, step, code, fits
 
 
 def int4_code(weight: Tensor) -> Int4Code | None:
@@ -125,14 +125,14 @@ def int4_code(weight: Tensor) -> Int4Code | None:
         return None
     groups = weight.reshape(-1, GROUP)
     sample = groups[:: max(1, len(groups) // SAMPLE_GROUPS)]
-    if not bool(_grid(sample)[2].all()):
+    if not bool(_grid(sample)[3].all()):
         return None
-    step, code, fits = _grid(groups)
+    low, step, code, fits = _grid(groups)
     if not bool(fits.all()):
         return None
     q = code.to(torch.int32).reshape(out_features, in_features)
     step = step.reshape(out_features, in_features // GROUP)
-    offsets = weight.reshape(out_features, -1, GROUP).amin(-1) + 8 * step  # the kernel's form: scale · (q - 8) + offset
+    offsets = low.reshape(out_features, in_features // GROUP) + 8 * step  # the kernel's form: scale · (q - 8) + offset
     scales_and_offsets = torch.stack([step.T, offsets.T], dim=-1).contiguous().to(torch.bfloat16)
     return Int4Code(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1), scales_and_offsets)
 
@@ -210,21 +210,21 @@ def pack_linears(model: nn.Module) -> PackingReport:
     """Give every linear of `model` with an exact 4-bit code that code (in place: it becomes a `PackedLinear`)."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     total = sum(m.weight.numel() for m in linears)
-    if not linears or next(model.parameters()).device.type != "cpu":
+    if not linears:
+        return unpacked(model, "no linear layers")
+    if next(model.parameters()).device.type != "cpu":
         return unpacked(model, "not on the CPU")
     if next(model.parameters()).dtype != torch.float32:
         return unpacked(model, "not in float32")
     if not kernel_works():
         return unpacked(model, "no int4 CPU kernel in this torch build")
-    packed = 0
+    packed = []
     for module in linears:
         code = int4_code(module.weight.detach())
-        if code is None:
-            continue
-        module.__class__ = PackedLinear
-        module.attach(code)
-        packed += module.weight.numel()
-    count = sum(isinstance(m, PackedLinear) for m in linears)
-    if not count:
+        if code is not None:
+            module.__class__ = PackedLinear
+            module.attach(code)
+            packed.append(module)
+    if not packed:
         return unpacked(model, "no linear holds 4-bit weights")
-    return PackingReport("packed", count, len(linears), packed / total)
+    return PackingReport("packed", len(packed), len(linears), sum(m.weight.numel() for m in packed) / total)
