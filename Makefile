@@ -73,6 +73,7 @@ bench: $(TEST_STAMP)
 	$(PY) benchmarks/router_overhead.py
 	$(PY) benchmarks/ray_overhead.py
 	$(PY) benchmarks/serve_load.py
+	$(PY) benchmarks/serve_mixed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,8 +1,8 @@
 """Load test of `steer serve` on loopback: batched expert replicas against one request at a time, in one run.
 
 For each router (the tiny one over random experts, and the shipped one over the real experts) it deploys the
-service on a local Ray cluster twice in alternation (ABBA over `--rounds`): expert replicas that decode the
-requests that arrive together as one batch (`--max-batch-size`), and replicas that answer one request at a time
+service on a local Ray cluster twice in alternation (ABBA over `--rounds`): expert replicas that decode with
+continuous batching (up to `--max-batch-size` rows), and replicas that answer one request at a time
 (`max_batch_size` = 1). Each time, `--requests` chat completions come from `--concurrency` client threads (no
 more than `--deadline` seconds) after a short warm-up. It prints requests/s, p50/p95 latency and generated
 tokens/s of each, as medians over the rounds, their ratios, and how many of the (greedy) answers were the same

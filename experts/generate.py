@@ -179,7 +179,7 @@ class ParagraphTokens:
         return blank | (self.ends_newline.to(tokens.device)[previous] & self.starts_newline.to(tokens.device)[tokens])
 
 
-class _NgramBan:
+class NgramBan:
     """Per row, the token n-grams it has generated, to forbid a repeat (`no_repeat_ngram_size`)."""
 
     def __init__(self, sizes: Sequence[int]):
@@ -239,8 +239,9 @@ def _filter_logits(logits: Tensor, config: GenerationSettings) -> Tensor:
     return logits
 
 
-def _penalise_repeats(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
-    """The CTRL repetition penalty on the tokens marked in `seen` (rows x vocabulary)."""
+def penalise_repeats(logits: Tensor, seen: Tensor, penalty: float | Tensor) -> Tensor:
+    """The CTRL repetition penalty on the tokens marked in `seen` (rows x vocabulary); `penalty` one number, or
+    (rows, 1) of them."""
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalised, logits)
 
@@ -254,8 +255,8 @@ def _next_tokens(logits: Tensor, config: GenerationSettings, generators: list[to
     return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
 
 
-def _next_tokens_per_row(logits: Tensor, configs: Sequence[GenerationSettings], generators: list[torch.Generator],
-                         non_finite: Tensor) -> Tensor:
+def next_tokens_per_row(logits: Tensor, configs: Sequence[GenerationSettings], generators: list[torch.Generator],
+                        non_finite: Tensor) -> Tensor:
     """Each row with its own settings: the same operations on that row as `_next_tokens` on a batch of one."""
     tokens = logits.argmax(-1)
     for i, config in enumerate(configs):
@@ -311,7 +312,8 @@ def decode(
     paragraph_after = torch.tensor([c.end_at_paragraph_after for c in configs], device=device)
     if bool((paragraph_after > 0).any()) and paragraph is None:
         raise SteerlabError("end_at_paragraph_after needs the vocabulary's paragraph tokens (Expert passes them)")
-    ngrams = _NgramBan([c.no_repeat_ngram_size for c in configs]) if any(c.no_repeat_ngram_size for c in configs) else None
+    sizes = [c.no_repeat_ngram_size for c in configs]
+    ngrams = NgramBan(sizes) if any(sizes) else None
     if prefill is not None and count_forward_hooks(model):
         raise SteerlabError("a reused prefill ran without the hooks now attached (steering); run the prompts again")
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
@@ -350,13 +352,13 @@ def decode(
             non_finite |= ~torch.isfinite(logits).all()
             if config.repetition_penalty != 1.0:
                 seen = torch.zeros_like(logits, dtype=torch.bool) if seen is None else seen
-                logits = _penalise_repeats(logits, seen, config.repetition_penalty)
+                logits = penalise_repeats(logits, seen, config.repetition_penalty)
             if ngrams is not None:
                 logits = ngrams.apply(logits.clone())
             if logits_hook is not None:
                 logits = logits_hook(logits, state)
         if per_row:
-            tokens = _next_tokens_per_row(logits, configs, generators, non_finite)
+            tokens = next_tokens_per_row(logits, configs, generators, non_finite)
         else:
             tokens = _next_tokens(logits, config, generators, non_finite)
         tokens = torch.where(finished, torch.full_like(tokens, pad_id), tokens)

@@ -51,7 +51,8 @@ def add_commands(sub) -> None:
     srv.add_argument("--replicas", type=int, default=1, help="replicas per expert and of the router")
     srv.add_argument("--max-batch-size", type=int, default=8, help="requests an expert replica decodes together "
                      "(1: one at a time)")
-    srv.add_argument("--batch-wait", type=float, default=0.02, help="seconds a replica waits to fill a batch")
+    srv.add_argument("--batch-wait", type=float, default=0.02, help="seconds an idle replica waits after a first "
+                     "request for more to start decoding with (later ones join the running batch)")
     srv.add_argument("--max-ongoing-requests", type=int, default=64, help="requests in flight per router replica")
     srv.add_argument("--max-queued-requests", type=int, default=32, help="waiting requests per deployment before HTTP 503")
     srv.add_argument("--cpus-per-replica", type=float, default=0.5)

@@ -11,8 +11,8 @@ stream the text as it grows; the text never shows a stop string, nor the start o
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -60,8 +60,15 @@ class Delta:
     completion_tokens: int = 0
     batch_size: int = 1
 
+    def add(self, step: Delta, tokens: int) -> None:
+        """Grow this whole answer by one step's `Delta`; `tokens`: the row's tokens so far."""
+        self.text += step.text
+        self.logprobs += step.logprobs
+        self.finish_reason = step.finish_reason
+        self.completion_tokens = tokens
 
-class _Row:
+
+class RowText:
     """One row's text as it grows: what has been sent, and what is held back (a partial character, or the start
     of a stop string)."""
 
@@ -91,6 +98,26 @@ class _Row:
         new = text[len(self.sent):] if text.startswith(self.sent) else ""
         self.sent += new
         return new
+
+    def take(self, token: int, logits: Tensor, prompt_tokens: int, batch_size: int) -> Delta:
+        """Add the token chosen from `logits` (this row's) and say what it adds; `self.done` once the row ends (EOS,
+        a stop string, its budget)."""
+        delta = Delta(batch_size=batch_size)
+        settings = self.request.settings
+        finished = token in self.expert.eos_ids and settings.stop_at_eos
+        if not finished:
+            self.ids.append(token)
+            if self.request.top_logprobs is not None:
+                delta.logprobs.append(_logprobs(self.expert, logits, token, self.request.top_logprobs))
+        text, stopped = self.visible()
+        if finished or stopped or len(self.ids) >= settings.max_new_tokens:
+            self.done = True
+            delta.finish_reason = "stop" if finished or stopped else "length"
+            delta.prompt_tokens, delta.completion_tokens = prompt_tokens, len(self.ids)
+            delta.text = self.advance(text)
+        else:
+            delta.text = self.advance(self.safe(text))
+        return delta
 
 
 @lru_cache(maxsize=1)
@@ -135,52 +162,14 @@ def _only_rows(hook: Callable[[Tensor, DecodeState], Tensor], rows: Tensor) -> C
     return restricted
 
 
-def answer_rows(expert: Expert, requests: Sequence[RowRequest], rules: Sequence[Rule], folder: Path, *,
-                top_k: int = 20, loaded: dict[str, Any] | None = None,
-                emit: Callable[[list[Delta | None]], None] | None = None,
-                cancelled: Callable[[int], bool] | None = None) -> list[Delta]:
-    """Answer `requests` in one batch; `emit` receives, after each step, one `Delta` per row (None for rows that
-    finished earlier). `cancelled(row)`, asked at every step, stops a row whose caller has gone (nothing more is
-    emitted for it; its whole answer keeps `finish_reason` None). Returns each row's whole answer as one `Delta`."""
-    loaded = {} if loaded is None else loaded
+@contextmanager
+def adjusted(expert: Expert, requests: Sequence[RowRequest], rules: Sequence[Rule], folder: Path, *, top_k: int,
+             loaded: dict[str, Any]) -> Iterator[Callable[[Tensor, DecodeState], Tensor] | None]:
+    """Steer and reward-decode a batch whose row i is `requests[i]`, each row with its own strengths, for the
+    duration of the block: steering files that some rows use are applied with a coefficient of 0 on the other
+    rows (bit-identical for them); a reward re-weights only the rows that ask for it. Yields the logits hook of
+    the rewards (None without one)."""
     by_file = {(r.kind, r.file): r for r in rules}
-    rows = [_Row(expert, r) for r in requests]
-    formatted = [r.formatted for r in requests]
-    prompt_tokens = [len(expert.encode(f)) for f in formatted]
-    totals = [Delta(batch_size=len(requests), prompt_tokens=n) for n in prompt_tokens]
-
-    def on_step(step: int, logits: Tensor, tokens: Tensor) -> Tensor:
-        ended = torch.zeros(len(rows), dtype=torch.bool)
-        deltas: list[Delta | None] = []
-        for i, (row, token) in enumerate(zip(rows, tokens.tolist())):
-            if row.done or (cancelled is not None and cancelled(i)):
-                row.done = ended[i] = True
-                deltas.append(None)
-                continue
-            delta = Delta(batch_size=len(rows))
-            finished = token in expert.eos_ids and row.request.settings.stop_at_eos
-            if not finished:
-                row.ids.append(token)
-                if row.request.top_logprobs is not None:
-                    delta.logprobs.append(_logprobs(expert, logits[i], token, row.request.top_logprobs))
-            text, stopped = row.visible()
-            ended[i] = stopped
-            if finished or stopped or len(row.ids) >= row.request.settings.max_new_tokens:
-                row.done = True
-                delta.finish_reason = "stop" if finished or stopped else "length"
-                delta.prompt_tokens, delta.completion_tokens = prompt_tokens[i], len(row.ids)
-                delta.text = row.advance(text)
-            else:
-                delta.text = row.advance(row.safe(text))
-            totals[i].text += delta.text
-            totals[i].logprobs += delta.logprobs
-            totals[i].finish_reason = delta.finish_reason
-            totals[i].completion_tokens = len(row.ids)
-            deltas.append(delta)
-        if emit is not None:
-            emit(deltas)
-        return ended
-
     with ExitStack() as stack:
         hooks = []
         for kind, file in dict.fromkeys((a.kind, a.file) for r in requests for a in r.adjustments):
@@ -194,12 +183,48 @@ def answer_rows(expert: Expert, requests: Sequence[RowRequest], rules: Sequence[
             else:
                 hook = stack.enter_context(reward_decoding(expert, control, strengths, top_k))
                 hooks.append(_only_rows(hook, torch.tensor([s != 0 for s in strengths])))
-        logits_hook = None
-        if hooks:
-            def logits_hook(logits: Tensor, state: DecodeState) -> Tensor:
-                for hook in hooks:
-                    logits = hook(logits, state)
-                return logits
+        if not hooks:
+            yield None
+            return
+
+        def logits_hook(logits: Tensor, state: DecodeState) -> Tensor:
+            for hook in hooks:
+                logits = hook(logits, state)
+            return logits
+
+        yield logits_hook
+
+
+def answer_rows(expert: Expert, requests: Sequence[RowRequest], rules: Sequence[Rule], folder: Path, *,
+                top_k: int = 20, loaded: dict[str, Any] | None = None,
+                emit: Callable[[list[Delta | None]], None] | None = None,
+                cancelled: Callable[[int], bool] | None = None) -> list[Delta]:
+    """Answer `requests` in one batch; `emit` receives, after each step, one `Delta` per row (None for rows that
+    finished earlier). `cancelled(row)`, asked at every step, stops a row whose caller has gone (nothing more is
+    emitted for it; its whole answer keeps `finish_reason` None). Returns each row's whole answer as one `Delta`."""
+    loaded = {} if loaded is None else loaded
+    rows = [RowText(expert, r) for r in requests]
+    formatted = [r.formatted for r in requests]
+    prompt_tokens = [len(expert.encode(f)) for f in formatted]
+    totals = [Delta(batch_size=len(requests), prompt_tokens=n) for n in prompt_tokens]
+
+    def on_step(step: int, logits: Tensor, tokens: Tensor) -> Tensor:
+        ended = torch.zeros(len(rows), dtype=torch.bool)
+        deltas: list[Delta | None] = []
+        for i, (row, token) in enumerate(zip(rows, tokens.tolist())):
+            if row.done or (cancelled is not None and cancelled(i)):
+                row.done = ended[i] = True
+                deltas.append(None)
+                continue
+            delta = row.take(token, logits[i], prompt_tokens[i], len(rows))
+            ended[i] = row.done
+            totals[i].add(delta, len(row.ids))
+            deltas.append(delta)
+        if emit is not None:
+            emit(deltas)
+        return ended
+
+    with adjusted(expert, requests, rules, folder, top_k=top_k, loaded=loaded) as logits_hook:
         expert.generate_batch(formatted, [r.settings for r in requests], [r.seed for r in requests],
                               logits_hook=logits_hook, on_step=on_step)
     return totals

@@ -45,14 +45,32 @@ def _pack(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+class _Asked:
+    """One request at an expert replica: its job, the queue its deltas go to, when it arrived and when (if) its
+    caller left."""
+
+    def __init__(self, job: dict, loop: asyncio.AbstractEventLoop) -> None:
+        self.job, self.loop, self.out = job, loop, asyncio.Queue()
+        self.arrived, self.gone_at = time.perf_counter(), None
+        self.queued_s = 0.0
+
+    def send(self, delta: Any) -> None:
+        """From the decoding thread: a `Delta` (then None after the last), or an exception for this request."""
+        if isinstance(delta, BaseException):
+            self.loop.call_soon_threadsafe(self.out.put_nowait, delta)
+            return
+        self.loop.call_soon_threadsafe(self.out.put_nowait, {**asdict(delta), "queued_s": self.queued_s})
+        if delta.finish_reason is not None:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, None)
+
+
 @serve.deployment
 class ExpertService:
-    """One expert. The requests waiting when a batch ends are decoded together as the next batch (up to
-    `max_batch_size`; after the first arrives it waits `batch_wait_s` for more), each row with its own strengths
-    and settings (`steer.serve.batch.answer_rows`); each request streams its answer and finishes on its own.
-
-    Not `@serve.batch`: that forms the next batch as soon as its first request arrives and only then waits for the
-    running one, so under staggered arrivals its batches stay near one request (measured: 1.3 on average)."""
+    """One expert, decoding with continuous batching (`steer.serve.running`): a request joins the running batch at
+    the next token boundary (up to `max_batch_size` rows; an idle replica waits `batch_wait_s` after the first
+    arrival for more), with its own strengths and settings, streams its answer, and leaves when it finishes or
+    its caller goes (its row is freed before the next token). A request whose reward follows the text in a reward
+    expert of its own waits for the running rows to end and is answered in a batch of its own (`answer_rows`)."""
 
     def __init__(self, name: str, fingerprint: str | None, rules: list[dict], files: dict[str, bytes], threads: int,
                  top_k: int, max_batch_size: int, batch_wait_s: float) -> None:
@@ -68,78 +86,119 @@ class ExpertService:
         self.rules, self.folder, self.top_k = [Rule(**r) for r in rules], _unpack(files), top_k
         self.loaded: dict[str, Any] = {}  # vectors and rewards, read on first use
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
-        self.waiting: asyncio.Queue | None = None  # (job, the request's own queue of deltas)
+        self.waiting: asyncio.Queue | None = None  # the `_Asked` not yet in the running batch
         self.batcher: asyncio.Task | None = None
-        self.cancelled: set[int] = set()  # the delta queues of requests whose caller has gone (their rows stop)
+        self.freed_s: list[float] = []  # the last requests whose callers left: seconds until their rows left the batch
+        self.step_s: list[float] = []  # the last decode steps' seconds
 
     async def ready(self) -> str:
         """Answers once this replica has loaded its expert (a replica takes calls only after its constructor)."""
         return self.expert.fingerprint
 
+    async def stats(self) -> dict:
+        """How fast rows whose callers left were freed, against a decode step's time (for the load test)."""
+        import numpy as np
+
+        return {"freed_s": list(self.freed_s), "step_s_median": float(np.median(self.step_s)) if self.step_s else None,
+                "steps": len(self.step_s)}
+
     async def answer(self, job: dict) -> AsyncIterator[dict]:
         """Stream one request's answer: a `Delta` (as a dict) per decoding step, the last with its finish reason."""
         if self.batcher is None:
             self.waiting = asyncio.Queue()
-            self.batcher = asyncio.create_task(self._batches())
-        deltas: asyncio.Queue = asyncio.Queue()
-        self.waiting.put_nowait(({**job, "arrived": time.perf_counter()}, deltas))
+            self.batcher = asyncio.create_task(self._decode())
+        asked = _Asked(job, asyncio.get_running_loop())
+        self.waiting.put_nowait(asked)
         finished = False
         try:
-            while (delta := await deltas.get()) is not None:
+            while (delta := await asked.out.get()) is not None:
                 if isinstance(delta, BaseException):
                     raise delta
                 yield delta
             finished = True
-        finally:  # the caller cancelled (its client left or timed out): its row stops at the next token
+        finally:  # the caller cancelled (its client left or timed out): its row leaves before the next token
             if not finished:
-                self.cancelled.add(id(deltas))
+                asked.gone_at = time.perf_counter()
 
-    async def _batches(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self.waiting.get()]
-            deadline = loop.time() + self.batch_wait_s
-            while len(batch) < self.max_batch_size:
-                if not self.waiting.empty():
-                    batch.append(self.waiting.get_nowait())
-                    continue
-                try:
-                    batch.append(await asyncio.wait_for(self.waiting.get(), max(0.0, deadline - loop.time())))
-                except TimeoutError:
-                    break
-            await self._run(batch)
+    async def _arrivals(self, idle: bool, room: int) -> list[_Asked]:
+        """The requests waiting now (at most `room`); when `idle`, wait for the first and `batch_wait_s` for more."""
+        loop, arrivals = asyncio.get_running_loop(), []
+        if idle:
+            arrivals.append(await self.waiting.get())
+        deadline = loop.time() + (self.batch_wait_s if idle else 0.0)
+        while len(arrivals) < room:
+            if not self.waiting.empty():
+                arrivals.append(self.waiting.get_nowait())
+                continue
+            if loop.time() >= deadline:
+                break
+            try:
+                arrivals.append(await asyncio.wait_for(self.waiting.get(), deadline - loop.time()))
+            except TimeoutError:
+                break
+        return arrivals
 
-    async def _run(self, batch: list[tuple[dict, asyncio.Queue]]) -> None:
-        loop, outs = asyncio.get_running_loop(), [out for _, out in batch]
-        started = time.perf_counter()
-        queued = [started - job["arrived"] for job, _ in batch]
-
-        def emit(deltas) -> None:
-            for delta, out, waited in zip(deltas, outs, queued):
-                if delta is not None:
-                    loop.call_soon_threadsafe(out.put_nowait, {**asdict(delta), "queued_s": waited})
-                    if delta.finish_reason is not None:
-                        loop.call_soon_threadsafe(out.put_nowait, None)
-
-        try:
-            await asyncio.to_thread(self._answer, [job for job, _ in batch], emit,
-                                    lambda row: id(outs[row]) in self.cancelled)
-        except Exception as error:  # every request of the batch gets it (rows already finished have ended)
-            for out in outs:
-                out.put_nowait(error)
-        finally:
-            self.cancelled.difference_update(id(out) for out in outs)
-
-    def _answer(self, jobs: list[dict], emit, cancelled) -> None:
+    def _joining(self, asked: _Asked):
+        """The request as a row of the running batch."""
         from experts.generate import GenerationSettings
         from steer.router.decision import Adjustment
-        from steer.serve.batch import RowRequest, answer_rows
+        from steer.serve.batch import RowRequest
+        from steer.serve.running import Joining
 
-        requests = [RowRequest(job["messages"][-1]["content"] if job["raw"] else self.expert.format_conversation(job["messages"]),
-                               tuple(Adjustment(**a) for a in job["adjustments"]), GenerationSettings(**job["settings"]),
-                               tuple(job["stops"]), job["top_logprobs"]) for job in jobs]
-        answer_rows(self.expert, requests, self.rules, self.folder, top_k=self.top_k, loaded=self.loaded, emit=emit,
-                    cancelled=cancelled)
+        job = asked.job
+        prompt = job["messages"][-1]["content"] if job["raw"] else self.expert.format_conversation(job["messages"])
+        request = RowRequest(prompt, tuple(Adjustment(**a) for a in job["adjustments"]),
+                             GenerationSettings(**job["settings"]), tuple(job["stops"]), job["top_logprobs"])
+
+        def left() -> None:
+            self.freed_s = [*self.freed_s[-999:], time.perf_counter() - asked.gone_at]
+
+        return Joining(request, asked.send, lambda: asked.gone_at is not None, left)
+
+    async def _decode(self) -> None:
+        """Join the waiting requests at each token boundary, take one step, repeat."""
+        from steer.serve.batch import answer_rows
+        from steer.serve.running import RunningBatch
+
+        running = RunningBatch(self.expert, self.rules, self.folder, top_k=self.top_k, loaded=self.loaded)
+        own: list = []  # (asked, joining) waiting for a batch of their own; nothing joins meanwhile
+        while True:
+            arrivals = [] if own else await self._arrivals(not len(running), self.max_batch_size - len(running))
+            joinings = []
+            for asked in arrivals:
+                asked.queued_s = time.perf_counter() - asked.arrived
+                try:
+                    joinings.append((asked, self._joining(asked)))
+                except Exception as error:  # this request alone is malformed
+                    asked.out.put_nowait(error)
+            if joinings:
+                try:
+                    refused = await asyncio.to_thread(running.join, [j for _, j in joinings])
+                    own += [(a, j) for a, j in joinings if j in refused]
+                except Exception as error:  # these requests fail; the running rows go on
+                    for asked, _ in joinings:
+                        asked.out.put_nowait(error)
+            if own and not len(running):
+                batch, own = own, []
+                try:
+                    await asyncio.to_thread(answer_rows, self.expert, [j.request for _, j in batch], self.rules,
+                                            self.folder, top_k=self.top_k, loaded=self.loaded,
+                                            emit=lambda deltas: [j.emit(d) for (_, j), d in zip(batch, deltas)
+                                                                 if d is not None],
+                                            cancelled=lambda row: batch[row][1].cancelled())
+                except Exception as error:
+                    for asked, _ in batch:
+                        asked.out.put_nowait(error)
+            elif len(running):
+                started = time.perf_counter()
+                try:
+                    await asyncio.to_thread(running.step)
+                except Exception as error:  # every running request gets it; the batch starts again empty
+                    for row in running.rows:
+                        row.joining.emit(error)
+                    running.close()
+                    running = RunningBatch(self.expert, self.rules, self.folder, top_k=self.top_k, loaded=self.loaded)
+                self.step_s = [*self.step_s[-999:], time.perf_counter() - started]
 
 
 app = FastAPI(title="steerlab router", description="OpenAI-style chat completions, routed by activation features")
@@ -460,8 +519,8 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     replicas: int = 1  # per expert
-    max_batch_size: int = 8  # requests an expert replica decodes together (its concurrency); 1: one at a time
-    batch_wait_s: float = 0.02  # how long a replica waits for more requests to fill a batch
+    max_batch_size: int = 8  # rows an expert replica decodes together (its concurrency); 1: one at a time
+    batch_wait_s: float = 0.02  # how long an idle replica waits after a first request for more
     max_ongoing_requests: int = 64  # requests in flight per router replica
     max_queued_requests: int = 32  # per deployment; past this a request gets HTTP 503
     cpus_per_replica: float = 0.5

@@ -222,6 +222,12 @@ def test_a_harmful_request_is_steered_by_the_guard_and_its_trace_says_why(servic
 
 def test_auth_readiness_models_metrics_and_the_audit_log(service):
     url, folder, client = service
+    _create(client, max_tokens=3)  # its own answered, streamed and guarded requests (a worker may run it first)
+    streamed = list(client.chat.completions.create(model="steerlab-router", messages=USER, stream=True, max_tokens=3))
+    guarded = client.chat.completions.create(model="steerlab-router", messages=[{"role": "user", "content": HARMFUL}],
+                                             max_tokens=3)
+    ANSWERED.extend([streamed[0].id, guarded.id])
+    GUARDED.append(guarded.id)
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
     for path in ("/v1/chat/completions", "/v1/models", "/ready", "/metrics"):

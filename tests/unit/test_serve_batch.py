@@ -128,3 +128,162 @@ def test_a_cancelled_row_stops_at_the_next_token_and_its_neighbours_answer_as_al
     assert len(steps) == 12  # the others ran to their budget
     stopped = answer_rows(expert, requests, RULES, folder, cancelled=lambda row: True)  # everyone left: one step
     assert all(t.completion_tokens == 0 and t.finish_reason is None for t in stopped)
+
+
+# Continuous batching: rows join a running batch and leave it at token boundaries (steer.serve.running).
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gemma"])
+def running_policy(request, tmp_path_factory):
+    """The policy's files for a tiny expert; tiny-gemma's sliding-window layers hold 15 columns, fewer than the
+    long prompt below."""
+    from experts.expert import Expert
+    from steer.rad.rewards import ExternalReward, RewardInfo
+
+    expert = Expert.load(request.param)
+    folder = tmp_path_factory.mktemp("running")
+    provenance = Provenance(expert=expert.name, fingerprint=expert.fingerprint)
+    SteeringVector({1: 3 * torch.ones(expert.d_model)}, provenance=provenance).save(folder / "gender.safetensors")
+    data, _ = load_labeled(_DATA / "sentiment_labeled.jsonl")
+    train_activation_reward(expert, data[:12], epochs=2).save(folder / "tone.safetensors")
+    other = Expert.load("tiny-gemma" if request.param == "tiny-llama" else "tiny-llama")
+    info = RewardInfo(expert=other.name, fingerprint=other.fingerprint, tokenizer=other.tokenizer_fingerprint,
+                      load_as=other.name)
+    ExternalReward(torch.randn(other.d_model, generator=torch.Generator().manual_seed(0)), 0.1, info,
+                   model=other).save(folder / "judge.safetensors")
+    return expert, folder
+
+
+RUNNING_RULES = [*RULES, Rule("hostile_tone", "reward", "judge.safetensors", 4.0, request_max=8.0)]
+
+
+def _mixed(expert):
+    long = expert.format_conversation([{"role": "user", "content": "Write a long reference letter for Kelly, a nurse "
+                                        "at the town hospital, for a post as head of the ward. " * 2}])
+    assert len(expert.encode(long)) > 40
+    return [RowRequest(long, (), GenerationSettings(max_new_tokens=30), (), 2),
+            *_requests(expert)[1:],
+            RowRequest(_requests(expert)[0].formatted, (), GenerationSettings(max_new_tokens=14, repetition_penalty=1.3,
+                                                                             no_repeat_ngram_size=2))]
+
+
+def _collect(requests, **gone):
+    from steer.serve.running import Joining
+
+    out = {i: [] for i in range(len(requests))}
+    joinings = [Joining(r, out[i].append, gone.get(f"r{i}", lambda: False)) for i, r in enumerate(requests)]
+    return out, joinings
+
+
+def test_rows_that_join_a_running_batch_midway_answer_as_alone(running_policy):
+    from experts.hooks import count_forward_hooks
+    from steer.serve.running import RunningBatch
+
+    expert, folder = running_policy
+    requests = _mixed(expert)
+    out, joinings = _collect(requests)
+    running = RunningBatch(expert, RUNNING_RULES, folder)
+    assert running.join(joinings[1:2]) == [] and len(running) == 1
+    for _ in range(3):
+        running.step()
+    running.join([joinings[0], joinings[2]])  # two rows join after the first has 4 tokens, one wider than it
+    running.step()
+    running.join(joinings[3:5])
+    while len(running):
+        if len(running) == 2 and not out[5]:
+            running.join(joinings[5:])
+        running.step()
+    assert count_forward_hooks(expert.model) == 0  # the batch emptied: nothing stays attached
+    alone = [answer_rows(expert, [r], RUNNING_RULES, folder)[0] for r in requests]
+    for i, answer in enumerate(alone):
+        deltas = out[i]
+        assert "".join(d.text for d in deltas) == answer.text and deltas[-1].finish_reason == answer.finish_reason
+        assert deltas[-1].completion_tokens == answer.completion_tokens
+        assert all(d.finish_reason is None for d in deltas[:-1])
+        logprobs = [e for d in deltas for e in d.logprobs]
+        assert [e["token"] for e in logprobs] == [e["token"] for e in answer.logprobs]
+        assert all(math.isclose(x["logprob"], y["logprob"], abs_tol=1e-4) for x, y in zip(logprobs, answer.logprobs))
+    assert max(d.batch_size for d in out[0]) >= 4  # they did share the batch
+
+
+def test_a_row_whose_caller_left_is_not_in_the_next_forward(running_policy):
+    from experts.hooks import hook_context
+    from steer.serve.running import Joining, RunningBatch
+
+    expert, folder = running_policy
+    requests = [RowRequest(r.formatted, r.adjustments, GenerationSettings(max_new_tokens=12))
+                for r in _requests(expert)[:3]]
+    gone, left = {1: False}, []
+    out, joinings = _collect(requests, r1=lambda: gone[1])
+    joinings[1] = Joining(joinings[1].request, joinings[1].emit, joinings[1].cancelled, lambda: left.append(1))
+    rows = []
+    running = RunningBatch(expert, RUNNING_RULES, folder)
+    count = (expert.hook_point("blocks.0.hook_resid_pre"), lambda h: rows.append(h.shape[0]))
+    with hook_context(expert.model, [count]):
+        running.join(joinings)
+        running.step()
+        gone[1] = True  # the caller leaves after two tokens
+        running.step()
+        assert rows == [3, 3, 2] and left == [1] and len(out[1]) == 2
+        while len(running):
+            running.step()
+    assert len(out[1]) == 2 and out[1][-1].finish_reason is None
+    alone = [answer_rows(expert, [r], RUNNING_RULES, folder)[0] for r in requests]
+    assert ["".join(d.text for d in out[i]) for i in (0, 2)] == [alone[i].text for i in (0, 2)]
+    never, forwards = _collect(requests[:1], r0=lambda: True), running.forwards
+    running.join(never[1])  # a caller gone before its row joined: its prompt never runs
+    assert len(running) == 0 and never[0][0] == [] and running.forwards == forwards
+
+
+def test_rows_that_leave_take_their_padding_with_them(running_policy):
+    from steer.serve.running import RunningBatch
+
+    expert, folder = running_policy
+    long, short = _mixed(expert)[0], _requests(expert)[0]
+    requests = [RowRequest(long.formatted, settings=GenerationSettings(max_new_tokens=2)),
+                RowRequest(short.formatted, settings=GenerationSettings(max_new_tokens=8))]
+    out, joinings = _collect(requests)
+    running = RunningBatch(expert, RUNNING_RULES, folder)
+    running.join(joinings)
+    wide = running.mask.shape[1]
+    running.step()  # the long row's budget ends: it leaves, and its columns with it
+    assert len(running) == 1 and running.mask.shape[1] < wide and bool(running.mask.all())
+    full = [layer for layer in running.cache.layers if not getattr(layer, "is_sliding", False)]
+    assert full and all(layer.keys.shape[2] == running.mask.shape[1] for layer in full)
+    while len(running):
+        running.step()
+    assert "".join(d.text for d in out[1]) == answer_rows(expert, requests[1:], RUNNING_RULES, folder)[0].text
+
+
+def test_a_row_with_non_finite_logits_fails_alone(running_policy):
+    from experts.errors import NonFiniteError
+    from experts.hooks import hook_context
+    from steer.serve.running import RunningBatch
+
+    expert, folder = running_policy
+    requests = [RowRequest(r.formatted, settings=GenerationSettings(max_new_tokens=5)) for r in _requests(expert)[:2]]
+    out, joinings = _collect(requests)
+    running = RunningBatch(expert, RUNNING_RULES, folder)
+    running.join(joinings)
+
+    def spoil(h):
+        h = h.clone()
+        h[1] = float("nan")
+        return h
+
+    with hook_context(expert.model, [(expert.hook_point("blocks.1.hook_resid_post"), spoil)]):
+        running.step()
+    assert isinstance(out[1][-1], NonFiniteError) and len(running) == 1
+    while len(running):
+        running.step()
+    assert "".join(d.text for d in out[0]) == answer_rows(expert, requests[:1], RUNNING_RULES, folder)[0].text
+
+
+def test_a_reward_that_follows_the_text_in_its_own_expert_is_not_joined(running_policy):
+    from steer.serve.running import RunningBatch
+
+    expert, folder = running_policy
+    judged = RowRequest(_requests(expert)[0].formatted, (Adjustment("reward", "judge.safetensors", 2.0, "request"),),
+                        GenerationSettings(max_new_tokens=3))
+    out, joinings = _collect([judged, _requests(expert)[1]])
+    running = RunningBatch(expert, RUNNING_RULES, folder)
+    assert running.join(joinings) == joinings[:1] and len(running) == 1 and out[0] == []
