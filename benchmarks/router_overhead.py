@@ -2,9 +2,10 @@
 the decision model) as a share of generating 64 tokens with the chosen expert (target ≤ 5%).
 Measured side by side per expert, on queries from the shipped task set. When the reader is the
 chosen expert, deciding and then answering from the reader's own prefill is also timed against
-answering alone.
+answering alone. First, batch reading (as evaluations and the guard's checks read, 16 queries a batch): the
+prompt format's head run once for the batch against whole prompts, and how far the readings differ.
 
-Run: python benchmarks/router_overhead.py [--router DIR] [--new-tokens 64]
+Run: python benchmarks/router_overhead.py [--router DIR] [--new-tokens 64] [--reading-only]
 """
 
 from __future__ import annotations
@@ -23,11 +24,15 @@ def main() -> None:
     parser.add_argument("--router", default=str(DEFAULT_ROUTER))
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--reading-only", action="store_true", help="only the batch reading comparison")
     args = parser.parse_args()
     quiet()
     print(f"machine: {machine()}")
     router = Router.load(args.router)
     reader = Expert.load(router.features.reader)
+    batch_reading(router, reader, args.repeats)
+    if args.reading_only:
+        return
     tasks = [t for t in task_set() if t.split == "test"]
     queries = [next(t.query for t in tasks if t.domain == d) for d in sorted({t.domain for t in tasks})]
     print(f"reader {reader.name} (sites: {', '.join(map(str, router.features.sites))}); "
@@ -49,6 +54,30 @@ def main() -> None:
             both = times["decide + answer (reused prefill)"]
             print(f"{'':<30} decide + answer from the reader's prefill {1000 * both / len(queries):8.1f} ms/query   "
                   f"overhead {both / times['generate'] - 1:+.2%} over answering alone")
+
+
+def batch_reading(router: Router, reader: Expert, repeats: int, n: int = 160) -> None:
+    """The first `n` task queries read in batches of 16, the shared head once per batch against whole prompts."""
+    from unittest import mock
+
+    from steer.router import features
+
+    queries = [t.query for t in task_set()][:n]
+    readings: dict[str, object] = {}
+
+    def reading(name: str, shared: bool):
+        def run() -> None:
+            with mock.patch.object(features, "_shared_head", features._shared_head if shared else lambda *a: 0):
+                readings[name] = features.read(reader, queries, router.features.sites).activations
+        return run
+
+    times = interleaved({"shared head": reading("shared head", True), "whole prompts": reading("whole", False)}, repeats)
+    shared, whole = readings["shared head"], readings["whole"]
+    same = sum(a == b for a, b in zip(router.choose(shared), router.choose(whole)))
+    print(f"batch reading, {n} task queries, 16 a batch: shared head {times['shared head']:.2f} s, whole prompts "
+          f"{times['whole prompts']:.2f} s: {times['whole prompts'] / times['shared head']:.2f}x; readings differ by "
+          f"at most {float((shared - whole).abs().max() / whole.abs().max()):.1e} (relative), same choice "
+          f"{same}/{n}")
 
 
 def _decide_and_answer(router: Router, reader: Expert, query: str, new_tokens: int) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +29,7 @@ from experts.capture import StopForward
 from experts.errors import EmptyPromptsError, SteerlabError
 from experts.files import atomic_path
 from experts.generate import DecodeState, Prefill, publish_state
-from experts.hooks import hook_context
+from experts.hooks import count_forward_hooks, hook_context
 from steer.errors import BadVectorFileError
 
 if TYPE_CHECKING:
@@ -97,6 +97,25 @@ def _keep(seen: dict[int, Tensor], layer: int, h: Tensor, stop: bool) -> None:
         raise StopForward
 
 
+def _shared_head(rows: Sequence[list[int]], most: int, n_after: int) -> int:
+    """How many leading tokens every row of a batch shares, up to `most`; 0 for a lone row or when a row's query
+    would be empty (its reading then falls back to the whole prompt)."""
+    if len(rows) < 2 or not most or min(map(len, rows)) <= most + n_after:
+        return 0
+    return next((i for i in range(most) if any(r[i] != rows[0][i] for r in rows)), most)
+
+
+def _run_head(reader: Expert, head: list[int], cache: DynamicCache, last_layer: int) -> None:
+    """The shared head's forward, once, into `cache`, up to the highest layer read."""
+    stop = (reader.hook_point(hook_name(last_layer)), partial(_keep, {}, last_layer, stop=True))
+    with hook_context(reader.model, [stop]):
+        try:
+            reader.model(input_ids=torch.tensor([head]), position_ids=torch.arange(len(head))[None], cache=cache,
+                         use_cache=True, logits_to_keep=1)
+        except StopForward:
+            pass
+
+
 @torch.inference_mode()
 def read(reader: Expert, queries: Sequence[str], where: int | Site | Sequence[Site], batch_size: int = 16,
          keep_prefill: bool = False, progress: bool = False) -> Reading:
@@ -127,23 +146,33 @@ def read(reader: Expert, queries: Sequence[str], where: int | Site | Sequence[Si
         encoded.append(ids)
     pooled: list[Tensor] = []
     prefill = None
+    # the prompt format's head, when the batch shares it, runs once (no query token is in it, so none is pooled from
+    # it); not when the forward must run whole (keep_prefill) or other hooks (steering) might treat rows apart
+    shareable = 0 if keep_prefill or count_forward_hooks(reader.model) else n_before
     for start in tqdm(range(0, len(encoded), batch_size), desc=f"reading ({reader.name})", disable=not progress):
-        batch = reader.pad(encoded[start : start + batch_size])
+        rows = encoded[start : start + batch_size]
+        head = _shared_head(rows, shareable, n_after)
         seen: dict[int, Tensor] = {}
-        cache = DynamicCache(config=reader.model.config) if keep_prefill else None
+        cache = DynamicCache(config=reader.model.config) if keep_prefill or head else None
+        if head:
+            _run_head(reader, rows[0][:head], cache, layers[-1])
+            cache.batch_repeat_interleave(len(rows))
+        batch = reader.pad([ids[head:] for ids in rows])
+        mask = torch.cat([batch.attention_mask.new_ones(len(rows), head), batch.attention_mask], dim=1)
+        positions = batch.position_ids + head
+        lengths = mask.sum(-1, keepdim=True)
         out = None
         hooks = [(reader.hook_point(hook_name(layer)),
                   partial(_keep, seen, layer, stop=not keep_prefill and layer == layers[-1])) for layer in layers]
-        with hook_context(reader.model, hooks):
-            with publish_state(DecodeState.for_batch(batch.attention_mask, input_ids=batch.input_ids)):
-                try:
-                    out = reader.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                       position_ids=batch.position_ids, cache=cache, use_cache=keep_prefill,
-                                       logits_to_keep=1)
-                except StopForward:  # the layers above the reading layer are not needed
-                    pass
-        lengths = batch.attention_mask.sum(-1, keepdim=True)
-        positions = batch.position_ids
+        whole = DecodeState.for_batch(mask, input_ids=batch.input_ids)  # this forward's columns: those after the head
+        state = replace(whole, position_ids=whole.position_ids[:, head:], valid=whole.valid[:, head:],
+                        all_valid=bool(whole.valid[:, head:].all()))
+        with hook_context(reader.model, hooks), publish_state(state):
+            try:
+                out = reader.model(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                                   use_cache=cache is not None, logits_to_keep=1)
+            except StopForward:  # the layers above the reading layer are not needed
+                pass
         keep = batch.attention_mask.bool() & (positions >= max(n_before, 1)) & (positions < lengths - n_after)
         empty = keep.sum(-1) == 0
         keep[empty] = batch.attention_mask.bool()[empty] & (positions[empty] > 0)  # no query span found: all but position 0

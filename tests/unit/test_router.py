@@ -63,6 +63,30 @@ def test_reader_pools_over_the_query_in_its_prompt_format_and_flags_truncation(t
         read(tiny_llama, ["  "], 1)
 
 
+def test_a_batch_reads_its_shared_prompt_head_once_and_the_same_as_whole(tiny_llama, monkeypatch):
+    """The chat template's head, shared by a batch, runs once: the readings equal whole-prompt ones (to float
+    rounding); a lone query, a forward kept for answering, and a reader with hooks attached read whole prompts."""
+    from experts.hooks import hook_context
+    from steer.router import features
+
+    queries = ["Kelly writes code", "a much longer query about the weather in Paris", "x"]
+    sites = [Site(1), Site(1, "last"), Site(0)]
+    heads, run_head = [], features._run_head
+    monkeypatch.setattr(features, "_run_head", lambda reader, head, *rest: (heads.append(len(head)),
+                                                                             run_head(reader, head, *rest)))
+    shared = read(tiny_llama, queries, sites).activations
+    n_before, _ = features._query_span(tiny_llama)
+    assert heads == [n_before] and n_before > 0
+    with monkeypatch.context() as whole:
+        whole.setattr(features, "_shared_head", lambda *a: 0)
+        torch.testing.assert_close(shared, read(tiny_llama, queries, sites).activations, atol=1e-5, rtol=1e-5)
+    read(tiny_llama, queries[:1], sites)
+    read(tiny_llama, queries[:2], sites, keep_prefill=True)
+    with hook_context(tiny_llama.model, [(tiny_llama.hook_point("blocks.0.hook_resid_post"), lambda h: None)]):
+        read(tiny_llama, queries, sites)
+    assert heads == [n_before]
+
+
 def test_the_reader_answers_from_its_own_prefill(tiny_llama):
     from experts.generate import GenerationSettings
 
