@@ -1,6 +1,8 @@
 """Letters per second of the audit's generation at batch 1, 4 and 16, decoding exactly (float32) and packed
 (steerlab's default on a CPU, `experts.packed`), interleaved, medians. Same prompts (the medium audit's template
-prompts), greedy, fixed letter length; batch 1 writes the first 4 letters, batches 4 and 16 all of them.
+prompts), greedy, fixed letter length; batch 1 writes the first 4 letters, batches 4 and 16 all of them. Then
+what sharing the prompts' common prefix could gain: the prompts' forward as a share of a batch of 16 (exact), and
+the share of a prompt that the batch's common prefix is.
 
 Run: python benchmarks/audit_throughput.py [--expert NAME] [--new-tokens N] [--letters 16] [--repeats 3]
 """
@@ -47,6 +49,27 @@ def main() -> None:
     for bs, rows in batches.items():
         exact, packed = (len(rows) / seconds[(mode, bs)] for mode in ("exact", "packed"))
         print(f"{bs:>5} {exact:>16.2f} {packed:>17.2f} {packed / exact:>15.2f}")
+    prefix_bound(experts["exact"], texts, seconds[("exact", 16)], args.repeats)
+
+
+def prefix_bound(expert: Expert, texts: list[str], batch_s: float, repeats: int) -> None:
+    """The most that computing the batch's common prompt prefix once could save: prefill share x prefix share."""
+    import torch
+
+    ids = [expert.encode(t) for t in texts]
+    common = next((i for i in range(min(map(len, ids))) if any(r[i] != ids[0][i] for r in ids)), min(map(len, ids)))
+    batch = expert.tokenize(texts)
+
+    def prefill() -> None:
+        with torch.inference_mode():
+            expert.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids, logits_to_keep=1)
+
+    forward = interleaved({"prefill": prefill}, repeats)["prefill"]
+    share, prefix = forward / batch_s, common / (sum(map(len, ids)) / len(ids))
+    print(f"shared prefix: {common} tokens of {min(map(len, ids))}-{max(map(len, ids))} ({prefix:.0%} of a prompt); "
+          f"the prompts' forward {forward:.2f} s of a {batch_s:.2f} s batch of {len(texts)} ({share:.1%}): sharing "
+          f"the prefix could save at most {share * prefix:.1%}")
 
 
 if __name__ == "__main__":
