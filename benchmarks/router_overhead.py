@@ -71,7 +71,8 @@ def batch_reading(router: Router, reader: Expert, repeats: int, n: int = 160) ->
                 readings[name] = features.read(reader, queries, router.features.sites).activations
         return run
 
-    times = interleaved({"shared head": reading("shared head", True), "whole prompts": reading("whole", False)}, repeats)
+    runs = {"shared head": reading("shared head", True), "whole prompts": reading("whole", False)}
+    times = interleaved(runs, repeats)
     shared, whole = readings["shared head"], readings["whole"]
     same = sum(a == b for a, b in zip(router.choose(shared), router.choose(whole)))
     print(f"batch reading, {n} task queries, 16 a batch: shared head {times['shared head']:.2f} s, whole prompts "
