@@ -2,14 +2,15 @@
 
 A `RunningBatch` decodes the rows it holds one token per `step()`. Rows `join()` between two steps: their
 prompts' forward runs on its own (with their own steering), their first token comes from it, and their KV cache
-joins the batch's (`experts.kv`). A row leaves as soon as it finishes or its caller has gone (asked before every
-step, so a cancelled row never costs another token), and the columns no remaining row needs are cut. Every row
-keeps its own steering strengths, reward β, seed, sampling settings, repetition penalty, budget, stop strings and
+joins the batch's (`experts.kv`). A row leaves as soon as it finishes, or before the next forward once its caller
+has gone (asked before every step), and the columns no remaining row needs are cut. Every row keeps its own
+steering strengths, reward β, seed, sampling settings, repetition penalty, budget, stop strings and
 log-probabilities (`steer.serve.batch`), so a short request never waits for a long one to end, and a row's answer
-is the one it gets alone, up to the float rounding of padding.
+is the one it gets alone, up to float rounding (padding; the packed kernel's, which depends on the batch).
 
 Rewards that follow the generated text in a reward expert of their own (`external`) keep per-step state that
-rows joining would break; `needs_own_batch` tells the caller to answer such requests with `answer_rows`.
+rows joining would break, and this loop does not end rows at paragraphs (`end_at_paragraph_after`):
+`needs_own_batch` tells the caller to answer such requests with `answer_rows`.
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ class _Live:
 
 def needs_own_batch(request: RowRequest, rules: Sequence[Rule], folder: Path, expert: Expert,
                     loaded: dict[str, Any]) -> bool:
-    """Whether `request` uses a reward that follows the text in its own reward expert (no joining mid-way)."""
+    """Whether `request` uses a reward that follows the text in its own reward expert (no joining mid-way) or ends
+    at a paragraph."""
+    if request.settings.end_at_paragraph_after > 0:
+        return True
     return any(isinstance(load_control(a.kind, a.file, folder, expert, loaded), ExternalReward)
                for a in request.adjustments if a.kind != "steer")
 

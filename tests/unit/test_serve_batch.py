@@ -278,12 +278,13 @@ def test_a_row_with_non_finite_logits_fails_alone(running_policy):
     assert "".join(d.text for d in out[0]) == answer_rows(expert, requests[:1], RUNNING_RULES, folder)[0].text
 
 
-def test_a_reward_that_follows_the_text_in_its_own_expert_is_not_joined(running_policy):
+def test_a_reward_that_follows_the_text_in_its_own_expert_or_a_paragraph_end_is_not_joined(running_policy):
     from steer.serve.running import RunningBatch
 
     expert, folder = running_policy
     judged = RowRequest(_requests(expert)[0].formatted, (Adjustment("reward", "judge.safetensors", 2.0, "request"),),
                         GenerationSettings(max_new_tokens=3))
-    out, joinings = _collect([judged, _requests(expert)[1]])
+    paragraph = RowRequest(judged.formatted, settings=GenerationSettings(max_new_tokens=9, end_at_paragraph_after=3))
+    out, joinings = _collect([judged, _requests(expert)[1], paragraph])
     running = RunningBatch(expert, RUNNING_RULES, folder)
-    assert running.join(joinings) == joinings[:1] and len(running) == 1 and out[0] == []
+    assert running.join(joinings) == [joinings[0], joinings[2]] and len(running) == 1 and out[0] == out[2] == []
