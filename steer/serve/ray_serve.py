@@ -11,6 +11,7 @@ an OpenAI-style chat completion (or its stream of chunks) with the decision trac
 import asyncio
 import tempfile
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,8 +89,8 @@ class ExpertService:
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
         self.waiting: asyncio.Queue | None = None  # the `_Asked` not yet in the running batch
         self.batcher: asyncio.Task | None = None
-        self.freed_s: list[float] = []  # the last requests whose callers left: seconds until their rows left the batch
-        self.step_s: list[float] = []  # the last decode steps' seconds
+        self.freed_s: deque[float] = deque(maxlen=1000)  # for the last callers who left: seconds until their row left
+        self.step_s: deque[float] = deque(maxlen=1000)  # the last decode steps' seconds
 
     async def ready(self) -> str:
         """Answers once this replica has loaded its expert (a replica takes calls only after its constructor)."""
@@ -151,7 +152,7 @@ class ExpertService:
                              GenerationSettings(**job["settings"]), tuple(job["stops"]), job["top_logprobs"])
 
         def left() -> None:
-            self.freed_s = [*self.freed_s[-999:], time.perf_counter() - asked.gone_at]
+            self.freed_s.append(time.perf_counter() - asked.gone_at)
 
         return Joining(request, asked.send, lambda: asked.gone_at is not None, left)
 
@@ -198,7 +199,7 @@ class ExpertService:
                         row.joining.emit(error)
                     running.close()
                     running = RunningBatch(self.expert, self.rules, self.folder, top_k=self.top_k, loaded=self.loaded)
-                self.step_s = [*self.step_s[-999:], time.perf_counter() - started]
+                self.step_s.append(time.perf_counter() - started)
 
 
 app = FastAPI(title="steerlab router", description="OpenAI-style chat completions, routed by activation features")

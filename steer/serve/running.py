@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +107,10 @@ class RunningBatch:
             batch = self.expert.tokenize([j.request.formatted for j in joining])
             live = [_Live(self.expert, j, int(n)) for j, n in zip(joining, batch.attention_mask.sum(-1).tolist())]
             cache, mask = DynamicCache(config=self.expert.model.config), batch.attention_mask
-            state = DecodeState(0, batch.position_ids, mask.bool(), mask.sum(-1), all_valid=bool(mask.all()),
-                                past=cache, attention_mask=mask, input_ids=batch.input_ids,
-                                rows=torch.arange(len(live), device=mask.device), n_prompts=len(live))
+            state = replace(DecodeState.for_batch(mask, input_ids=batch.input_ids), past=cache, attention_mask=mask)
             with adjusted(self.expert, [j.request for j in joining], self.rules, self.folder, top_k=self.top_k,
                           loaded=self.loaded) as hook:
-                kept = self._advance(live, state, hook, batch.input_ids, batch.position_ids)
+                kept = self._advance(live, state, hook)
             if kept:
                 mask = keep_rows(cache, mask, torch.tensor(kept, device=mask.device)) if len(kept) < len(live) else mask
                 if self.rows:
@@ -144,14 +142,14 @@ class RunningBatch:
                             past=self.cache, attention_mask=self.mask, input_ids=inputs,
                             rows=torch.arange(len(self.rows), device=device), n_prompts=len(self.rows))
         with packed_decoding(packs_batch(len(self.rows))):
-            kept = self._advance(self.rows, state, self._hook, inputs, positions)
+            kept = self._advance(self.rows, state, self._hook)
         self._leave([i for i in range(len(self.rows)) if i not in set(kept)])
 
-    def _advance(self, live: list[_Live], state: DecodeState, hook, inputs: Tensor, positions: Tensor) -> list[int]:
-        """The forward over `inputs`, each row's next token, its delta emitted; returns the rows that go on."""
+    def _advance(self, live: list[_Live], state: DecodeState, hook) -> list[int]:
+        """The forward `state` describes, each row's next token, its delta emitted; returns the rows that go on."""
         with publish_state(state):
-            out = self.expert.model(input_ids=inputs, attention_mask=state.attention_mask, position_ids=positions,
-                                    cache=state.past, use_cache=True, logits_to_keep=1)
+            out = self.expert.model(input_ids=state.input_ids, attention_mask=state.attention_mask,
+                                    position_ids=state.position_ids, cache=state.past, use_cache=True, logits_to_keep=1)
             self.forwards += 1
             logits = out.logits[:, -1, :]
             finite = torch.isfinite(logits).all(-1).tolist()
@@ -196,7 +194,6 @@ class RunningBatch:
     def _leave(self, leaving: list[int]) -> None:
         if not leaving:
             return
-        self.close()
         keep = [i for i in range(len(self.rows)) if i not in set(leaving)]
         self.rows = [self.rows[i] for i in keep]
         if self.rows:
