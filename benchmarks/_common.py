@@ -21,7 +21,9 @@ def quiet() -> None:
 
 def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {gpu}"
+    isa = torch.backends.cpu.get_cpu_capability()  # the vector instructions torch's CPU kernels use: AVX2, AVX512
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} ({isa}), {os.cpu_count()} cores, torch {torch.__version__}, {gpu}"
 
 
 def hf_generate(expert, batch, new_tokens: int) -> None:

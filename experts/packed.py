@@ -1,14 +1,17 @@
-"""Packed weights for fast CPU decoding: the linears of an expert whose GGUF stores them in 4 bits run in PyTorch's
-int4 weight-only kernel while tokens are generated, and every other computation stays as it was.
+"""Packed weights for fast CPU decoding: the linears of an expert whose GGUF stores them in 4 or 8 bits run in
+PyTorch's int4 weight-only kernel while tokens are generated, and every other computation stays as it was.
 
 A packaged expert's weights are quantized: SmolLM2's block linears are Q4_1, i.e. 16 levels per block of 32 values
-with a scale and an offset. `pack_linears` finds each `nn.Linear` whose float32 weight is exactly such a 4-bit
-affine code per group of 32 (checked value by value, so nothing is approximated by choice), packs it for
-`aten._weight_int4pack_mm_for_cpu`, and keeps the float32 weight where it was (reading, capture, the bridge and
-training all use it). Inside `packed_decoding()` a packed linear computes with the packed weight: a quarter of
-the memory traffic of float32, which bounds a small expert's decoding on a CPU. The generation loop enters it for
-every step after the prompts' forward of a batch of at most `MAX_PACKED_ROWS` rows: with more rows the kernel's
-arithmetic costs more than float32's and the batch decodes exactly, so a prompt's text may differ between a small
+with a scale and an offset, and its lm_head (the tied embedding) is Q8_0, 255 levels symmetric about zero with a
+scale per block of 32. `pack_linears` finds each `nn.Linear` whose float32 weight is exactly such a 4-bit affine
+code per group of 32, or exactly such an 8-bit symmetric code (checked value by value, so nothing is approximated
+by choice), and packs it for `aten._weight_int4pack_mm_for_cpu`: an 8-bit code as two 4-bit codes, its high and
+low nibbles, over the input repeated twice (w = d · (16·high + low - 128), exact but for the kernel's bfloat16
+scales). It keeps the float32 weight where it was (reading, capture, the bridge and training all use it). Inside
+`packed_decoding()` a packed linear computes with the packed weight: a quarter of the memory traffic of float32
+(half for an 8-bit code), which bounds a small expert's decoding on a CPU. The generation loop enters it for
+every step after the prompts' forward of a batch of at most `MAX_PACKED_ROWS` rows: with more rows the kernel
+gains little or loses against float32 and the batch decodes exactly, so a prompt's text may differ between a small
 and a large batch (within a batch all rows decode alike). `exact_decoding()` pins exact decoding for a block.
 The kernel takes bfloat16 inputs, scales and offsets and accumulates in float32, so the numerics are those of a
 bfloat16 matmul; `benchmarks/RESULTS.md` states the change in outputs.
@@ -89,7 +92,8 @@ class Int4Code:
     """A weight as a 4-bit affine code per group of `GROUP` inputs: w = scale · (q - 8) + offset."""
 
     packed: Tensor  # the kernel's layout of q
-    scales_and_offsets: Tensor  # (in_features / GROUP, out_features, 2), bfloat16
+    scales_and_offsets: Tensor  # (repeats · in_features / GROUP, out_features, 2), bfloat16
+    repeats: int = 1  # 2: an 8-bit code, its high nibbles over the input's first copy and its low over the second
 
 
 def _on_grid(groups: Tensor, low: Tensor, step: Tensor, code: Tensor) -> Tensor:
@@ -133,12 +137,53 @@ def int4_code(weight: Tensor) -> Int4Code | None:
     q = code.to(torch.int32).reshape(out_features, in_features)
     step = step.reshape(out_features, in_features // GROUP)
     offsets = low.reshape(out_features, in_features // GROUP) + 8 * step  # the kernel's form: scale · (q - 8) + offset
-    scales_and_offsets = torch.stack([step.T, offsets.T], dim=-1).contiguous().to(torch.bfloat16)
-    return Int4Code(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1), scales_and_offsets)
+    return _kernel_code(q, step, offsets)
+
+
+def _kernel_code(q: Tensor, scales: Tensor, offsets: Tensor, repeats: int = 1) -> Int4Code:
+    """Pack codes q (out, in) in 0..15 with per-group `scales` and `offsets` (out, in / GROUP) for the kernel."""
+    scales_and_offsets = torch.stack([scales.T, offsets.T], dim=-1).contiguous().to(torch.bfloat16)
+    return Int4Code(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1), scales_and_offsets, repeats)
+
+
+def _symmetric(groups: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """Per group (rows of `groups`): the scale d = largest |w| / 127, the codes round(w / d), and whether every
+    group is exactly d · code."""
+    scale = groups.abs().amax(-1, keepdim=True) / 127
+    scale[scale == 0] = 1.0  # a zero group is code 0
+    code = (groups / scale).round_()
+    error = (code * scale).sub_(groups).abs_()
+    return scale, code, bool((error <= 1e-4 * scale + 1e-6 * groups.abs()).all())
+
+
+def int8_code(weight: Tensor) -> Int4Code | None:
+    """The exact 8-bit symmetric code of `weight` (out, in) per group of 32 inputs (Q8_0's: w = d · q, q in
+    -127..127, d = the group's largest |w| / 127) split into two 4-bit codes, or None when it has none."""
+    out_features, in_features = weight.shape
+    if weight.dtype != torch.float32 or in_features % GROUP or out_features % 8:
+        return None
+    groups = weight.reshape(-1, GROUP)
+    if not _symmetric(groups[:: max(1, len(groups) // SAMPLE_GROUPS)])[2]:
+        return None
+    scale, code, fits = _symmetric(groups)
+    if not fits:
+        return None
+    unsigned = code.add_(128).to(torch.int32).reshape(out_features, in_features)  # 1..255
+    high, low = unsigned // 16, unsigned % 16  # w = d·(16·high + low - 128) = 16d·(high - 8) + d·(low - 8) + 8d
+    d = scale.reshape(out_features, in_features // GROUP)
+    q = torch.cat([high, low], dim=1)
+    return _kernel_code(q, torch.cat([16 * d, d], dim=1), torch.cat([torch.zeros_like(d), 8 * d], dim=1), 2)
+
+
+try:  # the overload itself: no overload resolution per call on the decode path
+    _INT4_MM = torch.ops.aten._weight_int4pack_mm_for_cpu.default
+except AttributeError:  # a build without the kernel: `kernel_works()` is False and nothing is packed
+    _INT4_MM = None
 
 
 class PackedLinear(nn.Linear):
-    """An `nn.Linear` that also holds its weight's 4-bit code (see the module docstring); made by `pack_linears`."""
+    """An `nn.Linear` that also holds its weight's code (4-bit, or 8-bit as two 4-bit codes; see the module
+    docstring); made by `pack_linears`."""
 
     code: Int4Code
     _packed_from: weakref.ref  # the weight the code was made from (a weak reference: no second parameter)
@@ -150,22 +195,22 @@ class PackedLinear(nn.Linear):
         self._packed_version = self.weight._version
 
     def uses_code(self, x: Tensor) -> bool:
-        return (
-            _PACKED_ON.get()
-            and x.dtype == torch.float32
-            and x.device.type == "cpu"
-            and not torch.is_grad_enabled()
-            and self._packed_from() is self.weight
-            and self.weight._version == self._packed_version
-        )
+        if not (_PACKED_ON.get() and x.dtype == torch.float32 and x.is_cpu and not torch.is_grad_enabled()):
+            return False
+        weight = self._parameters["weight"]  # not `self.weight`: Module.__getattr__ costs on the decode path
+        return self._packed_from() is weight and weight._version == self._packed_version
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.uses_code(x):
             return F.linear(x, self.weight, self.bias)
+        code = self.code
         rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.code.packed, GROUP, self.code.scales_and_offsets)
-        y = y.to(torch.float32).reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
+        if code.repeats > 1:
+            rows = rows.repeat(1, code.repeats)
+        y = _INT4_MM(rows, code.packed, GROUP, code.scales_and_offsets).to(torch.float32)
+        y = y.view(*x.shape[:-1], self.out_features)
+        bias = self._parameters["bias"]
+        return y if bias is None else y + bias
 
 
 @dataclass(frozen=True)
@@ -207,7 +252,7 @@ def unpacked(model: nn.Module, reason: str) -> PackingReport:
 
 
 def pack_linears(model: nn.Module) -> PackingReport:
-    """Give every linear of `model` with an exact 4-bit code that code (in place: it becomes a `PackedLinear`)."""
+    """Give every linear of `model` with an exact 4- or 8-bit code that code (in place: it becomes a `PackedLinear`)."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     total = sum(m.weight.numel() for m in linears)
     if not linears:
@@ -220,11 +265,12 @@ def pack_linears(model: nn.Module) -> PackingReport:
         return unpacked(model, "no int4 CPU kernel in this torch build")
     packed = []
     for module in linears:
-        code = int4_code(module.weight.detach())
+        weight = module.weight.detach()
+        code = int4_code(weight) or int8_code(weight)
         if code is not None:
             module.__class__ = PackedLinear
             module.attach(code)
             packed.append(module)
     if not packed:
-        return unpacked(model, "no linear holds 4-bit weights")
+        return unpacked(model, "no linear holds 4- or 8-bit weights")
     return PackingReport("packed", len(packed), len(linears), sum(m.weight.numel() for m in packed) / total)

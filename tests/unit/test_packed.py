@@ -9,7 +9,15 @@ from experts import packed
 from experts.errors import SteerlabError
 from experts.expert import Expert
 from experts.hooks import count_forward_hooks
-from experts.packed import GROUP, PackedLinear, int4_code, pack_linears, packed_decoding, resolve_decoding
+from experts.packed import (
+    GROUP,
+    PackedLinear,
+    int4_code,
+    int8_code,
+    pack_linears,
+    packed_decoding,
+    resolve_decoding,
+)
 from steer.vectors.apply import Steering, apply
 from steer.vectors.vector import Provenance, SteeringVector
 
@@ -34,15 +42,22 @@ def quantized(weight):
     return (((groups - low) / step).round() * step + low).reshape(weight.shape)
 
 
+def eight_bit(weight):
+    """`weight` rounded to Q8_0's code: d · q per group of 32 inputs, d = the group's largest |w| / 127, q whole."""
+    groups = weight.reshape(-1, GROUP)
+    scale = groups.abs().amax(-1, keepdim=True) / 127
+    return ((groups / scale).round() * scale).reshape(weight.shape)
+
+
 @pytest.fixture
 def packed_tiny() -> Expert:
-    """tiny-llama with every block linear quantized to 4 bits, then packed (lm_head, the tied embedding, stays
-    float32)."""
+    """tiny-llama with every block linear quantized to 4 bits and lm_head (the tied embedding) to 8, then packed:
+    SmolLM2's GGUF formats, Q4_1 and Q8_0."""
     expert = Expert.load("tiny-llama", decoding="exact")
     with torch.no_grad():
         for name, module in expert.model.named_modules():
-            if isinstance(module, torch.nn.Linear) and name != "lm_head":
-                module.weight.copy_(quantized(module.weight))
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(eight_bit(module.weight) if name == "lm_head" else quantized(module.weight))
     expert.packing = pack_linears(expert.model)
     return expert
 
@@ -66,19 +81,43 @@ def test_an_exact_4_bit_code_is_found_and_computes_like_bfloat16():
     torch.testing.assert_close(got.float(), reference, atol=0.05, rtol=0.02)
 
 
-def test_weights_without_a_4_bit_code_are_left_alone():
+def test_an_exact_8_bit_code_is_split_in_two_4_bit_codes_that_compute_like_bfloat16():
+    generator = torch.Generator().manual_seed(3)
+    weight = eight_bit(torch.randn(64, 96, generator=generator))
+    weight[9, :GROUP] = 0.0  # a zero group
+    assert int4_code(weight) is None
+    code = int8_code(weight)
+    assert code is not None and code.repeats == 2
+    x = torch.randn(5, 96, generator=generator)
+    got = torch.ops.aten._weight_int4pack_mm_for_cpu(x.bfloat16().repeat(1, 2), code.packed, GROUP,
+                                                     code.scales_and_offsets)
+    reference = x.bfloat16().float() @ weight.T
+    torch.testing.assert_close(got.float(), reference, atol=0.05, rtol=0.02)
+    linear = torch.nn.Linear(96, 64, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        assert pack_linears(linear).packed_linears == 1 and isinstance(linear, PackedLinear)
+        with packed_decoding():
+            torch.testing.assert_close(linear(x), reference, atol=0.05, rtol=0.02)
+        assert torch.equal(linear(x), x @ weight.T)  # outside decoding: float32
+
+
+def test_weights_without_a_4_or_8_bit_code_are_left_alone():
     generator = torch.Generator().manual_seed(2)
     assert int4_code(four_bit((64, 96), generator, levels=32)) is None  # 5 bits
     assert int4_code(torch.randn(64, 96, generator=generator)) is None  # float
     assert int4_code(four_bit((64, 96), generator)[:, :80].contiguous()) is None  # 80 inputs: not whole groups of 32
     assert int4_code(four_bit((64, 96), generator).double()) is None
+    assert int8_code(four_bit((64, 96), generator)) is None  # an offset grid is not symmetric about zero
+    assert int8_code(torch.randn(64, 96, generator=generator)) is None
+    assert int8_code(eight_bit(torch.randn(64, 96, generator=generator)) * 1.001 + 1e-3) is None
 
 
 def test_packing_is_reported_and_outside_decoding_nothing_changes(packed_tiny):
     report = packed_tiny.packing
     linears = sum(isinstance(m, torch.nn.Linear) for m in packed_tiny.model.modules())
-    assert report.decoding == "packed" and report.packed_linears == linears - 1 and 0 < report.packed_share < 1
-    assert packed_tiny.info()["decoding"]["packed_linears"] == linears - 1
+    assert report.decoding == "packed" and report.packed_linears == linears and report.packed_share == 1
+    assert packed_tiny.info()["decoding"]["packed_linears"] == linears
     batch = packed_tiny.tokenize(PROMPTS)
     with torch.no_grad():
         packed_logits = packed_tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -161,7 +200,7 @@ def test_an_edited_or_replaced_weight_is_never_decoded_from_a_stale_pack(packed_
 def test_defaults_and_choices(monkeypatch, tiny_llama):
     assert tiny_llama.packing.decoding == "exact"  # a tiny expert is not a packaged one: "auto" leaves it
     report = Expert.load("tiny-llama", decoding="packed").packing
-    assert report.decoding == "exact" and report.reason == "no linear holds 4-bit weights"
+    assert report.decoding == "exact" and report.reason == "no linear holds 4- or 8-bit weights"
     assert resolve_decoding(None) == "auto"
     assert common.DECODINGS == packed.DECODINGS
     monkeypatch.setenv(packed.DECODING_ENV, "exact")
