@@ -81,7 +81,7 @@ def test_an_exact_4_bit_code_is_found_and_computes_like_bfloat16():
     torch.testing.assert_close(got.float(), reference, atol=0.05, rtol=0.02)
 
 
-def test_an_exact_8_bit_code_is_split_in_two_4_bit_codes_that_compute_like_bfloat16():
+def test_an_exact_8_bit_code_is_split_in_two_4_bit_codes_that_compute_like_bfloat16(monkeypatch):
     generator = torch.Generator().manual_seed(3)
     weight = eight_bit(torch.randn(64, 96, generator=generator))
     weight[9, :GROUP] = 0.0  # a zero group
@@ -93,6 +93,9 @@ def test_an_exact_8_bit_code_is_split_in_two_4_bit_codes_that_compute_like_bfloa
                                                      code.scales_and_offsets)
     reference = x.bfloat16().float() @ weight.T
     torch.testing.assert_close(got.float(), reference, atol=0.05, rtol=0.02)
+    monkeypatch.setattr(packed, "CHUNK_ROWS", 24)  # worked on in chunks of rows (the last one shorter): the same code
+    chunked = int8_code(weight)
+    assert torch.equal(chunked.packed, code.packed) and torch.equal(chunked.scales_and_offsets, code.scales_and_offsets)
     linear = torch.nn.Linear(96, 64, bias=False)
     with torch.no_grad():
         linear.weight.copy_(weight)
