@@ -97,9 +97,9 @@ class Int4Code:
     repeats: int = 1  # 2: an 8-bit code, its high nibbles over the input's first copy and its low over the second
 
 
-def _on_grid(groups: Tensor, low: Tensor, step: Tensor, code: Tensor) -> Tensor:
-    error = (code * step + low - groups).abs_()
-    return (error <= 1e-4 * step + 1e-6 * groups.abs()).all(-1)
+def _on_grid(groups: Tensor, low: Tensor | float, step: Tensor, code: Tensor) -> Tensor:
+    error = (code * step).add_(low).sub_(groups).abs_()  # in place: no full-size temporaries but two
+    return (error <= groups.abs().mul_(1e-6).add_(1e-4 * step)).all(-1)
 
 
 def _grid(groups: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -122,12 +122,18 @@ def _grid(groups: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return low, step, code, fits
 
 
+def _suits_kernel(weight: Tensor) -> bool:
+    """A float32 weight (out, in) whose inputs are whole groups of 32 and outputs a multiple of 8."""
+    out_features, in_features = weight.shape
+    return weight.dtype == torch.float32 and not in_features % GROUP and not out_features % 8
+
+
 def int4_code(weight: Tensor) -> Int4Code | None:
     """The exact 4-bit code of `weight` (out, in) per group of 32 inputs, or None when it has none (a value off its
     group's grid of 16 evenly spaced levels, beyond float32 rounding) or its shape does not suit the kernel."""
-    out_features, in_features = weight.shape
-    if weight.dtype != torch.float32 or in_features % GROUP or out_features % 8:
+    if not _suits_kernel(weight):
         return None
+    out_features, in_features = weight.shape
     groups = weight.reshape(-1, GROUP)
     sample = groups[:: max(1, len(groups) // SAMPLE_GROUPS)]
     if not bool(_grid(sample)[3].all()):
@@ -149,21 +155,20 @@ def _kernel_code(q: Tensor, scales: Tensor, offsets: Tensor, repeats: int = 1) -
 
 def _symmetric(groups: Tensor) -> tuple[Tensor, Tensor, bool]:
     """Per group (rows of `groups`): the scale d = largest |w| / 127, the codes round(w / d), and whether every
-    group is exactly d · code (within float32 rounding: 2.5e-4 of a step)."""
+    group is exactly d · code (beyond float32 rounding, as `_on_grid` judges a 4-bit grid)."""
     scale = groups.abs().amax(-1, keepdim=True).div_(127)
     scale[scale == 0] = 1.0  # a zero group is code 0
-    ratio = groups / scale
-    code = ratio.round()
-    return scale, code, bool((ratio.sub_(code).abs_() <= 2.5e-4).all())
+    code = (groups / scale).round_()
+    return scale, code, bool(_on_grid(groups, 0.0, scale, code).all())
 
 
 def int8_code(weight: Tensor) -> Int4Code | None:
     """The exact 8-bit symmetric code of `weight` (out, in) per group of 32 inputs (Q8_0's: w = d · q, q in
     -127..127, d = the group's largest |w| / 127) split into two 4-bit codes, or None when it has none. Computed
     `CHUNK_ROWS` rows at a time: an embedding of 168M values costs no full-size temporaries."""
-    out_features, in_features = weight.shape
-    if weight.dtype != torch.float32 or in_features % GROUP or out_features % 8:
+    if not _suits_kernel(weight):
         return None
+    out_features, in_features = weight.shape
     groups = weight.reshape(-1, GROUP)
     if not _symmetric(groups[:: max(1, len(groups) // SAMPLE_GROUPS)])[2]:
         return None
