@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: quiet libraries, machine description, interleaved timing."""
+"""Shared benchmark helpers: quiet libraries, machine description, a local Ray, interleaved timing."""
 
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ def quiet() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def start_ray() -> None:
+    """A local Ray of this machine's 2 benchmark cores, quiet (no dashboard, no worker logs)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 def machine() -> str:

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine, quiet
+from _common import machine, quiet, start_ray
 
 from analysis.audit import LETTERS, AuditConfig, generate_letters, open_run
 from experts import registry
@@ -43,7 +43,7 @@ def main() -> None:
         local_s = time.perf_counter() - start
 
         start = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        start_ray()
         started_s = time.perf_counter() - start
         remote = open_run(config, Path(folder) / "ray", expert)
         cpus = 2 / args.workers
@@ -80,7 +80,7 @@ def sweep_overhead(expert: Expert, args: argparse.Namespace, cpus: float) -> Non
         rows, _ = sweep(expert, vector, prompts, sentiment, config, progress=False, out=Path(folder) / "local")
         local_s = time.perf_counter() - start
         start = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        start_ray()
         sweep(expert, vector, prompts, sentiment, config, progress=False, out=Path(folder) / "ray",
               executor=RayExecutor(workers=args.workers, cpus_per_worker=cpus))
         ray_s = time.perf_counter() - start

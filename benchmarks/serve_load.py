@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from _common import machine, quiet
+from _common import machine, quiet, start_ray
 
 from steer.router.router import DEFAULT_ROUTER, Router
 
@@ -117,7 +117,7 @@ def main() -> None:
     from steer.router.tiny import train_tiny_router
 
     print(f"machine: {machine()}")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_ray()
     modes, port = {"batched": args.max_batch_size, "one at a time": 1}, _free_port()
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.routers.split(","):

@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from _common import machine, quiet
+from _common import machine, quiet, start_ray
 from serve_load import PROMPTS, _free_port
 
 from steer.router.router import DEFAULT_ROUTER
@@ -109,7 +109,7 @@ def main() -> None:
     from steer.serve.ray_serve import ServeSettings, serve_router, shutdown
 
     print(f"machine: {machine()}")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_ray()
     port = _free_port()
     args.deployments = [f"expert:{name}" for name in Router.load(DEFAULT_ROUTER).experts]
     modes, runs = {"continuous": args.max_batch_size, "one at a time": 1}, {}
