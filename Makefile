@@ -65,6 +65,7 @@ bench: $(TEST_STAMP)
 	$(UV) -e '.[bench]'   # llama.cpp, the measured peer: built from source once (about 6 min on 2 cores), then cached by uv
 	$(PY) benchmarks/generation.py
 	$(PY) benchmarks/llamacpp_peer.py
+	$(PY) benchmarks/decode_parts.py
 	$(PY) benchmarks/packed_fidelity.py
 	$(PY) benchmarks/steering_overhead.py
 	$(PY) benchmarks/capture_memory.py

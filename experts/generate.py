@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache
 
 from experts.errors import NonFiniteError, SteerlabError
 from experts.hooks import count_forward_hooks
+from experts.kv import new_cache
 from experts.packed import packed_decoding, packs_batch
 from experts.tokens import TokenBatch
 
@@ -319,7 +319,7 @@ def decode(
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     stop = torch.tensor(sorted(stop_ids), device=device)
     mask, positions = batch.attention_mask, batch.position_ids
-    cache = DynamicCache(config=model.config) if prefill is None else prefill.cache
+    cache = new_cache(model.config) if prefill is None else prefill.cache
     finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=device)
     generated: list[Tensor] = []
     step_input = batch.input_ids

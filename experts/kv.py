@@ -1,4 +1,10 @@
-"""Rows of a KV cache joining and leaving a running batch (continuous batching).
+"""The generation loop's KV cache (`new_cache`), and its rows joining and leaving a running batch (continuous
+batching).
+
+`new_cache` is transformers' `DynamicCache` whose full-attention layers keep their keys and values in buffers with
+room for more columns (`GrowingLayer`): a decode step writes its new column in place, where `DynamicLayer` copies
+the whole cache into a new tensor (`torch.cat`) at every step of every layer. The layer's keys and values are the
+same numbers either way, views of the buffers.
 
 The batch is left-padded: every row's tokens end at the last column, and the attention mask marks padding with 0.
 Rows that join are padded on the left to the batch's width (or the batch to theirs); when rows leave, the
@@ -15,9 +21,56 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from experts.errors import SteerlabError
 
+ROOM = 64  # a new buffer has room for twice the columns it must hold, and for at least ROOM more
+
+
+class GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values are views of buffers with room to grow: `update` writes the new
+    columns in place (the buffer is doubled when full). Keys or values set from outside (joining rows, a copy
+    repeated for look-ahead) are taken as they are, into a new buffer, at the next update."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffers: list[Tensor | None] = [None, None]
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys = self._append(0, self.keys, key_states)
+        self.values = self._append(1, self.values, value_states)
+        return self.keys, self.values
+
+    def _append(self, which: int, held: Tensor, new: Tensor) -> Tensor:
+        start = held.shape[-2] if held.numel() else 0
+        width = start + new.shape[-2]
+        buffer = self._buffers[which]
+        fits = (buffer is not None and held.numel() and held.data_ptr() == buffer.data_ptr()  # held is the buffer's
+                and held.shape[:2] == buffer.shape[:2] and held.stride() == buffer.stride()  # first columns, and
+                and buffer.shape[2] >= width)  # the new ones fit after them
+        if not fits:
+            buffer = new.new_empty(*new.shape[:2], max(2 * width, width + ROOM), new.shape[3])
+            if start:
+                buffer[:, :, :start] = held
+            self._buffers[which] = buffer
+        buffer[:, :, start:width] = new
+        return buffer[:, :, :width]
+
+    def reset(self) -> None:
+        self._buffers = [None, None]
+        super().reset()
+
+
+def new_cache(config) -> DynamicCache:
+    """An empty cache for a model with `config`: transformers' `DynamicCache` with `GrowingLayer`s for its
+    full-attention layers (sliding-window layers stay as transformers makes them)."""
+    cache = DynamicCache(config=config)
+    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
 
 def _check(cache: DynamicCache) -> None:
-    kinds = {type(layer).__name__ for layer in cache.layers} - {"DynamicLayer", "DynamicSlidingWindowLayer"}
+    kinds = {type(layer).__name__ for layer in cache.layers} - {"DynamicLayer", "DynamicSlidingWindowLayer",
+                                                                "GrowingLayer"}
     if kinds:
         raise SteerlabError(f"rows cannot join or leave a cache with {', '.join(sorted(kinds))} layers")
 

@@ -16,6 +16,11 @@ and a large batch (within a batch all rows decode alike). `exact_decoding()` pin
 The kernel takes bfloat16 inputs, scales and offsets and accumulates in float32, so the numerics are those of a
 bfloat16 matmul; `benchmarks/RESULTS.md` states the change in outputs.
 
+Linears that read the same input (a block's q, k and v projections; its gate and up projections) share one code,
+their codes stacked by output (`SharedCode`): the first of them called on an input runs the kernel once for all,
+and the others take their columns of that result, bit for bit what their own calls would give (checked when they
+are packed), with fewer kernel calls and input conversions per step.
+
 A packed linear falls back to float32 (bit-identical to an unpacked one) outside `packed_decoding()`, with
 gradients on, off the CPU, in another dtype, or once its weight was edited in place or replaced (the pack would be
 stale).
@@ -30,6 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +50,7 @@ LEVELS = 15  # a 4-bit code is 0..15
 DECODINGS = ("auto", "packed", "exact")
 CHUNK_ROWS = 4096  # output rows of an 8-bit code worked on at a time
 SAMPLE_GROUPS = 256  # groups checked first, so that a weight with no 4-bit code (5- or 8-bit) is refused quickly
+SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # transformers' linears that read one input
 
 DECODING_ENV = "STEERLAB_DECODING"
 MAX_PACKED_ROWS = 16  # rows per decode step up to which the int4 kernel beats float32 here (benchmarks/RESULTS.md)
@@ -193,16 +200,44 @@ except AttributeError:  # a build without the kernel: `kernel_works()` is False 
     _INT4_MM = None
 
 
+def _run(code: Int4Code, x: Tensor) -> Tensor:
+    """The kernel on the rows of `x` (..., in_features): (rows, out_features), bfloat16."""
+    rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+    if code.repeats > 1:
+        rows = rows.repeat(1, code.repeats)
+    return _INT4_MM(rows, code.packed, GROUP, code.scales_and_offsets)
+
+
+class SharedCode:
+    """One 4-bit code for linears that read the same input, stacked by output: the first of them called on an
+    input runs the kernel for all, the others take their columns while their input is that same tensor object
+    (an input edited in place between their calls is not seen; no steerlab hook does that)."""
+
+    def __init__(self, code: Int4Code, members: int):
+        self.code = code
+        self.members = members
+        self._last: tuple[Tensor, Tensor, int] | None = None  # (input, output, members still to take theirs), as one
+
+    def columns(self, x: Tensor, start: int, stop: int) -> Tensor:
+        last = self._last
+        if last is None or last[0] is not x:
+            last = (x, _run(self.code, x), self.members)
+        output, waiting = last[1], last[2] - 1
+        self._last = (x, output, waiting) if waiting else None  # when every member had its columns, hold nothing
+        return output[:, start:stop]
+
+
 class PackedLinear(nn.Linear):
     """An `nn.Linear` that also holds its weight's code (4-bit, or 8-bit as two 4-bit codes; see the module
-    docstring); made by `pack_linears`."""
+    docstring), or its columns of a `SharedCode`; made by `pack_linears`."""
 
-    code: Int4Code
+    code: Int4Code | None  # None when the linear's code is part of a shared one
+    shared: tuple[SharedCode, int, int] | None = None  # the shared code and this linear's columns of it
     _packed_from: weakref.ref  # the weight the code was made from (a weak reference: no second parameter)
     _packed_version: int
 
     def attach(self, code: Int4Code) -> None:
-        self.code = code
+        self.code, self.shared = code, None
         self._packed_from = weakref.ref(self.weight)
         self._packed_version = self.weight._version
 
@@ -215,12 +250,9 @@ class PackedLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if not self.uses_code(x):
             return F.linear(x, self.weight, self.bias)
-        code = self.code
-        rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        if code.repeats > 1:
-            rows = rows.repeat(1, code.repeats)
-        y = _INT4_MM(rows, code.packed, GROUP, code.scales_and_offsets).to(torch.float32)
-        y = y.view(*x.shape[:-1], self.out_features)
+        shared = self.shared
+        y = _run(self.code, x) if shared is None else shared[0].columns(x, shared[1], shared[2])
+        y = y.to(torch.float32).view(*x.shape[:-1], self.out_features)
         bias = self._parameters["bias"]
         return y if bias is None else y + bias
 
@@ -234,10 +266,12 @@ class PackingReport:
     linears: int
     packed_share: float  # share of all linear weight values that are packed
     reason: str = ""  # why nothing was packed, when nothing was
+    shared_codes: int = 0  # groups of linears that read one input and run as one kernel call
 
     def to_dict(self) -> dict:
         return {"decoding": self.decoding, "packed_linears": self.packed_linears, "linears": self.linears,
-                "packed_share": round(self.packed_share, 4), **({"reason": self.reason} if self.reason else {})}
+                "packed_share": round(self.packed_share, 4), "shared_codes": self.shared_codes,
+                **({"reason": self.reason} if self.reason else {})}
 
 
 def kernel_works() -> bool:
@@ -285,4 +319,42 @@ def pack_linears(model: nn.Module) -> PackingReport:
             packed.append(module)
     if not packed:
         return unpacked(model, "no linear holds 4- or 8-bit weights")
-    return PackingReport("packed", len(packed), len(linears), sum(m.weight.numel() for m in packed) / total)
+    return PackingReport("packed", len(packed), len(linears), sum(m.weight.numel() for m in packed) / total,
+                         shared_codes=share_inputs(model))
+
+
+def _stacked_codes(members: list[PackedLinear]) -> Iterator[Int4Code]:
+    """The members' codes stacked by output: their packed rows concatenated (the kernel's layout is in blocks of
+    output rows, so this holds when each member fills whole blocks), else packed again from their stacked weights."""
+    yield Int4Code(torch.cat([m.code.packed for m in members]),
+                   torch.cat([m.code.scales_and_offsets for m in members], dim=1))
+    code = int4_code(torch.cat([m.weight.detach() for m in members]))
+    if code is not None:
+        yield code
+
+
+def share_inputs(model: nn.Module) -> int:
+    """Give each group of packed 4-bit linears that read one input (two or more of a `SHARED_INPUTS` set, children
+    of one module) a `SharedCode`, where its columns equal each member's own kernel call bit for bit on a probe
+    input; returns how many groups share one."""
+    generator = torch.Generator().manual_seed(0)
+    shared = 0
+    for module in model.modules():
+        for names in SHARED_INPUTS:
+            members = [m for m in (getattr(module, name, None) for name in names)
+                       if isinstance(m, PackedLinear) and m.shared is None and m.code.repeats == 1]
+            if len(members) < 2 or len({m.in_features for m in members}) > 1:
+                continue
+            bounds = [0, *accumulate(m.out_features for m in members)]
+            x = torch.randn(2, members[0].in_features, generator=generator)
+            alone = [_run(m.code, x) for m in members]
+            code = next((code for code in _stacked_codes(members)
+                         if all(torch.equal(_run(code, x)[:, a:b], y) for y, a, b in zip(alone, bounds, bounds[1:]))),
+                        None)
+            if code is None:
+                continue
+            group = SharedCode(code, len(members))
+            for member, start, stop in zip(members, bounds, bounds[1:]):
+                member.shared, member.code = (group, start, stop), None
+            shared += 1
+    return shared

@@ -30,6 +30,7 @@ from experts.errors import EmptyPromptsError, SteerlabError
 from experts.files import atomic_path
 from experts.generate import DecodeState, Prefill, publish_state
 from experts.hooks import count_forward_hooks, hook_context
+from experts.kv import new_cache
 from steer.errors import BadVectorFileError
 
 if TYPE_CHECKING:
@@ -153,7 +154,7 @@ def read(reader: Expert, queries: Sequence[str], where: int | Site | Sequence[Si
         rows = encoded[start : start + batch_size]
         head = _shared_head(rows, shareable, n_after)
         seen: dict[int, Tensor] = {}
-        cache = DynamicCache(config=reader.model.config) if keep_prefill or head else None
+        cache = new_cache(reader.model.config) if keep_prefill or head else None
         if head:
             _run_head(reader, rows[0][:head], cache, layers[-1])
             cache.batch_repeat_interleave(len(rows))

@@ -28,7 +28,7 @@ from transformers import DynamicCache
 from experts.errors import NonFiniteError
 from experts.expert import Expert
 from experts.generate import DecodeState, NgramBan, next_tokens_per_row, penalise_repeats, publish_state
-from experts.kv import join_rows, keep_rows
+from experts.kv import join_rows, keep_rows, new_cache
 from experts.packed import packed_decoding, packs_batch
 from steer.rad.rewards import ExternalReward
 from steer.router.answer import load_control
@@ -106,7 +106,7 @@ class RunningBatch:
         try:
             batch = self.expert.tokenize([j.request.formatted for j in joining])
             live = [_Live(self.expert, j, int(n)) for j, n in zip(joining, batch.attention_mask.sum(-1).tolist())]
-            cache, mask = DynamicCache(config=self.expert.model.config), batch.attention_mask
+            cache, mask = new_cache(self.expert.model.config), batch.attention_mask
             state = replace(DecodeState.for_batch(mask, input_ids=batch.input_ids), past=cache, attention_mask=mask)
             with adjusted(self.expert, [j.request for j in joining], self.rules, self.folder, top_k=self.top_k,
                           loaded=self.loaded) as hook:

@@ -34,6 +34,7 @@ def test_greedy_generation_matches_transformers(smollm2):
 
 def test_packed_decoding_is_the_default_and_stays_close_to_exact(smollm2):
     assert smollm2.packing.decoding == "packed" and smollm2.packing.packed_linears == 211  # lm_head (Q8_0) too
+    assert smollm2.packing.shared_codes == 2 * smollm2.n_layers  # q/k/v and gate/up: one kernel call each
     with exact_decoding():
         exact = smollm2.generate(PROMPTS, max_new_tokens=32)
     ids = [smollm2.encode(f) + t for f, t in zip(exact.formatted_prompts, exact.token_ids)]

@@ -1,8 +1,13 @@
+import copy
+
 import pytest
 import torch
+from transformers import DynamicCache
 
+import experts.generate
 from experts.errors import EmptyPromptsError, SteerlabError
 from experts.generate import GenerationSettings
+from experts.kv import ROOM, GrowingLayer
 
 PROMPTS = ["Kelly is warm", "The capital of France is Paris and the", "def add(a, b):"]
 
@@ -193,3 +198,44 @@ def test_text_continuation_nll_reads_the_continuation_after_its_prefix_as_plain_
         expected = -logprobs[start - 1 : ids.shape[1] - 1].gather(-1, ids[0, start:, None]).mean().item()
         assert value == pytest.approx(expected, abs=1e-4)
     assert text_continuation_nll(tiny, ["Hello"], ["   "])[0] != text_continuation_nll(tiny, ["Hello"], ["   "])[0]
+
+
+def test_the_growing_cache_decodes_as_transformers_dynamic_cache_does(tiny, monkeypatch):
+    settings = dict(max_new_tokens=90, stop_at_eos=False, batch_size=3)  # past the first buffer's room: it grows
+    ours = tiny.generate(PROMPTS, **settings).token_ids
+    monkeypatch.setattr(experts.generate, "new_cache", lambda config: DynamicCache(config=config))
+    assert ours == tiny.generate(PROMPTS, **settings).token_ids
+
+
+def test_a_growing_layer_holds_what_concatenation_would_and_takes_keys_set_from_outside():
+    generator = torch.Generator().manual_seed(0)
+    layer, want = GrowingLayer(), torch.empty(2, 3, 0, 4)
+
+    def step(columns):
+        nonlocal want
+        new = torch.randn(want.shape[0], 3, columns, 4, generator=generator)
+        want = torch.cat([want, new], dim=2)
+        keys, values = layer.update(new, -new)
+        assert torch.equal(keys, want) and torch.equal(values, -want) and keys is layer.keys
+        return keys
+
+    first = step(5)
+    buffer = layer._buffers[0]
+    for _ in range(ROOM):  # in place while there is room (5 + ROOM columns)...
+        step(1)
+    assert layer._buffers[0] is buffer
+    step(1)  # ... then into a new buffer twice as wide; what was handed out before is unchanged
+    assert layer._buffers[0] is not buffer and layer._buffers[0].shape[2] == 2 * (6 + ROOM)
+    assert torch.equal(first, want[:, :, :5])
+    twin = copy.deepcopy(layer)  # a look-ahead's copy: its own buffers
+    twin.update(torch.zeros(2, 3, 1, 4), torch.zeros(2, 3, 1, 4))
+    assert not twin.keys[:, :, -1].any() and torch.equal(layer.keys, want)
+    for keep in ([1, 0], slice(1)):  # rows reordered, then the last gone: keys set from outside, laid out as buffers
+        width = want.shape[2]
+        layer.keys, layer.values = (buffer[keep][:, :, :width] for buffer in layer._buffers)
+        want = want[keep]
+        step(1)
+    layer.keys, layer.values, want = layer.keys[:, :, ::2], layer.values[:, :, ::2], want[:, :, ::2]  # a view of the
+    step(1)  # buffer itself that is not its first columns
+    layer.reset()
+    assert layer._buffers == [None, None] and not layer.is_initialized

@@ -200,6 +200,33 @@ def test_an_edited_or_replaced_weight_is_never_decoded_from_a_stale_pack(packed_
         assert not packed_tiny.model.model.layers[1].mlp.gate_proj.uses_code(torch.randn(1, 64))  # gradients on
 
 
+def test_linears_that_read_one_input_share_one_code_bit_for_bit(packed_tiny):
+    layers = packed_tiny.model.model.layers
+    assert packed_tiny.packing.shared_codes == 2 * len(layers)  # q/k/v and gate/up in every block
+    attention = layers[0].self_attn
+    members = [attention.q_proj, attention.k_proj, attention.v_proj]
+    group = members[0].shared[0]
+    assert all(m.shared[0] is group and m.code is None for m in members)
+
+    def alone(module, x):
+        code = int4_code(module.weight.detach())
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, x.shape[-1]).bfloat16(), code.packed, GROUP,
+                                                         code.scales_and_offsets)
+        return y.float().view(*x.shape[:-1], -1)
+
+    x, other = torch.randn(3, 1, 64), torch.randn(3, 1, 64)
+    with torch.no_grad(), packed_decoding():
+        for module in members:
+            assert torch.equal(module(x), alone(module, x))
+        assert group._last is None  # every member took its columns: no activation held
+        q, k = members[0](x), members[1](other)  # another input between two members' calls
+        assert torch.equal(q, alone(members[0], x)) and torch.equal(k, alone(members[1], other))
+        assert torch.equal(members[2](x), alone(members[2], x))
+        members[1].weight.add_(0.5)  # an edited member decodes in float32; the others keep the shared code
+        assert torch.equal(members[1](x), torch.nn.functional.linear(x, members[1].weight))
+        assert torch.equal(members[0](x), alone(members[0], x)) and torch.equal(members[2](x), alone(members[2], x))
+
+
 def test_defaults_and_choices(monkeypatch, tiny_llama):
     assert tiny_llama.packing.decoding == "exact"  # a tiny expert is not a packaged one: "auto" leaves it
     report = Expert.load("tiny-llama", decoding="packed").packing
