@@ -14,6 +14,8 @@ last columns up to their window, as transformers' `DynamicSlidingWindowLayer` do
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 from transformers import DynamicCache
@@ -58,6 +60,15 @@ class GrowingLayer(DynamicLayer):
     def reset(self) -> None:
         self._buffers = [None, None]
         super().reset()
+
+    def __deepcopy__(self, memo: dict) -> GrowingLayer:
+        """A copy holds only the columns in use, not the room to grow (a look-ahead copies the cache every step)."""
+        twin = copy.copy(self)
+        twin._buffers = [None, None]
+        if self.is_initialized:
+            twin.keys, twin.values = self.keys.clone(), self.values.clone()
+        memo[id(self)] = twin
+        return twin
 
 
 def new_cache(config) -> DynamicCache:

@@ -227,7 +227,9 @@ def test_a_growing_layer_holds_what_concatenation_would_and_takes_keys_set_from_
     step(1)  # ... then into a new buffer twice as wide; what was handed out before is unchanged
     assert layer._buffers[0] is not buffer and layer._buffers[0].shape[2] == 2 * (6 + ROOM)
     assert torch.equal(first, want[:, :, :5])
-    twin = copy.deepcopy(layer)  # a look-ahead's copy: its own buffers
+    twin = copy.deepcopy(layer)  # a look-ahead's copy: the columns in use, in storage of its own
+    assert torch.equal(twin.keys, want) and twin._buffers == [None, None]
+    assert twin.keys.untyped_storage().data_ptr() != layer.keys.untyped_storage().data_ptr()
     twin.update(torch.zeros(2, 3, 1, 4), torch.zeros(2, 3, 1, 4))
     assert not twin.keys[:, :, -1].any() and torch.equal(layer.keys, want)
     for keep in ([1, 0], slice(1)):  # rows reordered, then the last gone: keys set from outside, laid out as buffers
