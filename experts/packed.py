@@ -333,6 +333,12 @@ def _stacked_codes(members: list[PackedLinear]) -> Iterator[Int4Code]:
         yield code
 
 
+def _gives_columns(code: Int4Code, x: Tensor, alone: list[Tensor], bounds: list[int]) -> bool:
+    """Does one kernel call of the stacked `code` on `x` hold each member's own output (`alone`) in its columns?"""
+    whole = _run(code, x)
+    return all(torch.equal(whole[:, start:stop], y) for y, start, stop in zip(alone, bounds, bounds[1:]))
+
+
 def share_inputs(model: nn.Module) -> int:
     """Give each group of packed 4-bit linears that read one input (two or more of a `SHARED_INPUTS` set, children
     of one module) a `SharedCode`, where its columns equal each member's own kernel call bit for bit on a probe
@@ -348,9 +354,7 @@ def share_inputs(model: nn.Module) -> int:
             bounds = [0, *accumulate(m.out_features for m in members)]
             x = torch.randn(2, members[0].in_features, generator=generator)
             alone = [_run(m.code, x) for m in members]
-            code = next((code for code in _stacked_codes(members)
-                         if all(torch.equal(_run(code, x)[:, a:b], y) for y, a, b in zip(alone, bounds, bounds[1:]))),
-                        None)
+            code = next((code for code in _stacked_codes(members) if _gives_columns(code, x, alone, bounds)), None)
             if code is None:
                 continue
             group = SharedCode(code, len(members))
