@@ -3,7 +3,8 @@ GGUF file steerlab ships, sha256-checked), steered and unsteered, at batch 1 and
 
 llama.cpp steers with a control vector (`llama_apply_adapter_cvec`: a direction added to one block's output, which
 is steerlab's `blocks.k.hook_resid_post`); steerlab with a steering vector at the same layer, decoding exactly
-(float32) and packed (its default on a CPU: the 4-bit linears in the int4 kernel, `experts.packed`). llama-cpp-python's
+(float32), packed (its default on a CPU: the 4-bit linears in the int4 kernel, `experts.packed`) and compiled (packed
+with its decode steps compiled whole, `experts.compiled`; opt-in: each shape's first call compiles, untimed). llama-cpp-python's
 high-level API decodes one sequence at a time, so its "batch 8" is eight sequences one after another (llama.cpp's
 server decodes parallel slots together; that path is not measured here).
 
@@ -17,12 +18,14 @@ import argparse
 import ctypes
 import os
 import tempfile
+import time
 
 import numpy as np
 import torch
 from _common import interleaved, machine, quiet
 
 from experts import loading, registry
+from experts.compiled import report as compiled_report
 from experts.expert import Expert
 from steer.datasets import load_pairs
 from steer.vectors.apply import Steering, apply
@@ -79,6 +82,7 @@ def main() -> None:
     print(f"machine: {machine()}; llama-cpp-python {llama_cpp.__version__}, {threads} threads each")
     expert = Expert.load(args.expert, decoding="exact")
     fast = Expert.load(args.expert)  # the default: packed decoding where the CPU and the weights allow it
+    fastest = Expert.load(args.expert, decoding="compiled")  # packed, its decode steps compiled (opt-in)
     print(f"steerlab's default decoding: {fast.packing.to_dict()}")
     pairs, sha = load_pairs("sentiment")
     layer = round(0.4 * expert.n_layers)
@@ -91,7 +95,8 @@ def main() -> None:
         print(f"expert: {expert.name} ({os.path.basename(gguf)}), {n} greedy tokens, sentiment vector at layer {layer} "
               f"coef {args.coef}, median of {args.repeats} interleaved runs")
         print(f"{'bs':>3} {'':>10} {'llama.cpp tok/s':>16} {'exact tok/s':>12} {'packed tok/s':>13} "
-              f"{'exact / llama.cpp':>18} {'packed / llama.cpp':>19}")
+              f"{'compiled tok/s':>15} {'exact / llama.cpp':>18} {'packed / llama.cpp':>19} "
+              f"{'compiled / llama.cpp':>21}")
         probe = expert.format_prompts([PROMPT.format(name="Kelly")])
         control_vector(llm, direction, layer, 0.0, expert.n_layers)
         plain = llama_generate(llm, probe, 16)
@@ -102,22 +107,30 @@ def main() -> None:
             prompts = [PROMPT.format(name=name) for name in NAMES[:bs]]
             formatted = expert.format_prompts(prompts)
 
-            def ours(coef: float, model: Expert):
+            def ours(coef: float, model: Expert) -> list[list[int]]:
                 with apply(model, Steering(vector, coef=coef)):
-                    model.generate(prompts, max_new_tokens=n, stop_at_eos=False, batch_size=bs)
+                    return model.generate(prompts, max_new_tokens=n, stop_at_eos=False, batch_size=bs).token_ids
 
             def theirs(coef: float):
                 control_vector(llm, direction, layer, coef, expert.n_layers)
                 llama_generate(llm, formatted, n)
 
+            for coef in (0.0, args.coef):  # the first call compiles (once per shape); left out of the timing
+                start = time.perf_counter()
+                same = ours(coef, fastest) == ours(coef, fast)
+                print(f"    bs {bs} coef {coef:g}: compiling and a first call {time.perf_counter() - start:.1f} s; "
+                      f"compiled {'chose the same' if same else 'parted from'} packed's greedy tokens")
             runs = {"llama 0": lambda: theirs(0.0), "exact 0": lambda: ours(0.0, expert),
-                    "packed 0": lambda: ours(0.0, fast), "llama c": lambda: theirs(args.coef),
-                    "exact c": lambda: ours(args.coef, expert), "packed c": lambda: ours(args.coef, fast)}
+                    "packed 0": lambda: ours(0.0, fast), "compiled 0": lambda: ours(0.0, fastest),
+                    "llama c": lambda: theirs(args.coef), "exact c": lambda: ours(args.coef, expert),
+                    "packed c": lambda: ours(args.coef, fast), "compiled c": lambda: ours(args.coef, fastest)}
             t = interleaved(runs, args.repeats)
             for label, key in (("unsteered", "0"), ("steered", "c")):
-                peer, exact, packed = (bs * n / t[f"{who} {key}"] for who in ("llama", "exact", "packed"))
-                print(f"{bs:>3} {label:>10} {peer:>16.1f} {exact:>12.1f} {packed:>13.1f} {exact / peer:>18.3f} "
-                      f"{packed / peer:>19.3f}")
+                peer, exact, packed, compiled = (bs * n / t[f"{who} {key}"]
+                                                 for who in ("llama", "exact", "packed", "compiled"))
+                print(f"{bs:>3} {label:>10} {peer:>16.1f} {exact:>12.1f} {packed:>13.1f} {compiled:>15.1f} "
+                      f"{exact / peer:>18.3f} {packed / peer:>19.3f} {compiled / peer:>21.3f}")
+        print(f"compiled decode steps used: {compiled_report(fastest.model)}")
 
 
 if __name__ == "__main__":

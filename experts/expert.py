@@ -9,6 +9,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from experts import hookpoints, loading, packed, registry, tiny
+from experts import compiled, hookpoints, loading, packed, registry, tiny
 from experts.bridge import boot_bridge
 from experts.capture import ActivationCache, CaptureRequest, Reduce, capture, check_reduce
 from experts.errors import EmptyPromptsError, SteerlabError, UnknownHookError
@@ -122,7 +123,9 @@ class Expert:
 
         `decoding` (default: `$STEERLAB_DECODING`, else "auto"): "packed" decodes with the 4-bit linears in
         PyTorch's int4 CPU kernel (`experts.packed`: bfloat16 numerics, everything but decoding stays float32);
-        "exact" decodes in the model's own dtype; "auto" is "packed" for a packaged expert in float32 on the CPU."""
+        "compiled" is "packed" with its decode steps compiled whole where they can be (`experts.compiled`: a compile
+        of tens of seconds per batch shape, then about 1.7 times the steps' speed at batch 1); "exact" decodes in the
+        model's own dtype; "auto" is "packed" for a packaged expert in float32 on the CPU."""
         spec = registry.resolve(name_or_path)
         hookpoints.layout_for(spec.architecture)
         target = _parse_device(device)
@@ -138,8 +141,11 @@ class Expert:
         fingerprint = weights_fingerprint(model, _architecture(spec, model))  # of the float32 source, before the cast
         expert = cls(spec, model.to(device=target, dtype=torch_dtype), tokenizer, folder, fingerprint)
         packaged = spec.source not in ("tiny", "hf-folder")  # pack_linears itself declines off the CPU or float32
-        if decoding == "packed" or (decoding == "auto" and packaged):
+        if decoding in ("packed", "compiled") or (decoding == "auto" and packaged):
             expert.packing = packed.pack_linears(expert.model)
+            if decoding == "compiled" and expert.packing.decoding == "packed":
+                compiled.enable(expert.model)
+                expert.packing = replace(expert.packing, compiled_steps=True)
         else:
             expert.packing = packed.unpacked(expert.model, "exact asked for" if decoding == "exact"
                                              else "auto packs only a packaged expert")

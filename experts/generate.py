@@ -4,7 +4,8 @@ tokenized: attention masks, KV cache, greedy or seeded sampling, stop on EOS.
 Each row samples from its own `torch.Generator`, seeded from (seed, prompt, sample index), so a
 row's text does not depend on which other prompts share its batch. After the prompts' forward (float32, as
 every reading), the steps of a batch of up to 16 rows may use packed weights (`experts.packed`: an expert loaded
-with them decodes its 4-bit linears in the int4 kernel). While the loop runs,
+with them decodes its 4-bit linears in the int4 kernel), and with compiled decoding those steps run as one compiled
+graph (`experts.compiled`). While the loop runs,
 `current_decode_state()` tells hooks which step is running and where the padding is.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from experts import compiled
 from experts.errors import NonFiniteError, SteerlabError
 from experts.hooks import count_forward_hooks
 from experts.kv import new_cache
@@ -331,15 +333,21 @@ def decode(
     n_prompts = mask.shape[0] if rows is None else (n_prompts or max(rows) + 1)
     non_finite = torch.zeros((), dtype=torch.bool, device=device)
     packed = packs_batch(mask.shape[0])
+    steps = compiled.steps_for(model, mask.shape[0], mask.shape[1] + config.max_new_tokens, packs=packed,
+                               logits_hook=logits_hook)
     seen = None  # (rows, vocabulary): tokens each row has generated, for the repetition penalty
     for step in range(config.max_new_tokens):
         state = DecodeState(step, positions, step_valid, prompt_lengths, all_valid=step > 0 or bool(step_valid.all()),
                             past=cache, attention_mask=mask, input_ids=step_input, rows=row_index,
                             n_prompts=n_prompts)
         with publish_state(state), packed_decoding(packed and step > 0):
+            logits = None
             if step == 0 and prefill is not None:
                 logits = prefill.logits
-            else:
+            elif step > 0 and steps is not None:
+                logits = steps.step(step_input, positions, cache, state)
+                steps = steps if logits is not None else None  # its compile failed: eager from here
+            if logits is None:
                 out = model(
                     input_ids=step_input,
                     attention_mask=mask,

@@ -7,7 +7,8 @@ fails midway removes the hooks already added. An `ActivationFn` receives the act
 
 Every live handle is listed per model (`live_handles`), with the owner that attached it, so a
 notebook can see what is attached and `remove_all` can clear it (`Expert.reset_hooks()`). Handles
-attached with `edits=True` (steering) are also replayed on the TransformerBridge (`live_edits`).
+attached with `edits=True` (steering) are also replayed on the TransformerBridge (`live_edits`). A `HookSet` holds
+hooks apart from the model's own, to run in their place for a block (compiled decode steps).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from experts.errors import SteerlabError
 from experts.hookpoints import HookPoint
 
 ActivationFn = Callable[[Tensor], Tensor | None]
@@ -157,6 +159,69 @@ def hook_context(
     with ExitStack() as stack:
         stack.callback(attach(model, hooks, owner=owner).remove)
         yield
+
+
+_FORWARD_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                  "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs")
+
+
+def _hooked(modules: Iterator[nn.Module]) -> list[nn.Module]:
+    return [m for m in modules if m._forward_hooks or m._forward_pre_hooks]
+
+
+def _take(modules: Sequence[nn.Module]) -> list[tuple[nn.Module, dict[str, Any]]]:
+    """Give each module empty forward-hook dicts; returns what they held, for `_put_back`."""
+    taken = []
+    for module in modules:
+        taken.append((module, {name: module.__dict__[name] for name in _FORWARD_DICTS}))
+        module.__dict__.update({name: type(module.__dict__[name])() for name in _FORWARD_DICTS})
+    return taken
+
+
+def _put_back(taken: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+    for module, dicts in taken:
+        module.__dict__.update(dicts)
+
+
+class HookSet:
+    """Hooks registered apart from the model's own. `installed()` runs them instead of every forward hook the model
+    has, for the block, and puts the model's own back afterwards, whatever happens. A compiled graph runs the hooks
+    it was traced with, so a compiled decode step keeps one `HookSet` (its steering, as tensors it refills)."""
+
+    def __init__(self, model: nn.Module, hooks: Sequence[tuple[HookPoint, ActivationFn]]) -> None:
+        taken = _take(list(model.modules()))
+        try:
+            for point, fn in hooks:
+                _register(model, point, fn, lambda handle: None)
+            self._dicts = [(m, {name: m.__dict__[name] for name in _FORWARD_DICTS}) for m in _hooked(model.modules())]
+        finally:
+            _put_back(taken)
+        self._model = weakref.ref(model)
+
+    def set_aside(self) -> SetAside:
+        """What `installed()` must swap now: the modules that hold hooks (the model's, and this set's)."""
+        model = self._model()
+        if model is None:
+            raise SteerlabError("the model of this hook set is gone")
+        return SetAside(self, list(dict.fromkeys([*_hooked(model.modules()), *(m for m, _ in self._dicts)])))
+
+
+class SetAside:
+    """`HookSet.set_aside()`: the modules found once, so that each `installed()` block only swaps dicts."""
+
+    def __init__(self, hook_set: HookSet, modules: list[nn.Module]) -> None:
+        self._dicts = hook_set._dicts
+        self._modules = modules
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        taken = _take(self._modules)
+        try:
+            for module, dicts in self._dicts:
+                module.__dict__.update(dicts)
+            yield
+        finally:
+            _put_back(taken)
 
 
 def count_forward_hooks(model: nn.Module) -> int:

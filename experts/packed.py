@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 GROUP = 32  # values per scale and offset (GGUF's 4-bit blocks hold 32)
 LEVELS = 15  # a 4-bit code is 0..15
-DECODINGS = ("auto", "packed", "exact")
+DECODINGS = ("auto", "packed", "compiled", "exact")
 CHUNK_ROWS = 4096  # output rows of an 8-bit code worked on at a time
 SAMPLE_GROUPS = 256  # groups checked first, so that a weight with no 4-bit code (5- or 8-bit) is refused quickly
 SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # transformers' linears that read one input
@@ -57,6 +57,7 @@ MAX_PACKED_ROWS = 16  # rows per decode step up to which the int4 kernel beats f
 
 _PACKED_ON: ContextVar[bool] = ContextVar("steerlab_packed_decoding", default=False)
 _EXACT_PINNED: ContextVar[bool] = ContextVar("steerlab_exact_decoding", default=False)
+_IN_COMPILED_STEP = False  # what a packed linear does inside a graph being traced: set by `experts.compiled` only
 
 
 def resolve_decoding(decoding: str | None) -> str:
@@ -242,9 +243,15 @@ class PackedLinear(nn.Linear):
         self._packed_version = self.weight._version
 
     def uses_code(self, x: Tensor) -> bool:
+        if torch.compiler.is_compiling():  # a `ContextVar` breaks the graph; `experts.compiled` checked the rest
+            return _IN_COMPILED_STEP
         if not (_PACKED_ON.get() and x.dtype == torch.float32 and x.is_cpu and not torch.is_grad_enabled()):
             return False
-        weight = self._parameters["weight"]  # not `self.weight`: Module.__getattr__ costs on the decode path
+        return self.current()
+
+    def current(self) -> bool:
+        """Is the code still that of the weight (not edited in place, nor replaced, since it was packed)?"""
+        weight = self._parameters["weight"]
         return self._packed_from() is weight and weight._version == self._packed_version
 
     def forward(self, x: Tensor) -> Tensor:
@@ -267,10 +274,12 @@ class PackingReport:
     packed_share: float  # share of all linear weight values that are packed
     reason: str = ""  # why nothing was packed, when nothing was
     shared_codes: int = 0  # groups of linears that read one input and run as one kernel call
+    compiled_steps: bool = False  # decode steps compiled whole where they can be (`experts.compiled`)
 
     def to_dict(self) -> dict:
         return {"decoding": self.decoding, "packed_linears": self.packed_linears, "linears": self.linears,
                 "packed_share": round(self.packed_share, 4), "shared_codes": self.shared_codes,
+                "compiled_steps": self.compiled_steps,
                 **({"reason": self.reason} if self.reason else {})}
 
 

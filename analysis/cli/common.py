@@ -11,7 +11,7 @@ from experts.errors import EmptyPromptsError, SteerlabError
 
 DTYPES = ("float32", "bfloat16", "float16")
 OPERATORS = ("add", "ablate", "norm_preserving")
-DECODINGS = ("auto", "packed", "exact")  # experts.packed.DECODINGS (kept here: the CLI's help loads no torch)
+DECODINGS = ("auto", "packed", "compiled", "exact")  # experts.packed.DECODINGS (here: the CLI's help loads no torch)
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -82,7 +82,8 @@ def add_expert_options(parser: argparse.ArgumentParser, default: str | None = No
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--dtype", default=None, choices=DTYPES, help="default: bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--decoding", default=None, choices=DECODINGS,
-                        help="packed: the 4-bit linears decode in the int4 CPU kernel; exact: in --dtype; auto "
+                        help="packed: the 4-bit linears decode in the int4 CPU kernel; compiled: packed, its steps "
+                             "compiled (tens of seconds per batch shape first); exact: in --dtype; auto "
                              "(default, or $STEERLAB_DECODING): packed for a packaged expert in float32 on the CPU")
 
 

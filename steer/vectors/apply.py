@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor
 
+from experts.compiled import StepAddition
 from experts.errors import NonFiniteError, SteerlabError
 from experts.generate import DecodeState, current_decode_state
 from experts.hooks import ActivationFn, HookHandle, attach
@@ -252,9 +253,28 @@ def _steering_fn(steering: Steering, layer: int) -> ActivationFn:
         edited = operator(h, v, c)
         return edited if mask is None else torch.where(mask.to(h.device)[..., None], edited, h)
 
-    constant_add = steering.operator == "add" and isinstance(steering.coef, (int, float)) and steering.gate is None
+    def offset(state: DecodeState) -> Tensor | None:
+        """What an `add` adds at a decode step (one generated token per row): the same numbers as `steer`'s."""
+        if steering.positions == "prompt":
+            return None
+        v = on(("v", torch.device("cpu"), torch.float32), lambda: direction.to(device="cpu", dtype=torch.float32))
+        if steering.per_prompt:
+            table = on(("coef", torch.device("cpu")), lambda: torch.tensor([float(c) for c in steering.coef]))
+            added = _per_prompt(steering, state, state.rows.shape[0], table)[:, None, None] * v
+        else:
+            c = steering.scalar(state.step)
+            if c == 0.0:
+                return None
+            added = c * v
+        start = _FROM.match(steering.positions)
+        if start:
+            added = torch.where((state.position_ids >= int(start.group(1)))[..., None], added, 0.0)
+        return added
+
+    additive = steering.operator == "add" and steering.gate is None
+    constant_add = additive and isinstance(steering.coef, (int, float))
     if not (constant_add and steering.positions == "all"):
-        return steer
+        return StepAddition(steer, offset) if additive else steer
     coef = float(steering.coef)
 
     def add_everywhere(h: Tensor) -> Tensor:
@@ -267,7 +287,7 @@ def _steering_fn(steering: Steering, layer: int) -> ActivationFn:
             return h + cv
         return torch.where(state.valid.to(h.device)[..., None], h + cv, h)
 
-    return add_everywhere
+    return StepAddition(add_everywhere, offset)
 
 
 def _hooks(expert: Expert, steerings: Sequence[Steering], force: bool) -> list[tuple[HookPoint, ActivationFn]]:

@@ -49,8 +49,7 @@ def eight_bit(weight):
     return ((groups / scale).round() * scale).reshape(weight.shape)
 
 
-@pytest.fixture
-def packed_tiny() -> Expert:
+def quantized_tiny() -> Expert:
     """tiny-llama with every block linear quantized to 4 bits and lm_head (the tied embedding) to 8, then packed:
     SmolLM2's GGUF formats, Q4_1 and Q8_0."""
     expert = Expert.load("tiny-llama", decoding="exact")
@@ -60,6 +59,11 @@ def packed_tiny() -> Expert:
                 module.weight.copy_(eight_bit(module.weight) if name == "lm_head" else quantized(module.weight))
     expert.packing = pack_linears(expert.model)
     return expert
+
+
+@pytest.fixture
+def packed_tiny() -> Expert:
+    return quantized_tiny()
 
 
 def vector(expert, layers=(0, 1), scale=3.0):
@@ -236,9 +240,9 @@ def test_defaults_and_choices(monkeypatch, tiny_llama):
     monkeypatch.setenv(packed.DECODING_ENV, "exact")
     assert resolve_decoding(None) == "exact" and resolve_decoding("packed") == "packed"
     monkeypatch.setenv(packed.DECODING_ENV, "fast")
-    with pytest.raises(SteerlabError, match=r"unknown \$STEERLAB_DECODING 'fast'; choose one of auto, packed, exact"):
+    with pytest.raises(SteerlabError, match=r"unknown \$STEERLAB_DECODING 'fast'; choose one of auto, packed, compiled, exact"):
         Expert.load("tiny-llama")
-    with pytest.raises(SteerlabError, match="unknown decoding 'int3'; choose one of auto, packed, exact"):
+    with pytest.raises(SteerlabError, match="unknown decoding 'int3'; choose one of auto, packed, compiled, exact"):
         Expert.load("tiny-llama", decoding="int3")
 
 

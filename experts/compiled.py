@@ -1,0 +1,227 @@
+"""Decode steps compiled whole (`Expert.load(..., decoding="compiled")`): packed decoding's steps as one
+`torch.compile` (inductor) graph over a static KV cache, with steering inside the graph as tensors.
+
+The prompts' forward runs eagerly in float32 with every hook, as in every decoding. Then, for a batch that decodes
+packed, its KV cache is copied into transformers' `StaticCache` (prompt plus budget, rounded up to `LENGTH_STEP`
+columns) and each step runs the compiled graph of (rows, cache length, hooked points), compiled at its first use:
+tens of seconds on two cores, once per shape and process (inductor keeps its kernels on disk, so a later process
+compiles faster). Each live steering edit that adds an offset at a decode step (`StepAddition`: steerlab's `add`
+with a constant, per-prompt or scheduled coefficient, at any positions rule) becomes a hook of the graph's own that
+adds a per-row buffer, refilled before each step, so a new coefficient or prompt does not recompile. The model's
+own hooks are set aside while a graph runs and put back after it (`experts.hooks.HookSet`), whatever happens.
+
+Every other case decodes eagerly, and `report(model)` counts why: another edit (ablation, norm-preserving, gates)
+or a hook that reads, a logits hook (reward-augmented decoding reads the cache), a batch that decodes exactly,
+weights edited since they were packed, sliding-window layers (Gemma), or a failed compile. The graph computes what
+the eager packed step computes, but inductor fuses and rounds some operations differently, so its tokens may part
+from eager packed decoding's; `benchmarks/RESULTS.md` states how often.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import types
+import weakref
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import StaticCache
+
+from experts import packed
+from experts.hooks import HookSet, SetAside, count_forward_hooks, live_edits, live_handles
+
+log = logging.getLogger(__name__)
+
+LENGTH_STEP = 128  # a static cache's length is the prompt plus the budget, rounded up to a multiple of this
+
+
+@dataclass(frozen=True)
+class StepAddition:
+    """An activation edit that, at a decode step, adds an offset that does not depend on the activation: `edit` is
+    the hook's function, `offset(state)` the (rows, 1, width) float32 tensor it adds at that step (None: nothing).
+    `edit(h)` and `h + offset(state)` must be the same numbers; a compiled step runs the second."""
+
+    edit: Callable[[Tensor], Tensor | None]
+    offset: Callable[[Any], Tensor | None]  # Callable[[DecodeState], ...]
+
+    def __call__(self, h: Tensor) -> Tensor | None:
+        return self.edit(h)
+
+
+def _step(model: nn.Module, input_ids: Tensor, position_ids: Tensor, mask: Tensor, cache: StaticCache) -> Tensor:
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True,
+                logits_to_keep=1)
+    return out.logits[:, -1]
+
+
+def _own_step() -> Callable:
+    """A copy of `_step` with a code object of its own, for one plan. Dynamo's guards are skipped (checking them cost
+    a twentieth of a step), so two plans must never share a code object: dynamo keeps its graphs on it. What the
+    guards would check is fixed by the plan's key (shapes, hooked points) and checked on the host before each batch
+    (`_why_eager`: float32 on the CPU, packs current, hooks)."""
+    return types.FunctionType(_step.__code__.replace(), _step.__globals__, _step.__name__)
+
+
+@dataclass
+class _Plan:
+    """The compiled graph of one (rows, cache length, hooked points), its static cache, mask and offset buffers."""
+
+    step: Callable
+    cache: StaticCache
+    mask: Tensor  # (rows, length) bool: the columns each row attends to
+    offsets: list[Tensor]  # (rows, 1, width) float32, one per edit, in the order the edits run
+    hooks: HookSet
+    ran: bool = False
+    failed: str = ""
+
+
+@dataclass
+class _State:
+    plans: dict[tuple, _Plan] = field(default_factory=dict)
+    counts: Counter = field(default_factory=Counter)
+
+
+_ENABLED: weakref.WeakKeyDictionary[nn.Module, _State] = weakref.WeakKeyDictionary()
+
+
+def enable(model: nn.Module) -> None:
+    """Compile `model`'s packed decode steps from now on (`Expert.load` does it for `decoding="compiled"`)."""
+    _ENABLED.setdefault(model, _State())
+
+
+def report(model: nn.Module) -> dict[str, int]:
+    """How many batches of `model` decoded their steps compiled ("compiled") and eagerly (keyed by why)."""
+    state = _ENABLED.get(model)
+    return dict(state.counts) if state is not None else {}
+
+
+def _sliding(model: nn.Module) -> bool:
+    types_ = getattr(model.config.get_text_config(decoder=True), "layer_types", None) or ()
+    return any(kind != "full_attention" for kind in types_)
+
+
+def _why_eager(model: nn.Module, length: int, packs: bool, logits_hook: object) -> str:
+    """Why a batch cannot decode compiled ("" when it can)."""
+    if not packs:
+        return "the batch decodes exactly"
+    weight = next(model.parameters())
+    if weight.dtype != torch.float32 or weight.device.type != "cpu":
+        return "not float32 on the CPU"
+    if logits_hook is not None:
+        return "a logits hook"
+    if _sliding(model):
+        return "sliding-window layers"
+    if length > getattr(model.config, "max_position_embeddings", length):
+        return "longer than the model's positions"
+    linears = [m for m in model.modules() if isinstance(m, packed.PackedLinear)]
+    if not linears or not all(m.current() for m in linears):
+        return "weights edited since they were packed" if linears else "nothing packed"
+    handles = live_handles(model)
+    if any(handle._handles and not handle.edits for handle in handles) or count_forward_hooks(model) != sum(
+            len(handle._handles) for handle in handles):
+        return "a hook that is not steering"
+    if not all(isinstance(fn, StepAddition) for _, fn in live_edits(model)):
+        return "an edit that is not an addition"
+    return ""
+
+
+class CompiledSteps:
+    """One batch's decode steps through a plan: `step(...)` after the prompts' forward, once per step."""
+
+    def __init__(self, model: nn.Module, plan: _Plan, edits: list[StepAddition], counts: Counter) -> None:
+        self._model, self._plan, self._edits, self._counts = model, plan, edits, counts
+        self._aside: SetAside | None = None
+        self._filled = self._started = 0
+
+    def _start(self, cache: Any, attention_mask: Tensor) -> None:
+        plan = self._plan
+        width = attention_mask.shape[1]
+        for dynamic, static in zip(cache.layers, plan.cache.layers):
+            if not static.is_initialized:
+                static.lazy_initialization(dynamic.keys, dynamic.values)
+            for mine, theirs in ((static.keys, dynamic.keys), (static.values, dynamic.values)):
+                mine[:, :, :width].copy_(theirs)
+                mine[:, :, width:].zero_()
+            static.cumulative_length.fill_(width)
+        plan.mask.zero_()
+        plan.mask[:, :width] = attention_mask.bool()
+        self._filled = self._started = width
+        self._aside = plan.hooks.set_aside()
+
+    def step(self, input_ids: Tensor, position_ids: Tensor, cache: Any, state: Any) -> Tensor | None:
+        """The logits of this step, or None when the plan's first compile failed (the caller then decodes eagerly
+        from `cache`, which compiled steps never touch)."""
+        plan = self._plan
+        if self._aside is None:
+            self._start(cache, state.attention_mask[:, :-1])
+        for buffer, edit in zip(plan.offsets, self._edits):
+            offset = edit.offset(state)
+            if offset is None:
+                buffer.zero_()
+            else:
+                buffer.copy_(offset)
+        plan.mask[:, self._filled] = True
+        self._filled += 1
+        first = not plan.ran
+        try:
+            with self._aside.installed():
+                packed._IN_COMPILED_STEP = True
+                try:
+                    logits = plan.step(self._model, input_ids, position_ids, plan.mask[:, None, None, :], plan.cache)
+                finally:
+                    packed._IN_COMPILED_STEP = False
+        except Exception as error:  # noqa: BLE001 - a compile that fails falls back, once, and says why
+            if not first:
+                raise
+            plan.failed = f"compiling failed: {type(error).__name__}"
+            log.warning("compiled decode steps failed to compile (%s: %s); decoding eagerly", type(error).__name__,
+                        str(error).splitlines()[0] if str(error) else "")
+            self._counts[plan.failed] += 1
+            return None
+        if self._filled == self._started + 1:  # the batch's first step
+            self._counts["compiled"] += 1
+        plan.ran = True
+        return logits
+
+
+def steps_for(model: nn.Module, rows: int, length: int, *, packs: bool, logits_hook: object) -> CompiledSteps | None:
+    """Compiled steps for a batch of `rows` rows that may reach `length` columns, or None (eager) when the model
+    has no compiled decoding or the batch cannot have it (counted in `report`)."""
+    state = _ENABLED.get(model)
+    if state is None:
+        return None
+    why = _why_eager(model, length, packs, logits_hook)
+    if why:
+        state.counts[why] += 1
+        return None
+    edits = [fn for _, fn in live_edits(model)]
+    points = tuple(point for point, _ in live_edits(model))
+    length = LENGTH_STEP * math.ceil(length / LENGTH_STEP)
+    key = (rows, length, points)
+    plan = state.plans.get(key)
+    if plan is None:
+        plan = state.plans[key] = _new_plan(model, rows, length, points)
+    if plan.failed:
+        state.counts[plan.failed] += 1
+        return None
+    return CompiledSteps(model, plan, edits, state.counts)
+
+
+def _adds(buffer: Tensor) -> Callable[[Tensor], Tensor]:
+    return lambda h: h + buffer
+
+
+def _new_plan(model: nn.Module, rows: int, length: int, points: tuple) -> _Plan:
+    log.info("compiling decode steps for %d rows and %d columns (once per shape: tens of seconds)", rows, length)
+    width = model.config.get_text_config(decoder=True).hidden_size
+    offsets = [torch.zeros(rows, 1, width) for _ in points]
+    step = torch.compile(_own_step(), dynamic=False, fullgraph=True,
+                         options={"guard_filter_fn": torch.compiler.skip_all_guards_unsafe})
+    cache = StaticCache(config=model.config, max_cache_len=length)
+    return _Plan(step, cache, torch.zeros(rows, length, dtype=torch.bool),
+                 offsets, HookSet(model, [(point, _adds(buffer)) for point, buffer in zip(points, offsets)]))
