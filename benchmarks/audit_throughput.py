@@ -1,5 +1,6 @@
-"""Letters per second of the audit's generation at batch 1, 4 and 16, decoding exactly (float32) and packed
-(steerlab's default on a CPU, `experts.packed`), interleaved, medians. Same prompts (the medium audit's template
+"""Letters per second of the audit's generation at batch 1, 4 and 16, decoding exactly (float32), packed
+(steerlab's default on a CPU, `experts.packed`) and compiled (packed, its steps compiled whole, `experts.compiled`;
+each batch shape compiles before the timing), interleaved, medians. Same prompts (the medium audit's template
 prompts), greedy, fixed letter length; batch 1 writes the first 4 letters, batches 4 and 16 all of them. Then
 what sharing the prompts' common prefix could gain: the prompts' forward as a share of a batch of 16 (exact), and
 the share of a prompt that the batch's common prefix is.
@@ -28,7 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     quiet()
     print(f"machine: {machine()}")
-    experts = {"exact": Expert.load(args.expert, decoding="exact"), "packed": Expert.load(args.expert)}
+    experts = {"exact": Expert.load(args.expert, decoding="exact"), "packed": Expert.load(args.expert),
+               "compiled": Expert.load(args.expert, decoding="compiled")}
     print(f"packed: {experts['packed'].packing.to_dict()}")
     prompts = build_prompts("medium")[: args.letters]
     texts = experts["exact"].format_prompts([p.text for p in prompts])
@@ -43,12 +45,16 @@ def main() -> None:
     runs = {(mode, bs): (lambda m=mode, b=bs: write(experts[m], b)) for bs in batches for mode in experts}
     for expert in experts.values():
         expert.generate_batch(texts[:2], config, [0, 1])  # warm-up
+    for bs, rows in batches.items():  # compiled steps compile once per batch shape: before the timing
+        experts["compiled"].generate_batch(rows[:bs], config, list(range(bs)))
     seconds = interleaved(runs, args.repeats, warmup=False)
     print(f"{args.new_tokens} tokens per letter, greedy, median of {args.repeats} interleaved runs")
-    print(f"{'batch':>5} {'exact letters/s':>16} {'packed letters/s':>17} {'packed / exact':>15}")
+    print(f"{'batch':>5} {'exact letters/s':>16} {'packed letters/s':>17} {'compiled letters/s':>19} "
+          f"{'packed / exact':>15} {'compiled / exact':>17}")
     for bs, rows in batches.items():
-        exact, packed = (len(rows) / seconds[(mode, bs)] for mode in ("exact", "packed"))
-        print(f"{bs:>5} {exact:>16.2f} {packed:>17.2f} {packed / exact:>15.2f}")
+        exact, packed, compiled = (len(rows) / seconds[(mode, bs)] for mode in ("exact", "packed", "compiled"))
+        print(f"{bs:>5} {exact:>16.2f} {packed:>17.2f} {compiled:>19.2f} {packed / exact:>15.2f} "
+              f"{compiled / exact:>17.2f}")
     prefix_bound(experts["exact"], texts, seconds[("exact", 16)], args.repeats)
 
 

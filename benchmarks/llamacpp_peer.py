@@ -3,10 +3,12 @@ GGUF file steerlab ships, sha256-checked), steered and unsteered, at batch 1 and
 
 llama.cpp steers with a control vector (`llama_apply_adapter_cvec`: a direction added to one block's output, which
 is steerlab's `blocks.k.hook_resid_post`); steerlab with a steering vector at the same layer, decoding exactly
-(float32), packed (its default on a CPU: the 4-bit linears in the int4 kernel, `experts.packed`) and compiled (packed
-with its decode steps compiled whole, `experts.compiled`; opt-in: each shape's first call compiles, untimed). llama-cpp-python's
-high-level API decodes one sequence at a time, so its "batch 8" is eight sequences one after another (llama.cpp's
-server decodes parallel slots together; that path is not measured here).
+(float32), packed (its default on a CPU: the 4-bit linears in the int4 kernel, `experts.packed`) and compiled
+(packed with its decode steps compiled whole, `experts.compiled`; opt-in: each shape's first call compiles, untimed).
+llama-cpp-python's high-level API decodes one sequence at a time, so its "batch 8" is eight sequences one after
+another (llama.cpp's server decodes parallel slots together; that path is not measured here). Both sides evaluate
+each whole prompt at every call: llama-cpp-python's reuse of the previous call's cached prefix is turned off
+(`llm.reset()`), as steerlab has no cache across calls.
 
 Run: python benchmarks/llamacpp_peer.py [--expert NAME] [--new-tokens 64] [--repeats 5]
 (`make bench` installs llama-cpp-python first; it builds from source once, then comes from uv's cache.)
@@ -58,10 +60,15 @@ def control_vector(llm, direction: np.ndarray, layer: int, coef: float, n_layer:
 
 
 def llama_generate(llm, prompts: list[str], n: int) -> list[list[int]]:
-    """Greedy, exactly `n` tokens per prompt, one prompt after another; returns the tokens."""
+    """Greedy, exactly `n` tokens per prompt, one prompt after another, each from an empty cache; returns the tokens.
+
+    `llm.reset()` first: otherwise llama-cpp-python keeps the previous call's KV cache and evaluates only the part of
+    the prompt that differs from it, so it would skip the prompt's forward that steerlab runs, and a steered call
+    would continue from keys and values computed under another control vector."""
     out = []
     for prompt in prompts:
         tokens = llm.tokenize(prompt.encode("utf-8"), special=True)
+        llm.reset()
         out.append([token for _, token in zip(range(n), llm.generate(tokens, top_k=1, top_p=1.0, temp=0.0, reset=True))])
     return out
 

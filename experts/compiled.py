@@ -9,6 +9,9 @@ compiles faster). Each live steering edit that adds an offset at a decode step (
 with a constant, per-prompt or scheduled coefficient, at any positions rule) becomes a hook of the graph's own that
 adds a per-row buffer, refilled before each step, so a new coefficient or prompt does not recompile. The model's
 own hooks are set aside while a graph runs and put back after it (`experts.hooks.HookSet`), whatever happens.
+While a step is traced, its attention is transformers' eager one-token SDPA (`_one_token_attention`): traced, theirs
+would copy the whole cache once per query head at every step. Dynamo's guards and inductor's size asserts are
+skipped (a fifth of a step); what they would check is fixed by the plan's key or checked on the host.
 
 Every other case decodes eagerly, and `report(model)` counts why: another edit (ablation, norm-preserving, gates)
 or a hook that reads, a logits hook (reward-augmented decoding reads the cache), a batch that decodes exactly,
@@ -24,13 +27,16 @@ import math
 import types
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import StaticCache
+from torch.nn import functional as F
+from transformers import AttentionInterface, StaticCache
+from transformers.integrations.sdpa_attention import pack_gqa
 
 from experts import packed
 from experts.hooks import HookSet, SetAside, count_forward_hooks, live_edits, live_handles
@@ -53,6 +59,41 @@ class StepAddition:
         return self.edit(h)
 
 
+ONE_TOKEN_ATTENTION = "steerlab_one_token_sdpa"
+
+
+def _one_token_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                         dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Tensor, None]:
+    """transformers' SDPA attention for one query token, as it runs eagerly: each key/value head attends for its
+    group of query heads (`pack_gqa`). Traced by dynamo, transformers' own copies every cached key and value once
+    per query head instead (`repeat_kv`), at every step of every layer."""
+    q_length = query.shape[2]
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        query = pack_gqa(query, groups)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                         scale=scaling, is_causal=False)
+    return out.reshape(out.shape[0], -1, q_length, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ONE_TOKEN_ATTENTION, _one_token_attention)
+
+
+@contextmanager
+def _traced_attention(model: nn.Module) -> Iterator[None]:
+    """While a step is traced, its attention is `_one_token_attention` where the model's is transformers' SDPA."""
+    config = model.config
+    before = config._attn_implementation
+    if before != "sdpa":
+        yield
+        return
+    config._attn_implementation = ONE_TOKEN_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
 def _step(model: nn.Module, input_ids: Tensor, position_ids: Tensor, mask: Tensor, cache: StaticCache) -> Tensor:
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True,
                 logits_to_keep=1)
@@ -61,9 +102,9 @@ def _step(model: nn.Module, input_ids: Tensor, position_ids: Tensor, mask: Tenso
 
 def _own_step() -> Callable:
     """A copy of `_step` with a code object of its own, for one plan. Dynamo's guards are skipped (checking them cost
-    a twentieth of a step), so two plans must never share a code object: dynamo keeps its graphs on it. What the
-    guards would check is fixed by the plan's key (shapes, hooked points) and checked on the host before each batch
-    (`_why_eager`: float32 on the CPU, packs current, hooks)."""
+    a fifth of a step), so two plans must never share a code object: dynamo keeps its graphs on it. What the guards
+    (and inductor's size asserts) would check is fixed by the plan's key (shapes, hooked points) and checked on the
+    host before each batch (`_why_eager`: float32 on the CPU, packs current, hooks)."""
     return types.FunctionType(_step.__code__.replace(), _step.__globals__, _step.__name__)
 
 
@@ -172,7 +213,9 @@ class CompiledSteps:
             with self._aside.installed():
                 packed._IN_COMPILED_STEP = True
                 try:
-                    logits = plan.step(self._model, input_ids, position_ids, plan.mask[:, None, None, :], plan.cache)
+                    with _traced_attention(self._model) if first else nullcontext():
+                        logits = plan.step(self._model, input_ids, position_ids, plan.mask[:, None, None, :],
+                                           plan.cache)
                 finally:
                     packed._IN_COMPILED_STEP = False
         except Exception as error:  # noqa: BLE001 - a compile that fails falls back, once, and says why
@@ -221,7 +264,7 @@ def _new_plan(model: nn.Module, rows: int, length: int, points: tuple) -> _Plan:
     width = model.config.get_text_config(decoder=True).hidden_size
     offsets = [torch.zeros(rows, 1, width) for _ in points]
     step = torch.compile(_own_step(), dynamic=False, fullgraph=True,
-                         options={"guard_filter_fn": torch.compiler.skip_all_guards_unsafe})
+                         options={"guard_filter_fn": torch.compiler.skip_all_guards_unsafe, "size_asserts": False})
     cache = StaticCache(config=model.config, max_cache_len=length)
     return _Plan(step, cache, torch.zeros(rows, length, dtype=torch.bool),
                  offsets, HookSet(model, [(point, _adds(buffer)) for point, buffer in zip(points, offsets)]))

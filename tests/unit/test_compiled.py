@@ -69,6 +69,7 @@ def test_compiled_steps_compute_the_packed_steps_with_every_additive_steering(fa
     assert (steered["per-prompt"][1:, 1] - steered["constant"][1:, 1]).abs().max() > 0.5  # row 1: -1 against +1
     assert (steered["schedule"][1:3] - steered["constant"][1:3]).abs().max() < 0.05  # steps 1-2 at +1
     assert count_forward_hooks(fast.model) == 0 and not live_handles(fast.model)
+    assert fast.model.config._attn_implementation == "sdpa"  # set to one-token attention only while tracing
 
 
 def test_what_a_compiled_step_cannot_run_decodes_eagerly_and_says_why(fast):
