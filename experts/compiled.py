@@ -14,7 +14,8 @@ would copy the whole cache once per query head at every step. Dynamo's guards an
 skipped (a fifth of a step); what they would check is fixed by the plan's key or checked on the host.
 
 Every other case decodes eagerly, and `report(model)` counts why: another edit (ablation, norm-preserving, gates)
-or a hook that reads, a logits hook (reward-augmented decoding reads the cache), a batch that decodes exactly,
+or a hook that reads, a logits hook (reward-augmented decoding reads the cache), a batch that decodes exactly, a
+call off the main thread (a step swaps the model's hooks, which another thread, a server's reader, may be using),
 weights edited since they were packed, sliding-window layers (Gemma), or a failed compile. The graph computes what
 the eager packed step computes, but inductor fuses and rounds some operations differently, so its tokens may part
 from eager packed decoding's; `benchmarks/RESULTS.md` states how often.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import types
 import weakref
 from collections import Counter
@@ -150,6 +152,8 @@ def _why_eager(model: nn.Module, length: int, packs: bool, logits_hook: object) 
     """Why a batch cannot decode compiled ("" when it can)."""
     if not packs:
         return "the batch decodes exactly"
+    if threading.current_thread() is not threading.main_thread():
+        return "off the main thread"  # a step swaps the model's hooks, which another thread may be using
     weight = next(model.parameters())
     if weight.dtype != torch.float32 or weight.device.type != "cpu":
         return "not float32 on the CPU"

@@ -1,6 +1,8 @@
 """Compiled decode steps (experts.compiled): the packed step's numbers with steering as tensors, every other case
 eager with its reason, the model's own hooks put back whatever happens. One compile (a few seconds) for the module."""
 
+import threading
+
 import pytest
 import torch
 
@@ -80,13 +82,16 @@ def test_what_a_compiled_step_cannot_run_decodes_eagerly_and_says_why(fast):
     run(fast, eager=True)
     with exact_decoding():
         run(fast)
+    worker = threading.Thread(target=run, args=(fast,))  # a server's decoding runs in threads beside its reader
+    worker.start()
+    worker.join()
     module = fast.model.model.layers[0].mlp.up_proj
     with torch.no_grad():
         module.weight.add_(0.0)  # in place: the pack may no longer hold this weight
     run(fast)
     after = compiled.report(fast.model)
     for why in ("an edit that is not an addition", "a logits hook", "the batch decodes exactly",
-                "weights edited since they were packed"):
+                "off the main thread", "weights edited since they were packed"):
         assert after.get(why, 0) == counts.get(why, 0) + 1, why
     assert after["compiled"] == counts["compiled"]
 
