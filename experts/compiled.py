@@ -82,17 +82,18 @@ AttentionInterface.register(ONE_TOKEN_ATTENTION, _one_token_attention)
 
 
 @contextmanager
-def _traced_attention(model: nn.Module) -> Iterator[None]:
-    """While a step is traced, its attention is `_one_token_attention` where the model's is transformers' SDPA."""
+def _tracing(model: nn.Module) -> Iterator[None]:
+    """What a step is traced with, and only then: packed linears use their code (`packed._IN_COMPILED_STEP`), and
+    the attention is `_one_token_attention` where the model's is transformers' SDPA."""
     config = model.config
     before = config._attn_implementation
-    if before != "sdpa":
-        yield
-        return
-    config._attn_implementation = ONE_TOKEN_ATTENTION
+    if before == "sdpa":
+        config._attn_implementation = ONE_TOKEN_ATTENTION
+    packed._IN_COMPILED_STEP = True
     try:
         yield
     finally:
+        packed._IN_COMPILED_STEP = False
         config._attn_implementation = before
 
 
@@ -214,14 +215,8 @@ class CompiledSteps:
         self._filled += 1
         first = not plan.ran
         try:
-            with self._aside.installed():
-                packed._IN_COMPILED_STEP = True
-                try:
-                    with _traced_attention(self._model) if first else nullcontext():
-                        logits = plan.step(self._model, input_ids, position_ids, plan.mask[:, None, None, :],
-                                           plan.cache)
-                finally:
-                    packed._IN_COMPILED_STEP = False
+            with self._aside.installed(), _tracing(self._model) if first else nullcontext():
+                logits = plan.step(self._model, input_ids, position_ids, plan.mask[:, None, None, :], plan.cache)
         except Exception as error:  # noqa: BLE001 - a compile that fails falls back, once, and says why
             if not first:
                 raise
@@ -246,8 +241,8 @@ def steps_for(model: nn.Module, rows: int, length: int, *, packs: bool, logits_h
     if why:
         state.counts[why] += 1
         return None
-    edits = [fn for _, fn in live_edits(model)]
-    points = tuple(point for point, _ in live_edits(model))
+    edits = live_edits(model)
+    points = tuple(point for point, _ in edits)
     length = LENGTH_STEP * math.ceil(length / LENGTH_STEP)
     key = (rows, length, points)
     plan = state.plans.get(key)
@@ -256,7 +251,7 @@ def steps_for(model: nn.Module, rows: int, length: int, *, packs: bool, logits_h
     if plan.failed:
         state.counts[plan.failed] += 1
         return None
-    return CompiledSteps(model, plan, edits, state.counts)
+    return CompiledSteps(model, plan, [fn for _, fn in edits], state.counts)
 
 
 def _adds(buffer: Tensor) -> Callable[[Tensor], Tensor]:

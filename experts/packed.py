@@ -251,7 +251,7 @@ class PackedLinear(nn.Linear):
 
     def current(self) -> bool:
         """Is the code still that of the weight (not edited in place, nor replaced, since it was packed)?"""
-        weight = self._parameters["weight"]
+        weight = self._parameters["weight"]  # not `self.weight`: Module.__getattr__ costs on the decode path
         return self._packed_from() is weight and weight._version == self._packed_version
 
     def forward(self, x: Tensor) -> Tensor:
