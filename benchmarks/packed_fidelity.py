@@ -1,9 +1,10 @@
 """What packed decoding (`experts.packed`, steerlab's default on a CPU) changes in outputs against exact float32
 decoding, on the demo's letters: greedy letters written both ways (share identical, where they first part), and
 each exact letter read back token by token both ways (teacher-forced: the share of positions whose most likely
-next token agrees, and the difference in the chosen token's log-probability).
+next token agrees, and the difference in the chosen token's log-probability). Then how often a letter depends on its
+batch: the first `--alone` letters written one at a time against in their batch of 16, exactly and packed.
 
-Run: python benchmarks/packed_fidelity.py [--expert NAME] [--letters 32] [--new-tokens 96]
+Run: python benchmarks/packed_fidelity.py [--expert NAME] [--letters 32] [--new-tokens 96] [--alone 16]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--expert", default=registry.DEFAULT_EXPERT)
     parser.add_argument("--letters", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=96)
+    parser.add_argument("--alone", type=int, default=16)
     args = parser.parse_args()
     quiet()
     print(f"machine: {machine()}")
@@ -42,11 +44,9 @@ def main() -> None:
     prompts = [p.text for p in build_prompts("small")[: args.letters]]
     settings = dict(max_new_tokens=args.new_tokens, batch_size=16)
     reference, packed = exact.generate(prompts, **settings), fast.generate(prompts, **settings)
-    divergence = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), None if x == y else min(len(x), len(y)))
-                  for x, y in zip(reference.token_ids, packed.token_ids)]
-    parted = [d for d in divergence if d is not None]
+    parted = parting(reference.token_ids, packed.token_ids)
     print(f"{len(prompts)} greedy letters of up to {args.new_tokens} tokens: {len(prompts) - len(parted)} identical; "
-          f"the others part at token {sorted(parted)}")
+          f"the others part at token {parted}")
     agree, deltas = [], []
     for formatted, ids in zip(reference.formatted_prompts, reference.token_ids):
         prompt = fast.encode(formatted)
@@ -59,6 +59,17 @@ def main() -> None:
           f"{sum(agree) / len(agree):.2%} of positions; chosen token's log-prob packed - exact: mean "
           f"{statistics.mean(deltas):+.4f}, mean |.| {statistics.mean(absolute):.4f}, 99th percentile |.| "
           f"{absolute[int(0.99 * (len(absolute) - 1))]:.4f}, max |.| {absolute[-1]:.4f} nats")
+    for name, expert, batched in (("exact", exact, reference), ("packed", fast, packed)):
+        alone = expert.generate(prompts[: args.alone], **{**settings, "batch_size": 1})
+        parted = parting(batched.token_ids[: args.alone], alone.token_ids)
+        print(f"{name}: {args.alone - len(parted)} of {args.alone} letters written alone are those written in their "
+              f"batch of 16; the others part at token {parted}")
+
+
+def parting(first: list[list[int]], second: list[list[int]]) -> list[int]:
+    """Where each pair of token lists that differ first differs, sorted."""
+    return sorted(next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), min(len(x), len(y)))
+                  for x, y in zip(first, second) if x != y)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Decode steps compiled whole (`Expert.load(..., decoding="compiled")`): packed decoding's steps as one
 `torch.compile` (inductor) graph over a static KV cache, with steering inside the graph as tensors.
 
-The prompts' forward runs eagerly in float32 with every hook, as in every decoding. Then, for a batch that decodes
+The prompts' forward runs eagerly with every hook, as in packed decoding. Then, for a batch that decodes
 packed, its KV cache is copied into transformers' `StaticCache` (prompt plus budget, rounded up to `LENGTH_STEP`
 columns) and each step runs the compiled graph of (rows, cache length, hooked points), compiled at its first use:
 tens of seconds on two cores, once per shape and process (inductor keeps its kernels on disk, so a later process
@@ -10,8 +10,10 @@ with a constant, per-prompt or scheduled coefficient, at any positions rule) bec
 adds a per-row buffer, refilled before each step, so a new coefficient or prompt does not recompile. The model's
 own hooks are set aside while a graph runs and put back after it (`experts.hooks.HookSet`), whatever happens.
 While a step is traced, its attention is transformers' eager one-token SDPA (`_one_token_attention`): traced, theirs
-would copy the whole cache once per query head at every step. Dynamo's guards and inductor's size asserts are
-skipped (a fifth of a step); what they would check is fixed by the plan's key or checked on the host.
+would copy the whole cache once per query head at every step. It reads the cache's filled columns only: the mask's
+width is the graph's one dynamic size (at 16 rows, reading the whole static cache took 13 ms of a 58 ms step).
+Dynamo's guards and inductor's size asserts are skipped (a fifth of a step); what they would check is fixed by the
+plan's key or checked on the host.
 
 Every other case decodes eagerly, and `report(model)` counts why: another edit (ablation, norm-preserving, gates)
 or a hook that reads, a logits hook (reward-augmented decoding reads the cache), a batch that decodes exactly, a
@@ -70,6 +72,8 @@ def _one_token_attention(module: nn.Module, query: Tensor, key: Tensor, value: T
     group of query heads (`pack_gqa`). Traced by dynamo, transformers' own copies every cached key and value once
     per query head instead (`repeat_kv`), at every step of every layer."""
     q_length = query.shape[2]
+    if attention_mask is not None and attention_mask.shape[-1] < key.shape[-2]:  # the static cache's filled columns
+        key, value = key[:, :, : attention_mask.shape[-1]], value[:, :, : attention_mask.shape[-1]]
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         query = pack_gqa(query, groups)
@@ -214,9 +218,12 @@ class CompiledSteps:
         plan.mask[:, self._filled] = True
         self._filled += 1
         first = not plan.ran
+        mask = plan.mask[:, None, None, : self._filled]  # the filled columns: the graph's one dynamic size
+        if first:
+            torch._dynamo.mark_dynamic(mask, 3)  # a compile that would specialise on it fails, and the batch goes eager
         try:
             with self._aside.installed(), _tracing(self._model) if first else nullcontext():
-                logits = plan.step(self._model, input_ids, position_ids, plan.mask[:, None, None, :], plan.cache)
+                logits = plan.step(self._model, input_ids, position_ids, mask, plan.cache)
         except Exception as error:  # noqa: BLE001 - a compile that fails falls back, once, and says why
             if not first:
                 raise

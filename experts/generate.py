@@ -2,9 +2,10 @@
 tokenized: attention masks, KV cache, greedy or seeded sampling, stop on EOS.
 
 Each row samples from its own `torch.Generator`, seeded from (seed, prompt, sample index), so a
-row's text does not depend on which other prompts share its batch. After the prompts' forward (float32, as
-every reading), the steps of a batch of up to 16 rows may use packed weights (`experts.packed`: an expert loaded
-with them decodes its 4-bit linears in the int4 kernel), and with compiled decoding those steps run as one compiled
+row's text does not depend on which other prompts share its batch, but for rounding (padding moves the last bits of
+a row's attention; see `experts.packed` for packed decoding). A batch of up to 16 rows may decode with packed
+weights (`experts.packed`: an expert loaded with them runs its 4-bit linears in the int4 kernel at each step, and
+its prompts' forward in bfloat16 where the CPU has it), and with compiled decoding its steps run as one compiled
 graph (`experts.compiled`). While the loop runs,
 `current_decode_state()` tells hooks which step is running and where the padding is.
 """
@@ -340,7 +341,7 @@ def decode(
         state = DecodeState(step, positions, step_valid, prompt_lengths, all_valid=step > 0 or bool(step_valid.all()),
                             past=cache, attention_mask=mask, input_ids=step_input, rows=row_index,
                             n_prompts=n_prompts)
-        with publish_state(state), packed_decoding(packed and step > 0):
+        with publish_state(state), packed_decoding(packed, prompts=step == 0):
             logits = None
             if step == 0 and prefill is not None:
                 logits = prefill.logits

@@ -10,9 +10,8 @@ low nibbles, over the input repeated twice (w = d · (16·high + low - 128), exa
 scales). It keeps the float32 weight where it was (reading, capture, the bridge and training all use it). Inside
 `packed_decoding()` a packed linear computes with the packed weight: a quarter of the memory traffic of float32
 (half for an 8-bit code), which bounds a small expert's decoding on a CPU. The generation loop enters it for
-every step after the prompts' forward of a batch of at most `MAX_PACKED_ROWS` rows: with more rows the kernel
-gains little or loses against float32 and the batch decodes exactly, so a prompt's text may differ between a small
-and a large batch (within a batch all rows decode alike). `exact_decoding()` pins exact decoding for a block.
+every step of a batch of at most `MAX_PACKED_ROWS` rows: with more rows the kernel gains little or loses against
+float32 and the batch decodes exactly. `exact_decoding()` pins exact decoding for a block.
 The kernel takes bfloat16 inputs, scales and offsets and accumulates in float32, so the numerics are those of a
 bfloat16 matmul; `benchmarks/RESULTS.md` states the change in outputs.
 
@@ -21,6 +20,18 @@ their codes stacked by output (`SharedCode`): the first of them called on an inp
 and the others take their columns of that result, bit for bit what their own calls would give (checked when they
 are packed), with fewer kernel calls and input conversions per step.
 
+On a CPU with native bfloat16 dot products (`bfloat16_matmuls()`: AVX-512 BF16 or AMX), two more parts of a packed
+batch multiply in bfloat16 (inputs and weights rounded, float32 accumulation: the kernel's numerics), where the
+kernel pays less: its prompts' forward (`packed_decoding(prompts=True)`: many rows, 1.7-2x float32, each weight
+rounded for the call) and an 8-bit code's steps of `WIDE_ROWS` rows or more (an 8-bit lm_head keeps its weight in
+bfloat16, half its float32 size: 56 MB for SmolLM2, 335 MB for Gemma-3-270M's vocabulary; the kernel runs over the
+input twice). Elsewhere the prompts' forward is float32.
+
+Rounding to bfloat16 turns a difference in the last float32 bit into one of a bfloat16 step, and padding moves the
+last bits of a row's attention. So in packed decoding a prompt's greedy text may depend on its batch (the padding
+beside it; fewer than 8 rows, 8 to 16, or more, which decode exactly), where in float32 it seldom does;
+`benchmarks/packed_fidelity.py` counts how often.
+
 A packed linear falls back to float32 (bit-identical to an unpacked one) outside `packed_decoding()`, with
 gradients on, off the CPU, in another dtype, or once its weight was edited in place or replaced (the pack would be
 stale).
@@ -28,6 +39,7 @@ stale).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import weakref
@@ -54,8 +66,10 @@ SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # tr
 
 DECODING_ENV = "STEERLAB_DECODING"
 MAX_PACKED_ROWS = 16  # rows per decode step up to which the int4 kernel beats float32 here (benchmarks/RESULTS.md)
+WIDE_ROWS = 8  # rows from which an 8-bit code's bfloat16 copy beats the kernel over the code repeated twice
 
 _PACKED_ON: ContextVar[bool] = ContextVar("steerlab_packed_decoding", default=False)
+_PROMPTS: ContextVar[bool] = ContextVar("steerlab_packed_prompts", default=False)
 _EXACT_PINNED: ContextVar[bool] = ContextVar("steerlab_exact_decoding", default=False)
 _IN_COMPILED_STEP = False  # what a packed linear does inside a graph being traced: set by `experts.compiled` only
 
@@ -86,13 +100,14 @@ def packs_batch(rows: int) -> bool:
 
 
 @contextmanager
-def packed_decoding(on: bool = True) -> Iterator[None]:
-    """Let packed linears use their packed weights for the duration of the block (the generation loop's steps
-    after the prompts' forward); `on=False` keeps them in float32 there."""
-    token = _PACKED_ON.set(on)
+def packed_decoding(on: bool = True, *, prompts: bool = False) -> Iterator[None]:
+    """Let packed linears use their packed weights for the duration of the block (the generation loop's steps), or
+    with `prompts=True` multiply in bfloat16 (a prompts' forward); `on=False` keeps them in float32 there."""
+    token, prompts_token = _PACKED_ON.set(on), _PROMPTS.set(prompts)
     try:
         yield
     finally:
+        _PROMPTS.reset(prompts_token)
         _PACKED_ON.reset(token)
 
 
@@ -234,6 +249,7 @@ class PackedLinear(nn.Linear):
 
     code: Int4Code | None  # None when the linear's code is part of a shared one
     shared: tuple[SharedCode, int, int] | None = None  # the shared code and this linear's columns of it
+    wide: Tensor | None = None  # an 8-bit code's weight in bfloat16, for steps of `WIDE_ROWS` rows or more
     _packed_from: weakref.ref  # the weight the code was made from (a weak reference: no second parameter)
     _packed_version: int
 
@@ -249,6 +265,13 @@ class PackedLinear(nn.Linear):
             return False
         return self.current()
 
+    def _bfloat16(self, x: Tensor) -> Tensor:
+        """A prompts' forward: a bfloat16 matmul, the weight rounded for this call (or its bfloat16 copy)."""
+        weight = self.wide if self.wide is not None else self._parameters["weight"].to(torch.bfloat16)
+        y = F.linear(x.to(torch.bfloat16), weight).to(torch.float32)
+        bias = self._parameters["bias"]
+        return y if bias is None else y + bias
+
     def current(self) -> bool:
         """Is the code still that of the weight (not edited in place, nor replaced, since it was packed)?"""
         weight = self._parameters["weight"]  # not `self.weight`: Module.__getattr__ costs on the decode path
@@ -257,8 +280,15 @@ class PackedLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if not self.uses_code(x):
             return F.linear(x, self.weight, self.bias)
-        shared = self.shared
-        y = _run(self.code, x) if shared is None else shared[0].columns(x, shared[1], shared[2])
+        if not torch.compiler.is_compiling() and _PROMPTS.get():
+            return self._bfloat16(x) if bfloat16_matmuls() else F.linear(x, self.weight, self.bias)
+        shared, wide = self.shared, self.wide
+        if wide is not None and x.numel() >= WIDE_ROWS * self.in_features:
+            y = F.linear(x.to(torch.bfloat16), wide)
+        elif shared is None:
+            y = _run(self.code, x)
+        else:
+            y = shared[0].columns(x, shared[1], shared[2])
         y = y.to(torch.float32).view(*x.shape[:-1], self.out_features)
         bias = self._parameters["bias"]
         return y if bias is None else y + bias
@@ -275,12 +305,23 @@ class PackingReport:
     reason: str = ""  # why nothing was packed, when nothing was
     shared_codes: int = 0  # groups of linears that read one input and run as one kernel call
     compiled_steps: bool = False  # decode steps compiled whole where they can be (`experts.compiled`)
+    bfloat16: bool = False  # native bfloat16: prompts' forward, and 8-bit codes at `WIDE_ROWS`+ rows, multiply in it
 
     def to_dict(self) -> dict:
         return {"decoding": self.decoding, "packed_linears": self.packed_linears, "linears": self.linears,
                 "packed_share": round(self.packed_share, 4), "shared_codes": self.shared_codes,
-                "compiled_steps": self.compiled_steps,
+                "compiled_steps": self.compiled_steps, "bfloat16": self.bfloat16,
                 **({"reason": self.reason} if self.reason else {})}
+
+
+@functools.cache
+def bfloat16_matmuls() -> bool:
+    """Does this CPU multiply bfloat16 natively (oneDNN's bfloat16 path: AVX-512 BF16 or AMX)? Elsewhere a
+    bfloat16 matmul is emulated, slower than the kernel, and 8-bit codes keep no bfloat16 copy."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def kernel_works() -> bool:
@@ -325,11 +366,13 @@ def pack_linears(model: nn.Module) -> PackingReport:
         if code is not None:
             module.__class__ = PackedLinear
             module.attach(code)
+            if code.repeats > 1 and bfloat16_matmuls():
+                module.wide = weight.to(torch.bfloat16)
             packed.append(module)
     if not packed:
         return unpacked(model, "no linear holds 4- or 8-bit weights")
     return PackingReport("packed", len(packed), len(linears), sum(m.weight.numel() for m in packed) / total,
-                         shared_codes=share_inputs(model))
+                         shared_codes=share_inputs(model), bfloat16=bfloat16_matmuls())
 
 
 def _stacked_codes(members: list[PackedLinear]) -> Iterator[Int4Code]:

@@ -109,7 +109,7 @@ class RunningBatch:
             cache, mask = new_cache(self.expert.model.config), batch.attention_mask
             state = replace(DecodeState.for_batch(mask, input_ids=batch.input_ids), past=cache, attention_mask=mask)
             with adjusted(self.expert, [j.request for j in joining], self.rules, self.folder, top_k=self.top_k,
-                          loaded=self.loaded) as hook:
+                          loaded=self.loaded) as hook, packed_decoding(packs_batch(len(live)), prompts=True):
                 kept = self._advance(live, state, hook)
             if kept:
                 mask = keep_rows(cache, mask, torch.tensor(kept, device=mask.device)) if len(kept) < len(live) else mask

@@ -54,8 +54,11 @@ def test_packed_decoding_is_the_default_and_stays_close_to_exact(smollm2):
     assert agree / total >= 0.95  # benchmarks/packed_fidelity.py: 98.96% over 3,072 tokens of letters
 
 
-def test_batched_generation_equals_one_by_one(smollm2):
-    batched = smollm2.generate(PROMPTS, max_new_tokens=24)
-    single = [smollm2.generate(p, max_new_tokens=24).token_ids[0] for p in PROMPTS]
+def test_batched_generation_equals_one_by_one_in_float32(smollm2):
+    # packed decoding rounds to bfloat16, where padding's last-bit changes can part a greedy text: measured in
+    # benchmarks/packed_fidelity.py, not asserted
+    with exact_decoding():
+        batched = smollm2.generate(PROMPTS, max_new_tokens=24)
+        single = [smollm2.generate(p, max_new_tokens=24).token_ids[0] for p in PROMPTS]
     assert batched.token_ids == single
     assert "Kelly" in batched.texts[0]

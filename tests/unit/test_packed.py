@@ -1,5 +1,6 @@
-"""Packed decoding (experts.packed): exact 4-bit codes only, float32 everywhere but the decode steps, every steering
-feature kept, no stale pack after an edit, a clean fallback."""
+"""Packed decoding (experts.packed): exact 4-bit codes only, float32 everywhere but decoding (the steps from the code,
+the prompts' forward in bfloat16 where native), every steering feature kept, no stale pack after an edit, a clean
+fallback."""
 
 import pytest
 import torch
@@ -150,13 +151,34 @@ def test_decode_steps_use_the_code_and_stay_close_to_float32(packed_tiny):
         return logits
 
     packed_tiny.generate(PROMPTS, max_new_tokens=3, stop_at_eos=False, logits_hook=keep)
+    bfloat16 = packed.bfloat16_matmuls()  # the prompts' forward: bfloat16 where native
     for module in packed_tiny.model.modules():
         if isinstance(module, PackedLinear):
             module.__class__ = torch.nn.Linear
     packed_tiny.generate(PROMPTS, max_new_tokens=3, stop_at_eos=False, logits_hook=keep)
     (packed0, exact0), (packed1, exact1) = steps[0], steps[1]
-    assert torch.equal(packed0, exact0)  # the prompts' forward is float32
+    assert torch.equal(packed0, exact0) != bfloat16
+    assert (packed0 - exact0).abs().max() <= 0.05 * exact0.abs().max()
     assert not torch.equal(packed1, exact1)  # the steps after it decode from the code
+
+
+def test_an_8_bit_code_multiplies_many_rows_from_its_bfloat16_copy_where_the_cpu_has_it(packed_tiny):
+    head = packed_tiny.model.lm_head
+    assert head.code.repeats == 2 and (head.wide is not None) == packed.bfloat16_matmuls()
+    assert packed_tiny.packing.bfloat16 == packed.bfloat16_matmuls()
+    assert all(m.wide is None for m in packed_tiny.model.modules() if isinstance(m, PackedLinear) and m is not head)
+    head.wide = head.weight.detach().bfloat16()  # as `pack_linears` makes it on such a CPU
+    g = torch.Generator().manual_seed(0)
+    few, many = (torch.randn(rows, head.in_features, generator=g) for rows in (packed.WIDE_ROWS - 1, packed.WIDE_ROWS))
+    with torch.no_grad(), packed_decoding():
+        got_few, got_many = head(few), head(many)
+    assert torch.equal(got_many, torch.nn.functional.linear(many.bfloat16(), head.wide).float())
+    assert torch.equal(got_few, packed._run(head.code, few).float())
+    assert (got_many - many @ head.weight.T).abs().max() <= 0.05 * got_many.abs().max()
+    with torch.no_grad():
+        head.weight.mul_(2)  # an edited weight: its copy is stale as its code is, so float32
+        with packed_decoding():
+            assert torch.equal(head(many), many @ head.weight.T)
 
 
 def test_every_steering_property_holds_on_the_packed_path(packed_tiny, no_leak):
