@@ -25,7 +25,7 @@ batch multiply in bfloat16 (inputs and weights rounded, float32 accumulation: th
 kernel pays less: its prompts' forward (`packed_decoding(prompts=True)`: many rows, 1.7-2x float32, each weight
 rounded for the call) and an 8-bit code's steps of `WIDE_ROWS` rows or more (an 8-bit lm_head keeps its weight in
 bfloat16, half its float32 size: 56 MB for SmolLM2, 335 MB for Gemma-3-270M's vocabulary; the kernel runs over the
-input twice). Elsewhere the prompts' forward is float32.
+input twice). Elsewhere the prompts' forward is float32, as is a router's reading reused as one (`generate.Prefill`).
 
 Rounding to bfloat16 turns a difference in the last float32 bit into one of a bfloat16 step, and padding moves the
 last bits of a row's attention. So in packed decoding a prompt's greedy text may depend on its batch (the padding
