@@ -162,6 +162,23 @@ def test_decode_steps_use_the_code_and_stay_close_to_float32(packed_tiny):
     assert not torch.equal(packed1, exact1)  # the steps after it decode from the code
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_prompts_forward_multiplies_in_bfloat16_where_the_cpu_has_it_else_in_float32(packed_tiny, monkeypatch,
+                                                                                       native):
+    monkeypatch.setattr(packed, "bfloat16_matmuls", lambda: native)
+    linear = packed_tiny.model.model.layers[0].mlp.down_proj
+    x = torch.randn(1, 40, linear.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with packed_decoding(prompts=True):
+            prompts = linear(x)
+        with packed_decoding():
+            steps = linear(x)
+    want = (torch.nn.functional.linear(x.bfloat16(), linear.weight.bfloat16()).float() if native
+            else torch.nn.functional.linear(x, linear.weight))
+    assert torch.equal(prompts, want)
+    assert torch.equal(steps, packed._run(linear.code, x).float().view_as(steps))  # the steps: the code
+
+
 def test_an_8_bit_code_multiplies_many_rows_from_its_bfloat16_copy_where_the_cpu_has_it(packed_tiny):
     head = packed_tiny.model.lm_head
     assert head.code.repeats == 2 and (head.wide is not None) == packed.bfloat16_matmuls()
