@@ -271,13 +271,6 @@ class PackedLinear(nn.Linear):
             return False
         return self.current()
 
-    def _bfloat16(self, x: Tensor) -> Tensor:
-        """A prompts' forward: a bfloat16 matmul, the weight rounded for this call (or its bfloat16 copy)."""
-        weight = self.wide if self.wide is not None else self._parameters["weight"].to(torch.bfloat16)
-        y = F.linear(_rows(x).to(torch.bfloat16), weight).to(torch.float32).view(*x.shape[:-1], self.out_features)
-        bias = self._parameters["bias"]
-        return y if bias is None else y + bias
-
     def current(self) -> bool:
         """Is the code still that of the weight (not edited in place, nor replaced, since it was packed)?"""
         weight = self._parameters["weight"]  # not `self.weight`: Module.__getattr__ costs on the decode path
@@ -286,11 +279,16 @@ class PackedLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if not self.uses_code(x):
             return F.linear(x, self.weight, self.bias)
-        if not torch.compiler.is_compiling() and _PROMPTS.get():
-            return self._bfloat16(x) if bfloat16_matmuls() else F.linear(x, self.weight, self.bias)
-        shared, wide = self.shared, self.wide
-        if wide is not None and x.numel() >= WIDE_ROWS * self.in_features:
-            y = F.linear(_rows(x).to(torch.bfloat16), wide)
+        shared, weight16 = self.shared, self.wide  # weight16: a bfloat16 weight to multiply with, else the code
+        if not torch.compiler.is_compiling() and _PROMPTS.get():  # a prompts' forward: bfloat16 (see the docstring)
+            if not bfloat16_matmuls():
+                return F.linear(x, self.weight, self.bias)
+            if weight16 is None:
+                weight16 = self._parameters["weight"].to(torch.bfloat16)  # rounded for this call only
+        elif x.numel() < WIDE_ROWS * self.in_features:
+            weight16 = None  # a step of a few rows: the code
+        if weight16 is not None:
+            y = F.linear(_rows(x).to(torch.bfloat16), weight16)
         elif shared is None:
             y = _run(self.code, x)
         else:
