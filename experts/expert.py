@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from experts import compiled, hookpoints, loading, packed, registry, tiny
+from experts import compiled, hookpoints, inline, loading, packed, registry, tiny
 from experts.bridge import boot_bridge
 from experts.capture import ActivationCache, CaptureRequest, Reduce, capture, check_reduce
 from experts.errors import EmptyPromptsError, SteerlabError, UnknownHookError
@@ -143,6 +143,8 @@ class Expert:
         packaged = spec.source not in ("tiny", "hf-folder")  # pack_linears itself declines off the CPU or float32
         if decoding in ("packed", "compiled") or (decoding == "auto" and packaged):
             expert.packing = packed.pack_linears(expert.model)
+            if expert.packing.decoding == "packed":
+                expert.packing = replace(expert.packing, inline_blocks=inline.InlineSteps(expert.model).writable)
             if decoding == "compiled" and expert.packing.decoding == "packed":
                 compiled.enable(expert.model)
                 expert.packing = replace(expert.packing, compiled_steps=True)

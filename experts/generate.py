@@ -5,8 +5,9 @@ Each row samples from its own `torch.Generator`, seeded from (seed, prompt, samp
 row's text does not depend on which other prompts share its batch, but for rounding (padding moves the last bits of
 a row's attention; see `experts.packed` for packed decoding). A batch of up to 16 rows may decode with packed
 weights (`experts.packed`: an expert loaded with them runs its 4-bit linears in the int4 kernel at each step, and
-its prompts' forward in bfloat16 where the CPU has it), and with compiled decoding its steps run as one compiled
-graph (`experts.compiled`). While the loop runs,
+its prompts' forward in bfloat16 where the CPU has it); its steps run as one compiled graph with compiled decoding
+(`experts.compiled`), else with their blocks written out where they can be (`experts.inline`: the modules' own
+numbers without the module calls). While the loop runs,
 `current_decode_state()` tells hooks which step is running and where the padding is.
 """
 
@@ -26,6 +27,7 @@ from torch import Tensor
 from experts import compiled
 from experts.errors import NonFiniteError, SteerlabError
 from experts.hooks import count_forward_hooks
+from experts.inline import InlineSteps
 from experts.kv import new_cache
 from experts.packed import packed_decoding, packs_batch
 from experts.tokens import TokenBatch
@@ -336,6 +338,7 @@ def decode(
     packed = packs_batch(mask.shape[0])
     steps = compiled.steps_for(model, mask.shape[0], mask.shape[1] + config.max_new_tokens, packs=packed,
                                logits_hook=logits_hook)
+    inline = InlineSteps(model)  # the steps that compiled steps leave, written out where they can be
     seen = None  # (rows, vocabulary): tokens each row has generated, for the repetition penalty
     for step in range(config.max_new_tokens):
         state = DecodeState(step, positions, step_valid, prompt_lengths, all_valid=step > 0 or bool(step_valid.all()),
@@ -349,15 +352,7 @@ def decode(
                 logits = steps.step(step_input, positions, cache, state)
                 steps = steps if logits is not None else None  # its compile failed: eager from here
             if logits is None:
-                out = model(
-                    input_ids=step_input,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    cache=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                logits = out.logits[:, -1, :]
+                logits = inline.logits(step_input, mask, positions, cache)
             non_finite |= ~torch.isfinite(logits).all()
             if config.repetition_penalty != 1.0:
                 seen = torch.zeros_like(logits, dtype=torch.bool) if seen is None else seen

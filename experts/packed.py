@@ -32,6 +32,9 @@ last bits of a row's attention. So in packed decoding a prompt's greedy text may
 beside it; fewer than 8 rows, 8 to 16, or more, which decode exactly), where in float32 it seldom does;
 `benchmarks/packed_fidelity.py` counts how often.
 
+A Llama-style block whose linears all run packed, q/k/v and gate/up as shared codes, runs its decode steps written
+out (`experts.inline`): the same operations without transformers' module calls, bit for bit.
+
 A packed linear falls back to float32 (bit-identical to an unpacked one) outside `packed_decoding()`, with
 gradients on, off the CPU, in another dtype, or once its weight was edited in place or replaced (the pack would be
 stale).
@@ -309,12 +312,13 @@ class PackingReport:
     reason: str = ""  # why nothing was packed, when nothing was
     shared_codes: int = 0  # groups of linears that read one input and run as one kernel call
     compiled_steps: bool = False  # decode steps compiled whole where they can be (`experts.compiled`)
+    inline_blocks: int = 0  # blocks that a decode step writes out when no hook sits on them (`experts.inline`)
     bfloat16: bool = False  # native bfloat16: prompts' forward, and 8-bit codes at `WIDE_ROWS`+ rows, multiply in it
 
     def to_dict(self) -> dict:
         return {"decoding": self.decoding, "packed_linears": self.packed_linears, "linears": self.linears,
                 "packed_share": round(self.packed_share, 4), "shared_codes": self.shared_codes,
-                "compiled_steps": self.compiled_steps, "bfloat16": self.bfloat16,
+                "compiled_steps": self.compiled_steps, "inline_blocks": self.inline_blocks, "bfloat16": self.bfloat16,
                 **({"reason": self.reason} if self.reason else {})}
 
 

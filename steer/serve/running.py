@@ -28,6 +28,7 @@ from transformers import DynamicCache
 from experts.errors import NonFiniteError
 from experts.expert import Expert
 from experts.generate import DecodeState, NgramBan, next_tokens_per_row, penalise_repeats, publish_state
+from experts.inline import InlineSteps
 from experts.kv import join_rows, keep_rows, new_cache
 from experts.packed import packed_decoding, packs_batch
 from steer.rad.rewards import ExternalReward
@@ -84,6 +85,7 @@ class RunningBatch:
         self.forwards = 0  # forward passes (prompts' and steps'), for tests and metrics
         self._adjusted = ExitStack()
         self._hook: Callable[[Tensor, DecodeState], Tensor] | None = None
+        self._inline: InlineSteps | None = None  # its steps written out (`experts.inline`), read anew when rows change
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -91,7 +93,7 @@ class RunningBatch:
     def close(self) -> None:
         """Detach the batch's steering and rewards (a batch can be re-used: the next `join` attaches them again)."""
         self._adjusted.close()
-        self._hook = None
+        self._hook = self._inline = None
 
     @torch.inference_mode()
     def join(self, joining: Sequence[Joining]) -> list[Joining]:
@@ -148,10 +150,10 @@ class RunningBatch:
     def _advance(self, live: list[_Live], state: DecodeState, hook) -> list[int]:
         """The forward `state` describes, each row's next token, its delta emitted; returns the rows that go on."""
         with publish_state(state):
-            out = self.expert.model(input_ids=state.input_ids, attention_mask=state.attention_mask,
-                                    position_ids=state.position_ids, cache=state.past, use_cache=True, logits_to_keep=1)
+            if self._inline is None:
+                self._inline = InlineSteps(self.expert.model)
+            logits = self._inline.logits(state.input_ids, state.attention_mask, state.position_ids, state.past)
             self.forwards += 1
-            logits = out.logits[:, -1, :]
             finite = torch.isfinite(logits).all(-1).tolist()
             logits = self._penalised(live, logits)
             if hook is not None:

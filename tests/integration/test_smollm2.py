@@ -54,6 +54,24 @@ def test_packed_decoding_is_the_default_and_stays_close_to_exact(smollm2):
     assert agree / total >= 0.95  # benchmarks/packed_fidelity.py: 98.96% over 3,072 tokens of letters
 
 
+def test_written_out_steps_are_the_models_own_on_the_real_expert(smollm2):
+    from experts import inline
+
+    assert smollm2.packing.inline_blocks == smollm2.n_layers
+    steps = []
+
+    def keep(logits, state):
+        steps.append(logits.clone())
+        return logits
+
+    before = inline.report(smollm2.model).get("inline", 0)
+    written = smollm2.generate(PROMPTS, max_new_tokens=12, stop_at_eos=False, logits_hook=keep).token_ids
+    assert inline.report(smollm2.model)["inline"] - before == 11 * smollm2.n_layers
+    with inline.through_modules():
+        assert smollm2.generate(PROMPTS, max_new_tokens=12, stop_at_eos=False, logits_hook=keep).token_ids == written
+    assert all(torch.equal(a, b) for a, b in zip(steps[:12], steps[12:]))  # bit for bit, every step
+
+
 def test_batched_generation_equals_one_by_one_in_float32(smollm2):
     # packed decoding rounds to bfloat16, where padding's last-bit changes can part a greedy text: measured in
     # benchmarks/packed_fidelity.py, not asserted
