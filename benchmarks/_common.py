@@ -40,8 +40,8 @@ def hf_generate(expert, batch, new_tokens: int) -> None:
                               min_new_tokens=new_tokens, do_sample=False, pad_token_id=expert.pad_token_id)
 
 
-def interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: bool = True) -> dict[str, float]:
-    """Median seconds per callable, measured round-robin so drift hits all of them alike."""
+def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int, warmup: bool = True) -> dict[str, list[float]]:
+    """Seconds of each callable in each round, measured round-robin so drift hits all of them alike."""
     for fn in runs.values() if warmup else ():
         fn()
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -54,4 +54,15 @@ def interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: boo
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: bool = True) -> dict[str, float]:
+    """Median seconds per callable, measured round-robin so drift hits all of them alike."""
+    return {name: statistics.median(t) for name, t in interleaved_times(runs, repeats, warmup).items()}
+
+
+def paired_speedup(times: dict[str, list[float]], ours: str, peer: str) -> float:
+    """The median over rounds of `peer`'s time / `ours`'s in the same round: how many times faster `ours` is, each
+    round's pair measured seconds apart (a shared machine's speed drifts within a run by more than the gap)."""
+    return statistics.median(p / o for o, p in zip(times[ours], times[peer]))

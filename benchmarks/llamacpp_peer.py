@@ -10,7 +10,10 @@ another (llama.cpp's server decodes parallel slots together; that path is not me
 each whole prompt at every call: llama-cpp-python's reuse of the previous call's cached prefix is turned off
 (`llm.reset()`), as steerlab has no cache across calls.
 
-Run: python benchmarks/llamacpp_peer.py [--expert NAME] [--new-tokens 64] [--repeats 5]
+Each round runs every variant once, each of steerlab's right before or after llama.cpp's; a ratio is the median over
+rounds of the pair's ratio, as this shared machine's speed drifts by more than 10% within a run.
+
+Run: python benchmarks/llamacpp_peer.py [--expert NAME] [--new-tokens 64] [--repeats 7]
 (`make bench` installs llama-cpp-python first; it builds from source once, then comes from uv's cache.)
 """
 
@@ -19,12 +22,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import statistics
 import tempfile
 import time
 
 import numpy as np
 import torch
-from _common import interleaved, machine, quiet
+from _common import interleaved_times, machine, paired_speedup, quiet
 
 from experts import loading, registry
 from experts.compiled import report as compiled_report
@@ -77,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--expert", default=registry.DEFAULT_EXPERT)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--coef", type=float, default=4.0)
     args = parser.parse_args()
     quiet()
@@ -100,7 +104,8 @@ def main() -> None:
         gguf = loading.verified_gguf(registry.resolve(args.expert), workdir)
         llm = llama(str(gguf), threads)
         print(f"expert: {expert.name} ({os.path.basename(gguf)}), {n} greedy tokens, sentiment vector at layer {layer} "
-              f"coef {args.coef}, median of {args.repeats} interleaved runs")
+              f"coef {args.coef}, {args.repeats} interleaved rounds: tok/s their medians, ratios the medians of "
+              f"each round's side-by-side pair")
         print(f"{'bs':>3} {'':>10} {'llama.cpp tok/s':>16} {'exact tok/s':>12} {'packed tok/s':>13} "
               f"{'compiled tok/s':>15} {'exact / llama.cpp':>18} {'packed / llama.cpp':>19} "
               f"{'compiled / llama.cpp':>21}")
@@ -127,16 +132,18 @@ def main() -> None:
                 same = ours(coef, fastest) == ours(coef, fast)
                 print(f"    bs {bs} coef {coef:g}: compiling and a first call {time.perf_counter() - start:.1f} s; "
                       f"compiled {'chose the same' if same else 'parted from'} packed's greedy tokens")
-            runs = {"llama 0": lambda: theirs(0.0), "exact 0": lambda: ours(0.0, expert),
-                    "packed 0": lambda: ours(0.0, fast), "compiled 0": lambda: ours(0.0, fastest),
-                    "llama c": lambda: theirs(args.coef), "exact c": lambda: ours(args.coef, expert),
-                    "packed c": lambda: ours(args.coef, fast), "compiled c": lambda: ours(args.coef, fastest)}
-            t = interleaved(runs, args.repeats)
+            runs = {"packed 0": lambda: ours(0.0, fast), "llama 0": lambda: theirs(0.0),  # each pair side by side
+                    "compiled 0": lambda: ours(0.0, fastest), "exact 0": lambda: ours(0.0, expert),
+                    "packed c": lambda: ours(args.coef, fast), "llama c": lambda: theirs(args.coef),
+                    "compiled c": lambda: ours(args.coef, fastest), "exact c": lambda: ours(args.coef, expert)}
+            times = interleaved_times(runs, args.repeats)
             for label, key in (("unsteered", "0"), ("steered", "c")):
-                peer, exact, packed, compiled = (bs * n / t[f"{who} {key}"]
+                peer, exact, packed, compiled = (bs * n / statistics.median(times[f"{who} {key}"])
                                                  for who in ("llama", "exact", "packed", "compiled"))
+                ratios = (paired_speedup(times, f"{who} {key}", f"llama {key}") for who in ("exact", "packed",
+                                                                                          "compiled"))
                 print(f"{bs:>3} {label:>10} {peer:>16.1f} {exact:>12.1f} {packed:>13.1f} {compiled:>15.1f} "
-                      f"{exact / peer:>18.3f} {packed / peer:>19.3f} {compiled / peer:>21.3f}")
+                      + " ".join(f"{ratio:>{width}.3f}" for ratio, width in zip(ratios, (18, 19, 21))))
         print(f"compiled decode steps used: {compiled_report(fastest.model)}")
 
 
