@@ -183,8 +183,8 @@ def _residual(h: Tensor, code: packed.Int4Code, x: Tensor, bias: Tensor | None) 
 def _written_out(block: _Block, h: Tensor, mask: Tensor | None, gqa: bool, cos: Tensor, sin: Tensor,
                  cache) -> Tensor:
     """One block of one step on `h` (rows, 1, width), as the layer's module computes it: transformers' RMSNorm
-    (torch's `rms_norm` runs its operations in its order: square, mean, add epsilon, reciprocal square root, two
-    products), `apply_rotary_pos_emb` on q and k together (it works element by element; rolling x by half a head
+    (torch's `rms_norm` runs transformers' operations in their order: square, mean, add epsilon, reciprocal square
+    root, two products), `apply_rotary_pos_emb` on q and k together (it works element by element; rolling x by half a head
     and negating the first half of sin gives rotate_half(x) · sin exactly: a sign moves through a product
     unchanged), the cache's update and the SDPA call as `sdpa_attention_forward` makes it for one query. `sin` comes
     with its first half negated."""
@@ -243,8 +243,8 @@ class InlineSteps:
         if epoch != self._epoch:
             self._epoch = epoch
             around = _hooked(self._outer) or any(getattr(torch_module, name) for name in _GLOBAL_HOOKS)
-            self._written = [None if around or block is None or _hooked(block.modules) and not _output_hooks_only(
-                block.modules[0], block.modules) else block for block in self._blocks]
+            self._written = [None if around or block is None or (_hooked(block.modules) and not _output_hooks_only(
+                block.modules[0], block.modules)) else block for block in self._blocks]
             self._writes = any(block is not None for block in self._written)
 
     def logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache) -> Tensor:
