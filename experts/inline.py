@@ -91,9 +91,11 @@ def _hooked(modules: tuple[nn.Module, ...]) -> bool:
     return False
 
 
-def _output_hooks_only(layer: nn.Module, modules: tuple[nn.Module, ...]) -> bool:
-    """Does `layer` carry forward hooks on its output and no other hook (none before it, none inside it, no backward
-    hook, none that must run on an exception)? Then a written-out block calls them itself, as torch would."""
+def _output_hooks_only(modules: tuple[nn.Module, ...]) -> bool:
+    """Does the layer (`modules[0]`, then everything inside it) carry forward hooks on its output and no other hook
+    (none before it, none inside it, no backward hook, none that must run on an exception)? Then a written-out
+    block calls them itself, as torch would."""
+    layer = modules[0]
     return (bool(layer._forward_hooks) and not layer._forward_pre_hooks and not layer._forward_hooks_always_called
             and not layer._backward_hooks and not layer._backward_pre_hooks and not _hooked(modules[1:]))
 
@@ -168,24 +170,23 @@ def _block(layer: nn.Module, names: tuple[str, str], groups: int) -> _Block | No
 
 def _linear(code: packed.Int4Code, x: Tensor, bias: Tensor | None) -> Tensor:
     """A packed linear's step on rows `x` (rows, in): the kernel, then float32 and the bias, as `PackedLinear`."""
-    y = packed._INT4_MM(x.to(torch.bfloat16), code.packed, packed.GROUP, code.scales_and_offsets).to(torch.float32)
+    y = packed._run(code, x).to(torch.float32)
     return y if bias is None else y + bias
 
 
 def _residual(h: Tensor, code: packed.Int4Code, x: Tensor, bias: Tensor | None) -> Tensor:
     """`h` plus a packed linear's step on rows `x`. Without a bias the kernel's bfloat16 output is added as it is:
     the sum widens it to float32 exactly, then adds, as adding its float32 copy would."""
-    if bias is not None:
-        return h + _linear(code, x, bias).view(h.shape)
-    return h + packed._INT4_MM(x.to(torch.bfloat16), code.packed, packed.GROUP, code.scales_and_offsets).view(h.shape)
+    y = packed._run(code, x) if bias is None else _linear(code, x, bias)
+    return h + y.view(h.shape)
 
 
 def _written_out(block: _Block, h: Tensor, mask: Tensor | None, gqa: bool, cos: Tensor, sin: Tensor,
                  cache) -> Tensor:
     """One block of one step on `h` (rows, 1, width), as the layer's module computes it: transformers' RMSNorm
     (torch's `rms_norm` runs transformers' operations in their order: square, mean, add epsilon, reciprocal square
-    root, two products), `apply_rotary_pos_emb` on q and k together (it works element by element; rolling x by half a head
-    and negating the first half of sin gives rotate_half(x) · sin exactly: a sign moves through a product
+    root, two products), `apply_rotary_pos_emb` on q and k together (it works element by element; rolling x by half
+    a head and negating the first half of sin gives rotate_half(x) · sin exactly: a sign moves through a product
     unchanged), the cache's update and the SDPA call as `sdpa_attention_forward` makes it for one query. `sin` comes
     with its first half negated."""
     qkv, o, gate_up, down = block.codes
@@ -244,7 +245,7 @@ class InlineSteps:
             self._epoch = epoch
             around = _hooked(self._outer) or any(getattr(torch_module, name) for name in _GLOBAL_HOOKS)
             self._written = [None if around or block is None or (_hooked(block.modules) and not _output_hooks_only(
-                block.modules[0], block.modules)) else block for block in self._blocks]
+                block.modules)) else block for block in self._blocks]
             self._writes = any(block is not None for block in self._written)
 
     def logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache) -> Tensor:
@@ -274,14 +275,13 @@ class InlineSteps:
             if block is None:
                 h = layer(h, attention_mask=mask, position_embeddings=(cos, sin), position_ids=position_ids,
                           cache=cache, use_cache=True)
-            elif layer._forward_hooks:  # a block with hooks on its output only (`_output_hooks_only`)
-                out = _written_out(block, h, packed_mask, gqa, *angles, cache)
-                h = _call_output_hooks(layer, (h,), dict(attention_mask=mask, position_embeddings=(cos, sin),
-                                                         position_ids=position_ids, cache=cache, use_cache=True), out)
-                count += 1
-            else:
-                h = _written_out(block, h, packed_mask, gqa, *angles, cache)
-                count += 1
+                continue
+            out = _written_out(block, h, packed_mask, gqa, *angles, cache)
+            if layer._forward_hooks:  # hooks on its output only (`_output_hooks_only`)
+                out = _call_output_hooks(layer, (h,), dict(attention_mask=mask, position_embeddings=(cos, sin),
+                                                           position_ids=position_ids, cache=cache, use_cache=True), out)
+            h = out
+            count += 1
         self._counts["inline"] += count
         self._counts["module"] += len(self._written) - count
         h = decoder.norm(h)

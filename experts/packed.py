@@ -221,8 +221,9 @@ except AttributeError:  # a build without the kernel: `kernel_works()` is False 
 
 def _rows(x: Tensor) -> Tensor:
     """`x` (..., in_features) as (rows, in_features): a bfloat16 linear of one row given in 3-D takes a batched
-    path 17x slower than the same matmul in 2-D (53 against 3.1 ms for SmolLM2's lm_head)."""
-    return x.reshape(-1, x.shape[-1])
+    path 17x slower than the same matmul in 2-D (53 against 3.1 ms for SmolLM2's lm_head). Rows already in 2-D are
+    taken as they are (a written-out step's, `experts.inline`: no reshape call per linear)."""
+    return x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
 
 
 def _run(code: Int4Code, x: Tensor) -> Tensor:
