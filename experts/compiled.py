@@ -18,7 +18,10 @@ plan's key or checked on the host.
 Every other case decodes eagerly, and `report(model)` counts why: another edit (ablation, norm-preserving, gates)
 or a hook that reads, a logits hook (reward-augmented decoding reads the cache), a batch that decodes exactly, a
 call off the main thread (a step swaps the model's hooks, which another thread, a server's reader, may be using),
-weights edited since they were packed, sliding-window layers (Gemma), or a failed compile. The graph computes what
+weights edited since they were packed, sliding-window layers (Gemma), a failed compile, or a batch of
+`packed.WIDE_ROWS` rows or more whose packed weights keep bfloat16 copies (on a CPU with native bfloat16: there the
+copies beat the kernel, and their oneDNN layout cannot enter a graph, inside which every packed linear runs the
+kernel). The graph computes what
 the eager packed step computes, but inductor fuses and rounds some operations differently, so its tokens may part
 from eager packed decoding's; `benchmarks/RESULTS.md` states how often.
 """
@@ -153,10 +156,12 @@ def _sliding(model: nn.Module) -> bool:
     return any(kind != "full_attention" for kind in types_)
 
 
-def _why_eager(model: nn.Module, length: int, packs: bool, logits_hook: object) -> str:
+def _why_eager(model: nn.Module, rows: int, length: int, packs: bool, logits_hook: object) -> str:
     """Why a batch cannot decode compiled ("" when it can)."""
     if not packs:
         return "the batch decodes exactly"
+    if rows >= packed.WIDE_ROWS and packed.has_bfloat16_copies(model):
+        return "bfloat16 copies for its rows"  # faster than the kernel there, and a graph cannot hold their layout
     if threading.current_thread() is not threading.main_thread():
         return "off the main thread"  # a step swaps the model's hooks, which another thread may be using
     weight = next(model.parameters())
@@ -244,7 +249,7 @@ def steps_for(model: nn.Module, rows: int, length: int, *, packs: bool, logits_h
     state = _ENABLED.get(model)
     if state is None:
         return None
-    why = _why_eager(model, length, packs, logits_hook)
+    why = _why_eager(model, rows, length, packs, logits_hook)
     if why:
         state.counts[why] += 1
         return None

@@ -58,7 +58,7 @@ class _Block:
 
     modules: tuple[nn.Module, ...]  # the layer and everything inside it: a hook on any sends it to its module
     norms: tuple[Tensor, float, Tensor, float]  # weight and epsilon before attention, then before the MLP
-    codes: tuple[packed.Int4Code, ...]  # q/k/v shared, o, gate/up shared, down
+    weights: tuple[tuple[packed.Int4Code, Tensor | None], ...]  # (code, bfloat16 copy): q/k/v, o, gate/up, down
     biases: tuple[Tensor | None, Tensor | None, Tensor | None]  # q/k/v (concatenated), o, down
     act: Callable[[Tensor], Tensor]
     heads: int
@@ -162,22 +162,23 @@ def _block(layer: nn.Module, names: tuple[str, str], groups: int) -> _Block | No
     dim = attention.head_dim
     return _Block(tuple(layer.modules()), (norms[0].weight, norms[0].variance_epsilon, norms[1].weight,
                                            norms[1].variance_epsilon),
-                  (qkv.code, o.code, gate_up.code, down.code),
+                  ((qkv.code, qkv.wide), (o.code, o.wide), (gate_up.code, gate_up.wide), (down.code, down.wide)),
                   (None if q.bias is None else torch.cat((q.bias, k.bias, v.bias)).detach(), o.bias, down.bias),
                   mlp.act_fn.forward, q.out_features // dim, k.out_features // dim, dim, gate.out_features,
                   attention.scaling, attention.layer_idx)
 
 
-def _linear(code: packed.Int4Code, x: Tensor, bias: Tensor | None) -> Tensor:
-    """A packed linear's step on rows `x` (rows, in): the kernel, then float32 and the bias, as `PackedLinear`."""
-    y = packed._run(code, x).to(torch.float32)
+def _linear(weight: tuple[packed.Int4Code, Tensor | None], x: Tensor, bias: Tensor | None) -> Tensor:
+    """A packed linear's step on rows `x` (rows, in): its product (the kernel, or its bfloat16 copy for many rows),
+    then float32 and the bias, as `PackedLinear`."""
+    y = packed._multiply(*weight, x).to(torch.float32)
     return y if bias is None else y + bias
 
 
-def _residual(h: Tensor, code: packed.Int4Code, x: Tensor, bias: Tensor | None) -> Tensor:
-    """`h` plus a packed linear's step on rows `x`. Without a bias the kernel's bfloat16 output is added as it is:
-    the sum widens it to float32 exactly, then adds, as adding its float32 copy would."""
-    y = packed._run(code, x) if bias is None else _linear(code, x, bias)
+def _residual(h: Tensor, weight: tuple[packed.Int4Code, Tensor | None], x: Tensor, bias: Tensor | None) -> Tensor:
+    """`h` plus a packed linear's step on rows `x`. Without a bias its bfloat16 product is added as it is: the sum
+    widens it to float32 exactly, then adds, as adding its float32 copy would."""
+    y = packed._multiply(*weight, x) if bias is None else _linear(weight, x, bias)
     return h + y.view(h.shape)
 
 
@@ -189,7 +190,7 @@ def _written_out(block: _Block, h: Tensor, mask: Tensor | None, gqa: bool, cos: 
     a head and negating the first half of sin gives rotate_half(x) · sin exactly: a sign moves through a product
     unchanged), the cache's update and the SDPA call as `sdpa_attention_forward` makes it for one query. `sin` comes
     with its first half negated."""
-    qkv, o, gate_up, down = block.codes
+    qkv, o, gate_up, down = block.weights
     rows, heads, dim, turned_heads = h.shape[0], block.heads, block.dim, block.heads + block.kv_heads
     x = F.rms_norm(h, (h.shape[-1],), block.norms[0], block.norms[1])
     y = _linear(qkv, x.view(rows, -1), block.biases[0]).view(rows, -1, 1, dim)  # (rows, heads, 1, dim): q, k, v

@@ -20,16 +20,21 @@ their codes stacked by output (`SharedCode`): the first of them called on an inp
 and the others take their columns of that result, bit for bit what their own calls would give (checked when they
 are packed), with fewer kernel calls and input conversions per step.
 
-On a CPU with native bfloat16 dot products (`bfloat16_matmuls()`: AVX-512 BF16 or AMX), two more parts of a packed
-batch multiply in bfloat16 (inputs and weights rounded, float32 accumulation: the kernel's numerics), where the
-kernel pays less: its prompts' forward (`packed_decoding(prompts=True)`: many rows, 1.7-2x float32, each weight
-rounded for the call) and an 8-bit code's steps of `WIDE_ROWS` rows or more (an 8-bit lm_head keeps its weight in
-bfloat16, half its float32 size: 56 MB for SmolLM2, 335 MB for Gemma-3-270M's vocabulary; the kernel runs over the
-input twice). Elsewhere the prompts' forward is float32, as is a router's reading reused as one (`generate.Prefill`).
+On a CPU with native bfloat16 dot products (`bfloat16_matmuls()`: AVX-512 BF16 or AMX), each packed weight also
+keeps a bfloat16 copy, its float32 weight rounded (a shared code's members stacked), laid out once for oneDNN's
+matmul (`bfloat16_copy`; 256 MB for SmolLM2, 56 MB of it the lm_head's). Two parts of a packed batch multiply with
+it, in bfloat16 (inputs and weights rounded, float32 accumulation: the kernel's numerics), where it beats the kernel:
+its prompts' forward (`packed_decoding(prompts=True)`: many rows; 1.7-2x float32, and 1.2-1.7x a weight rounded and
+laid out at every call) and its steps of `WIDE_ROWS` rows or more, `WIDE_ROWS_8BIT` for an 8-bit code (the kernel
+unpacks every weight again for each 4 rows, an 8-bit code's over the input twice). A step of fewer rows runs the
+kernel, which reads a quarter of the copy's bytes (half for an 8-bit code). A copy gives the numbers of rounding the
+weight at each call (`F.linear` in bfloat16) bit for bit: `_prepacks()` checks it once, and a stacked copy's
+columns are each member's. Elsewhere the prompts' forward is float32, as is a router's reading reused as one
+(`generate.Prefill`).
 
 Rounding to bfloat16 turns a difference in the last float32 bit into one of a bfloat16 step, and padding moves the
 last bits of a row's attention. So in packed decoding a prompt's greedy text may depend on its batch (the padding
-beside it; fewer than 8 rows, 8 to 16, or more, which decode exactly), where in float32 it seldom does;
+beside it; fewer than 4 rows, 4 to 11, 12 to 16, or more, which decode exactly), where in float32 it seldom does;
 `benchmarks/packed_fidelity.py` counts how often.
 
 A Llama-style block whose linears all run packed, q/k/v and gate/up as shared codes, runs its decode steps written
@@ -69,7 +74,8 @@ SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # tr
 
 DECODING_ENV = "STEERLAB_DECODING"
 MAX_PACKED_ROWS = 16  # rows per decode step up to which the int4 kernel beats float32 here (benchmarks/RESULTS.md)
-WIDE_ROWS = 8  # rows from which an 8-bit code's bfloat16 copy beats the kernel over the code repeated twice
+WIDE_ROWS = 12  # rows from which a step multiplies a 4-bit code's bfloat16 copy, faster there (benchmarks/RESULTS.md)
+WIDE_ROWS_8BIT = 4  # the same for an 8-bit code, which the kernel runs over the input twice
 
 _PACKED_ON: ContextVar[bool] = ContextVar("steerlab_packed_decoding", default=False)
 _PROMPTS: ContextVar[bool] = ContextVar("steerlab_packed_prompts", default=False)
@@ -234,6 +240,56 @@ def _run(code: Int4Code, x: Tensor) -> Tensor:
     return _INT4_MM(rows, code.packed, GROUP, code.scales_and_offsets)
 
 
+try:
+    _LINEAR_POINTWISE = torch.ops.mkldnn._linear_pointwise.default
+except AttributeError:  # a build without oneDNN: bfloat16 copies stay as they are, for `F.linear`
+    _LINEAR_POINTWISE = None
+
+
+def _linear_bf16(rows: Tensor, laid_out: Tensor) -> Tensor:
+    return _LINEAR_POINTWISE(rows, laid_out, None, "none", [None], "")
+
+
+@functools.cache
+def _prepacks() -> bool:
+    """Does oneDNN's linear take a bfloat16 weight laid out once for it (`_reorder_linear_weight`) and give
+    `F.linear`'s numbers bit for bit? (A layout that oneDNN alone can read: nothing else may touch the copy.)"""
+    try:
+        generator = torch.Generator().manual_seed(0)
+        weight = torch.randn(48, 2 * GROUP, generator=generator).to(torch.bfloat16)
+        laid_out = torch.ops.mkldnn._reorder_linear_weight(weight)
+        for rows in (1, 5, 33):
+            x = torch.randn(rows, 2 * GROUP, generator=generator).to(torch.bfloat16)
+            if not torch.equal(_linear_bf16(x, laid_out), F.linear(x, weight)):
+                return False
+        return True
+    except (AttributeError, TypeError, RuntimeError, NotImplementedError):  # TypeError: no `_LINEAR_POINTWISE`
+        return False
+
+
+def bfloat16_copy(weight: Tensor) -> Tensor:
+    """`weight` in bfloat16 for `_multiply`: laid out once for oneDNN where `_prepacks()`."""
+    copy = weight.detach().to(torch.bfloat16)
+    return torch.ops.mkldnn._reorder_linear_weight(copy) if _prepacks() else copy
+
+
+def has_bfloat16_copies(model: nn.Module) -> bool:
+    """Do `model`'s packed weights keep bfloat16 copies (`bfloat16_copy`: on a CPU with native bfloat16)?"""
+    return any(isinstance(m, PackedLinear) and (m.wide is not None or (m.shared is not None and m.shared[0].wide
+                                                                       is not None)) for m in model.modules())
+
+
+def _multiply(code: Int4Code, wide: Tensor | None, x: Tensor, prompts: bool = False) -> Tensor:
+    """The rows of `x` (..., in_features) times a packed weight: (rows, out_features), bfloat16. From its bfloat16
+    copy `wide` (when it has one) for a prompts' forward and for `WIDE_ROWS` rows or more (`WIDE_ROWS_8BIT` for an
+    8-bit code), else by the kernel, as in a compiled step (a graph cannot hold the copy's layout)."""
+    wide_rows = WIDE_ROWS if code.repeats == 1 else WIDE_ROWS_8BIT
+    if wide is None or not (prompts or x.numel() >= wide_rows * x.shape[-1]) or torch.compiler.is_compiling():
+        return _run(code, x)
+    rows = _rows(x).to(torch.bfloat16)
+    return _linear_bf16(rows, wide) if _prepacks() else F.linear(rows, wide)
+
+
 class SharedCode:
     """One 4-bit code for linears that read the same input, stacked by output: the first of them called on an
     input runs the kernel for all, the others take their columns while their input is that same tensor object
@@ -242,12 +298,13 @@ class SharedCode:
     def __init__(self, code: Int4Code, members: int):
         self.code = code
         self.members = members
+        self.wide: Tensor | None = None  # the members' weights stacked in bfloat16 (`bfloat16_copy`), on such a CPU
         self._last: tuple[Tensor, Tensor, int] | None = None  # (input, output, members still to take theirs), as one
 
-    def columns(self, x: Tensor, start: int, stop: int) -> Tensor:
+    def columns(self, x: Tensor, start: int, stop: int, prompts: bool = False) -> Tensor:
         last = self._last
         if last is None or last[0] is not x:
-            last = (x, _run(self.code, x), self.members)
+            last = (x, _multiply(self.code, self.wide, x, prompts), self.members)
         output, waiting = last[1], last[2] - 1
         self._last = (x, output, waiting) if waiting else None  # when every member had its columns, hold nothing
         return output[:, start:stop]
@@ -259,7 +316,7 @@ class PackedLinear(nn.Linear):
 
     code: Int4Code | None  # None when the linear's code is part of a shared one
     shared: tuple[SharedCode, int, int] | None = None  # the shared code and this linear's columns of it
-    wide: Tensor | None = None  # an 8-bit code's weight in bfloat16, for steps of `WIDE_ROWS` rows or more
+    wide: Tensor | None = None  # its weight in bfloat16 (`bfloat16_copy`) on such a CPU, unless the code is shared
     _packed_from: weakref.ref  # the weight the code was made from (a weak reference: no second parameter)
     _packed_version: int
 
@@ -283,20 +340,14 @@ class PackedLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if not self.uses_code(x):
             return F.linear(x, self.weight, self.bias)
-        shared, weight16 = self.shared, self.wide  # weight16: a bfloat16 weight to multiply with, else the code
-        if not torch.compiler.is_compiling() and _PROMPTS.get():  # a prompts' forward: bfloat16 (see the docstring)
-            if not bfloat16_matmuls():
-                return F.linear(x, self.weight, self.bias)
-            if weight16 is None:
-                weight16 = self._parameters["weight"].to(torch.bfloat16)  # rounded for this call only
-        elif x.numel() < WIDE_ROWS * self.in_features:
-            weight16 = None  # a step of a few rows: the code
-        if weight16 is not None:
-            y = F.linear(_rows(x).to(torch.bfloat16), weight16)
-        elif shared is None:
-            y = _run(self.code, x)
+        prompts = not torch.compiler.is_compiling() and _PROMPTS.get()  # a prompts' forward: bfloat16 (docstring)
+        shared = self.shared
+        if prompts and not bfloat16_matmuls():
+            return F.linear(x, self.weight, self.bias)
+        if shared is None:
+            y = _multiply(self.code, self.wide, x, prompts)
         else:
-            y = shared[0].columns(x, shared[1], shared[2])
+            y = shared[0].columns(x, shared[1], shared[2], prompts)
         y = y.to(torch.float32).view(*x.shape[:-1], self.out_features)
         bias = self._parameters["bias"]
         return y if bias is None else y + bias
@@ -314,12 +365,14 @@ class PackingReport:
     shared_codes: int = 0  # groups of linears that read one input and run as one kernel call
     compiled_steps: bool = False  # decode steps compiled whole where they can be (`experts.compiled`)
     inline_blocks: int = 0  # blocks that a decode step writes out when no hook sits on them (`experts.inline`)
-    bfloat16: bool = False  # native bfloat16: prompts' forward, and 8-bit codes at `WIDE_ROWS`+ rows, multiply in it
+    bfloat16: bool = False  # native bfloat16: prompts' forward and steps of many rows multiply in it
+    bfloat16_copies_mb: float = 0.0  # the packed weights' bfloat16 copies that those multiply with
 
     def to_dict(self) -> dict:
         return {"decoding": self.decoding, "packed_linears": self.packed_linears, "linears": self.linears,
                 "packed_share": round(self.packed_share, 4), "shared_codes": self.shared_codes,
                 "compiled_steps": self.compiled_steps, "inline_blocks": self.inline_blocks, "bfloat16": self.bfloat16,
+                "bfloat16_copies_mb": self.bfloat16_copies_mb,
                 **({"reason": self.reason} if self.reason else {})}
 
 
@@ -375,13 +428,28 @@ def pack_linears(model: nn.Module) -> PackingReport:
         if code is not None:
             module.__class__ = PackedLinear
             module.attach(code)
-            if code.repeats > 1 and bfloat16_matmuls():
-                module.wide = weight.to(torch.bfloat16)
             packed.append(module)
     if not packed:
         return unpacked(model, "no linear holds 4- or 8-bit weights")
+    shared = share_inputs(model)
+    copies = _bfloat16_copies(packed) if bfloat16_matmuls() else 0
     return PackingReport("packed", len(packed), len(linears), sum(m.weight.numel() for m in packed) / total,
-                         shared_codes=share_inputs(model), bfloat16=bfloat16_matmuls())
+                         shared_codes=shared, bfloat16=bfloat16_matmuls(), bfloat16_copies_mb=round(copies / 2**20, 1))
+
+
+def _bfloat16_copies(linears: list[PackedLinear]) -> int:
+    """Give each packed linear its weight's `bfloat16_copy`, or each shared code its members' weights stacked in
+    column order; returns their bytes."""
+    groups: dict[SharedCode, list[PackedLinear]] = {}
+    for linear in linears:
+        if linear.shared is None:
+            linear.wide = bfloat16_copy(linear.weight)
+        else:
+            groups.setdefault(linear.shared[0], []).append(linear)
+    for group, members in groups.items():
+        members.sort(key=lambda member: member.shared[1])
+        group.wide = bfloat16_copy(torch.cat([member.weight.detach() for member in members]))
+    return 2 * sum(linear.weight.numel() for linear in linears)
 
 
 def _stacked_codes(members: list[PackedLinear]) -> Iterator[Int4Code]:

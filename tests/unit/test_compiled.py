@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from experts import compiled
+from experts import compiled, packed
 from experts.expert import Expert
 from experts.generate import GenerationSettings
 from experts.hooks import HookSet, count_forward_hooks, live_handles
@@ -94,6 +94,16 @@ def test_what_a_compiled_step_cannot_run_decodes_eagerly_and_says_why(fast):
                 "off the main thread", "weights edited since they were packed"):
         assert after.get(why, 0) == counts.get(why, 0) + 1, why
     assert after["compiled"] == counts["compiled"]
+
+
+def test_a_batch_that_multiplies_from_bfloat16_copies_decodes_eagerly(fast):
+    counts, why = compiled.report(fast.model), "bfloat16 copies for its rows"
+    rows = packed.WIDE_ROWS  # from here a step multiplies from the copies where the CPU made them
+    formatted = fast.format_prompts((PROMPTS * rows)[:rows])
+    fast.generate_batch(formatted, GenerationSettings(max_new_tokens=3, stop_at_eos=False), list(range(rows)))
+    copies = packed.has_bfloat16_copies(fast.model)
+    assert copies == packed.bfloat16_matmuls()
+    assert compiled.report(fast.model).get(why, 0) == counts.get(why, 0) + copies
 
 
 def test_a_failed_compile_falls_back_to_eager_once_per_shape(monkeypatch):

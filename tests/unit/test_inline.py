@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from experts import inline
+from experts import inline, packed
 from experts.generate import GenerationSettings
 from experts.hookpoints import resolve_hook
 from experts.hooks import attach, hook_context
@@ -41,7 +41,7 @@ def _inputs(rows: int):
     ids = torch.randint(3, 96, (rows, 7), generator=torch.Generator().manual_seed(rows))
     mask = torch.ones_like(ids)
     for row in range(1, rows):
-        mask[row, : row * 2] = 0  # left padding of different widths
+        mask[row, : row * 2 % 6] = 0  # left padding of different widths (none on some rows)
     return ids, mask
 
 
@@ -79,7 +79,7 @@ def _counted(model, run):
 
 
 @pytest.mark.parametrize("kind", ["llama-gqa", "llama", "qwen2"])
-@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("rows", [1, 3, packed.WIDE_ROWS_8BIT + 1, packed.WIDE_ROWS])  # the last two: copies
 def test_a_written_out_step_is_the_models_forward_bit_for_bit(kind, rows):
     model = quantized_tiny().model if kind == "llama-gqa" else _model(kind)
     ids, mask = _inputs(rows)

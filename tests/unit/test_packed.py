@@ -165,37 +165,49 @@ def test_decode_steps_use_the_code_and_stay_close_to_float32(packed_tiny):
 @pytest.mark.parametrize("native", [True, False])
 def test_a_prompts_forward_multiplies_in_bfloat16_where_the_cpu_has_it_else_in_float32(packed_tiny, monkeypatch,
                                                                                        native):
+    linears = [m for m in packed_tiny.model.modules() if isinstance(m, PackedLinear)]
+    if native and not packed.bfloat16_matmuls():  # copies made as `pack_linears` makes them on such a CPU
+        packed._bfloat16_copies(linears)
     monkeypatch.setattr(packed, "bfloat16_matmuls", lambda: native)
-    linear = packed_tiny.model.model.layers[0].mlp.down_proj
-    x = torch.randn(1, 40, linear.in_features, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        with packed_decoding(prompts=True):
-            prompts = linear(x)
-        with packed_decoding():
-            steps = linear(x)
-    want = (torch.nn.functional.linear(x.bfloat16(), linear.weight.bfloat16()).float() if native
-            else torch.nn.functional.linear(x, linear.weight))
-    assert torch.equal(prompts, want)
-    assert torch.equal(steps, packed._run(linear.code, x).float().view_as(steps))  # the steps: the code
+    attention, g = packed_tiny.model.model.layers[0].self_attn, torch.Generator().manual_seed(0)
+    for linear in (packed_tiny.model.model.layers[0].mlp.down_proj, attention.q_proj, attention.v_proj):
+        x = torch.randn(1, 40, linear.in_features, generator=g)
+        with torch.no_grad(), packed_decoding(prompts=True):
+            got = linear(x)
+        want = (torch.nn.functional.linear(x.bfloat16(), linear.weight.bfloat16()).float() if native
+                else torch.nn.functional.linear(x, linear.weight))
+        assert torch.equal(got, want)  # from its copy: the numbers of rounding the weight at this call
 
 
-def test_an_8_bit_code_multiplies_many_rows_from_its_bfloat16_copy_where_the_cpu_has_it(packed_tiny):
-    head = packed_tiny.model.lm_head
-    assert head.code.repeats == 2 and (head.wide is not None) == packed.bfloat16_matmuls()
-    assert packed_tiny.packing.bfloat16 == packed.bfloat16_matmuls()
-    assert all(m.wide is None for m in packed_tiny.model.modules() if isinstance(m, PackedLinear) and m is not head)
-    head.wide = head.weight.detach().bfloat16()  # as `pack_linears` makes it on such a CPU
+def test_steps_of_many_rows_multiply_from_bfloat16_copies_with_the_numbers_of_rounding_the_weight(packed_tiny):
+    model = packed_tiny.model
+    linears = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    native = packed.bfloat16_matmuls()
+    assert packed_tiny.packing.bfloat16 == native
+    assert packed_tiny.packing.bfloat16_copies_mb == (
+        round(2 * sum(m.weight.numel() for m in linears) / 2**20, 1) if native else 0)
+    copies = [m.wide for m in linears if m.shared is None] + list({m.shared[0]: m.shared[0].wide for m in linears
+                                                                   if m.shared is not None}.values())
+    assert all((copy is not None) == native for copy in copies)
+    if not native:  # made here as `pack_linears` makes them on such a CPU, to test them on any
+        packed._bfloat16_copies(linears)
+    attention, head = model.model.layers[0].self_attn, model.lm_head
+    assert head.code.repeats == 2 and attention.k_proj.shared is not None  # an 8-bit code, a shared member, a plain
     g = torch.Generator().manual_seed(0)
-    few, many = (torch.randn(rows, head.in_features, generator=g) for rows in (packed.WIDE_ROWS - 1, packed.WIDE_ROWS))
-    with torch.no_grad(), packed_decoding():
-        got_few, got_many = head(few), head(many)
-    assert torch.equal(got_many, torch.nn.functional.linear(many.bfloat16(), head.wide).float())
-    assert torch.equal(got_few, packed._run(head.code, few).float())
-    assert (got_many - many @ head.weight.T).abs().max() <= 0.05 * got_many.abs().max()
-    with torch.no_grad():
-        head.weight.mul_(2)  # an edited weight: its copy is stale as its code is, so float32
-        with packed_decoding():
-            assert torch.equal(head(many), many @ head.weight.T)
+    for linear in (attention.k_proj, attention.o_proj, head):
+        wide_rows = packed.WIDE_ROWS_8BIT if linear is head else packed.WIDE_ROWS
+        few, many = (torch.randn(rows, linear.in_features, generator=g) for rows in (wide_rows - 1, wide_rows))
+        with torch.no_grad(), packed_decoding():
+            got_few, got_many = linear(few), linear(many)
+        code = linear.code if linear.shared is None else linear.shared[0].code
+        columns = slice(None) if linear.shared is None else slice(*linear.shared[1:])
+        assert torch.equal(got_few, packed._run(code, few)[:, columns].float())  # a few rows: the kernel
+        assert torch.equal(got_many, torch.nn.functional.linear(many.bfloat16(), linear.weight.bfloat16()).float())
+        assert (got_many - many @ linear.weight.T).abs().max() <= 0.05 * got_many.abs().max()
+        with torch.no_grad():
+            linear.weight.mul_(2)  # an edited weight: its copy is stale as its code is, so float32
+            with packed_decoding():
+                assert torch.equal(linear(many), many @ linear.weight.T)
 
 
 def test_every_steering_property_holds_on_the_packed_path(packed_tiny, no_leak):
