@@ -52,13 +52,16 @@ _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks")
 _COUNTS: weakref.WeakKeyDictionary[nn.Module, Counter] = weakref.WeakKeyDictionary()
 
 
+_Weight = tuple[packed.Int4Code, packed.BFloat16Copy | None]  # a packed linear's code and its bfloat16 copy
+
+
 @dataclass(frozen=True)
 class _Block:
     """What a written-out block reads, taken at the batch's start."""
 
     modules: tuple[nn.Module, ...]  # the layer and everything inside it: a hook on any sends it to its module
     norms: tuple[Tensor, float, Tensor, float]  # weight and epsilon before attention, then before the MLP
-    weights: tuple[tuple[packed.Int4Code, Tensor | None], ...]  # (code, bfloat16 copy): q/k/v, o, gate/up, down
+    weights: tuple[_Weight, ...]  # q/k/v, o, gate/up, down
     biases: tuple[Tensor | None, Tensor | None, Tensor | None]  # q/k/v (concatenated), o, down
     act: Callable[[Tensor], Tensor]
     heads: int
@@ -168,14 +171,14 @@ def _block(layer: nn.Module, names: tuple[str, str], groups: int) -> _Block | No
                   attention.scaling, attention.layer_idx)
 
 
-def _linear(weight: tuple[packed.Int4Code, Tensor | None], x: Tensor, bias: Tensor | None) -> Tensor:
+def _linear(weight: _Weight, x: Tensor, bias: Tensor | None) -> Tensor:
     """A packed linear's step on rows `x` (rows, in): its product (the kernel, or its bfloat16 copy for many rows),
     then float32 and the bias, as `PackedLinear`."""
     y = packed._multiply(*weight, x).to(torch.float32)
     return y if bias is None else y + bias
 
 
-def _residual(h: Tensor, weight: tuple[packed.Int4Code, Tensor | None], x: Tensor, bias: Tensor | None) -> Tensor:
+def _residual(h: Tensor, weight: _Weight, x: Tensor, bias: Tensor | None) -> Tensor:
     """`h` plus a packed linear's step on rows `x`. Without a bias its bfloat16 product is added as it is: the sum
     widens it to float32 exactly, then adds, as adding its float32 copy would."""
     y = packed._multiply(*weight, x) if bias is None else _linear(weight, x, bias)

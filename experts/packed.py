@@ -267,10 +267,23 @@ def _prepacks() -> bool:
         return False
 
 
-def bfloat16_copy(weight: Tensor) -> Tensor:
+@dataclass(frozen=True, eq=False)
+class BFloat16Copy:
+    """A packed weight's bfloat16 copy, in oneDNN's own layout where `laid_out` (which nothing else can read or
+    copy). A deep copy of its module shares it: the copied module's pack is stale anyway (`PackedLinear.current`)."""
+
+    weight: Tensor
+    laid_out: bool
+
+    def __deepcopy__(self, memo: dict) -> BFloat16Copy:
+        return self
+
+
+def bfloat16_copy(weight: Tensor) -> BFloat16Copy:
     """`weight` in bfloat16 for `_multiply`: laid out once for oneDNN where `_prepacks()`."""
     copy = weight.detach().to(torch.bfloat16)
-    return torch.ops.mkldnn._reorder_linear_weight(copy) if _prepacks() else copy
+    laid_out = _prepacks()
+    return BFloat16Copy(torch.ops.mkldnn._reorder_linear_weight(copy) if laid_out else copy, laid_out)
 
 
 def has_bfloat16_copies(model: nn.Module) -> bool:
@@ -279,7 +292,7 @@ def has_bfloat16_copies(model: nn.Module) -> bool:
                                                                        is not None)) for m in model.modules())
 
 
-def _multiply(code: Int4Code, wide: Tensor | None, x: Tensor, prompts: bool = False) -> Tensor:
+def _multiply(code: Int4Code, wide: BFloat16Copy | None, x: Tensor, prompts: bool = False) -> Tensor:
     """The rows of `x` (..., in_features) times a packed weight: (rows, out_features), bfloat16. From its bfloat16
     copy `wide` (when it has one) for a prompts' forward and for `WIDE_ROWS` rows or more (`WIDE_ROWS_8BIT` for an
     8-bit code), else by the kernel, as in a compiled step (a graph cannot hold the copy's layout)."""
@@ -287,7 +300,7 @@ def _multiply(code: Int4Code, wide: Tensor | None, x: Tensor, prompts: bool = Fa
     if wide is None or not (prompts or x.numel() >= wide_rows * x.shape[-1]) or torch.compiler.is_compiling():
         return _run(code, x)
     rows = _rows(x).to(torch.bfloat16)
-    return _linear_bf16(rows, wide) if _prepacks() else F.linear(rows, wide)
+    return _linear_bf16(rows, wide.weight) if wide.laid_out else F.linear(rows, wide.weight)
 
 
 class SharedCode:
@@ -298,7 +311,7 @@ class SharedCode:
     def __init__(self, code: Int4Code, members: int):
         self.code = code
         self.members = members
-        self.wide: Tensor | None = None  # the members' weights stacked in bfloat16 (`bfloat16_copy`), on such a CPU
+        self.wide: BFloat16Copy | None = None  # the members' weights stacked (`bfloat16_copy`), on such a CPU
         self._last: tuple[Tensor, Tensor, int] | None = None  # (input, output, members still to take theirs), as one
 
     def columns(self, x: Tensor, start: int, stop: int, prompts: bool = False) -> Tensor:
@@ -316,7 +329,7 @@ class PackedLinear(nn.Linear):
 
     code: Int4Code | None  # None when the linear's code is part of a shared one
     shared: tuple[SharedCode, int, int] | None = None  # the shared code and this linear's columns of it
-    wide: Tensor | None = None  # its weight in bfloat16 (`bfloat16_copy`) on such a CPU, unless the code is shared
+    wide: BFloat16Copy | None = None  # its weight's `bfloat16_copy` on such a CPU, unless the code is shared
     _packed_from: weakref.ref  # the weight the code was made from (a weak reference: no second parameter)
     _packed_version: int
 

@@ -2,6 +2,8 @@
 the prompts' forward in bfloat16 where native), every steering feature kept, no stale pack after an edit, a clean
 fallback."""
 
+import copy
+
 import pytest
 import torch
 
@@ -177,6 +179,11 @@ def test_a_prompts_forward_multiplies_in_bfloat16_where_the_cpu_has_it_else_in_f
         want = (torch.nn.functional.linear(x.bfloat16(), linear.weight.bfloat16()).float() if native
                 else torch.nn.functional.linear(x, linear.weight))
         assert torch.equal(got, want)  # from its copy: the numbers of rounding the weight at this call
+    twin = copy.deepcopy(packed_tiny.model)  # a copy shares the bfloat16 copies (oneDNN's layout cannot be copied)
+    assert twin.lm_head.wide is packed_tiny.model.lm_head.wide
+    x = torch.randn(1, 40, twin.lm_head.in_features, generator=g)
+    with torch.no_grad(), packed_decoding(prompts=True):
+        assert torch.equal(twin.lm_head(x), torch.nn.functional.linear(x, twin.lm_head.weight))  # its pack is stale
 
 
 def test_steps_of_many_rows_multiply_from_bfloat16_copies_with_the_numbers_of_rounding_the_weight(packed_tiny):
