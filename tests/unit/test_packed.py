@@ -195,7 +195,7 @@ def test_steps_of_many_rows_multiply_from_bfloat16_copies_with_the_numbers_of_ro
         round(2 * sum(m.weight.numel() for m in linears) / 2**20, 1) if native else 0)
     copies = [m.wide for m in linears if m.shared is None] + list({m.shared[0]: m.shared[0].wide for m in linears
                                                                    if m.shared is not None}.values())
-    assert all((copy is not None) == native for copy in copies)
+    assert all((made is not None) == native for made in copies)
     if not native:  # made here as `pack_linears` makes them on such a CPU, to test them on any
         packed._bfloat16_copies(linears)
     attention, head = model.model.layers[0].self_attn, model.lm_head
