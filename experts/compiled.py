@@ -21,9 +21,8 @@ call off the main thread (a step swaps the model's hooks, which another thread, 
 weights edited since they were packed, sliding-window layers (Gemma), a failed compile, or a batch of
 `packed.WIDE_ROWS` rows or more whose packed weights keep bfloat16 copies (on a CPU with native bfloat16: there the
 copies beat the kernel, and their oneDNN layout cannot enter a graph, inside which every packed linear runs the
-kernel). The graph computes what
-the eager packed step computes, but inductor fuses and rounds some operations differently, so its tokens may part
-from eager packed decoding's; `benchmarks/RESULTS.md` states how often.
+kernel). The graph computes what the eager packed step computes, but inductor fuses and rounds some operations
+differently, so its tokens may part from eager packed decoding's; `benchmarks/RESULTS.md` states how often.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ class RunningBatch:
         self.forwards = 0  # forward passes (prompts' and steps'), for tests and metrics
         self._adjusted = ExitStack()
         self._hook: Callable[[Tensor, DecodeState], Tensor] | None = None
-        self._inline: InlineSteps | None = None  # its steps written out (`experts.inline`), read anew when rows change
+        self._inline: InlineSteps | None = None  # its steps written out (`experts.inline`), read anew when rows join
 
     def __len__(self) -> int:
         return len(self.rows)
